@@ -1,0 +1,69 @@
+"""How the coordinates of many structures are concatenated into one tensor.
+
+Every optimizer works on a ``(n_rows, 3)`` tensor: the rows of all structures
+stacked (atoms, plus the three cell rows a cell filter adds). ``structure``
+maps each row to its structure, so per-structure scalars (step count, learning
+rate, ...) broadcast to rows with :meth:`Layout.rows`, and per-row values
+reduce to structures with :meth:`Layout.sum` and :meth:`Layout.max`.
+No Python loop runs over atoms or structures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Row-to-structure map of a batch.
+
+    Attributes:
+        structure: ``(n_rows,)`` long tensor, the structure index of each row.
+        n_structures: number of structures in the batch.
+    """
+
+    structure: Tensor
+    n_structures: int
+
+    @classmethod
+    def from_sizes(cls, sizes: Sequence[int], device: torch.device | str | None = None) -> "Layout":
+        """Layout of structures with ``sizes[i]`` rows each, stacked in order."""
+        if len(sizes) == 0:
+            raise ValueError("a batch needs at least one structure")
+        if any(int(n) <= 0 for n in sizes):
+            raise ValueError(f"every structure needs at least one row, got sizes {list(sizes)}")
+        counts = torch.as_tensor([int(n) for n in sizes], device=device)
+        structure = torch.repeat_interleave(torch.arange(len(sizes), device=device), counts)
+        return cls(structure=structure, n_structures=len(sizes))
+
+    @classmethod
+    def single(cls, n_rows: int, device: torch.device | str | None = None) -> "Layout":
+        """Layout of one structure with ``n_rows`` rows."""
+        return cls.from_sizes([n_rows], device=device)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.structure.shape[0])
+
+    def rows(self, per_structure: Tensor) -> Tensor:
+        """Broadcast a ``(n_structures,)`` tensor to ``(n_rows, 1)``."""
+        return per_structure[self.structure].unsqueeze(-1)
+
+    def sum(self, per_row: Tensor) -> Tensor:
+        """Sum a ``(n_rows, ...)`` tensor over the rows of each structure -> ``(n_structures,)``."""
+        flat = per_row.reshape(self.n_rows, -1).sum(dim=1)
+        out = torch.zeros(self.n_structures, dtype=flat.dtype, device=flat.device)
+        return out.index_add_(0, self.structure, flat)
+
+    def max(self, per_row: Tensor) -> Tensor:
+        """Maximum of a ``(n_rows,)`` tensor over the rows of each structure -> ``(n_structures,)``."""
+        out = torch.full((self.n_structures,), -torch.inf, dtype=per_row.dtype, device=per_row.device)
+        return out.scatter_reduce_(0, self.structure, per_row, reduce="amax", include_self=True)
+
+    def select(self, mask: Tensor) -> Tensor:
+        """Row mask ``(n_rows, 1)`` of the structures where ``mask`` (``(n_structures,)`` bool) is true."""
+        return mask[self.structure].unsqueeze(-1)

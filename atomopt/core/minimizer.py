@@ -1,0 +1,166 @@
+"""A minimizer: one update rule composed with atomistic step controls.
+
+The deep-learning rules alone do not converge on atomistic problems: the
+first forces can be 10⁵ times the convergence threshold and a step that does
+not shrink with the force oscillates around the minimum. Three controls,
+each optional, make them usable; ``paper_exact`` switches all of them off.
+
+* ``max_step`` (Å): the displacement of a structure is scaled down uniformly
+  until no row moves more than ``max_step`` — ASE's ``maxstep`` of BFGS/LBFGS,
+  which keeps the direction.
+* ``fire`` (:class:`FireControl`): FIRE's uphill test (Bitzek et al., PRL 97,
+  170201, 2006), which the Frankenstein paper itself cites for its momentum
+  reset. When the power P = F·Δθ_{last} of a structure is negative the last step
+  overshot a minimum along its direction: that structure's optimizer state is
+  restarted from the current gradient and its learning rate multiplied by
+  ``f_dec``; after ``n_min`` downhill steps in a row the learning rate grows
+  by ``f_inc`` up to ``lr_max``. Restarting also forgets the huge early
+  gradients that would otherwise keep v (and so the step) tiny for thousands
+  of steps.
+* ``auto_eps`` (:class:`~atomopt.core.epsilon.AutoEpsilon`): sets ε from the
+  gradient-histogram rule after a warm-up; a large ε turns the adaptive step
+  α·g/√v into the force-proportional α·g/ε that converges to small fmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from atomopt.core.epsilon import AutoEpsilon
+from atomopt.core.layout import Layout
+from atomopt.core.rule import State, UpdateRule
+
+MinimizerState = dict[str, object]
+
+
+@dataclass(frozen=True)
+class FireControl:
+    """FIRE's learning-rate control (defaults of Bitzek et al. 2006)."""
+
+    n_min: int = 5
+    f_inc: float = 1.1
+    f_dec: float = 0.5
+    lr_max_factor: float = 10.0  # lr_max = lr_max_factor × initial lr
+
+    def __post_init__(self) -> None:
+        if self.n_min < 0:
+            raise ValueError(f"FireControl: n_min must be >= 0, got {self.n_min}")
+        if not self.f_inc >= 1.0:
+            raise ValueError(f"FireControl: f_inc must be >= 1, got {self.f_inc}")
+        if not 0.0 < self.f_dec <= 1.0:
+            raise ValueError(f"FireControl: f_dec must lie in (0, 1], got {self.f_dec}")
+        if not self.lr_max_factor >= 1.0:
+            raise ValueError(f"FireControl: lr_max_factor must be >= 1, got {self.lr_max_factor}")
+
+
+@dataclass(frozen=True)
+class Minimizer:
+    """An update rule with its learning rate, ε and step controls.
+
+    Args:
+        rule: the update rule (e.g. :class:`atomopt.rules.Frankenstein`).
+        lr: initial learning rate (Å for the adaptive rules, whose step is ~lr·sign(g)).
+        eps: safeguard ε in the rule's own units ((eV/Å)² where it sits under the root).
+        max_step: largest displacement of any row in one step, Å; ``None`` for no limit.
+        fire: FIRE learning-rate control, or ``None``.
+        auto_eps: gradient-histogram ε rule, or ``None``.
+    """
+
+    rule: UpdateRule
+    lr: float
+    eps: float
+    max_step: float | None = 0.2
+    fire: FireControl | None = field(default_factory=FireControl)
+    auto_eps: AutoEpsilon | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"{self.rule.name}: learning rate must be positive, got {self.lr}")
+        if not self.eps >= 0:
+            raise ValueError(f"{self.rule.name}: eps must be non-negative, got {self.eps}")
+        if self.max_step is not None and not self.max_step > 0:
+            raise ValueError(f"{self.rule.name}: max_step must be positive (Å), got {self.max_step}")
+        lr_ceiling = self.lr * (self.fire.lr_max_factor if self.fire else 1.0)
+        self.rule.validate_lr(torch.tensor([self.lr, lr_ceiling], dtype=torch.float64))
+
+    @property
+    def lr_max(self) -> float:
+        return self.lr * (self.fire.lr_max_factor if self.fire else 1.0)
+
+    def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
+        """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
+        check_gradient(gradient, layout)
+        per_structure = torch.ones(layout.n_structures, dtype=gradient.dtype, device=gradient.device)
+        lr = per_structure * self.lr
+        return {
+            "rule": self.rule.init(gradient, layout, lr),
+            "lr": lr,
+            "eps": per_structure * self.eps,
+            "downhill": torch.zeros_like(per_structure),
+            "steps": torch.zeros_like(per_structure),
+            "last_step": torch.zeros_like(gradient),
+        }
+
+    def step(self, state: MinimizerState, gradient: Tensor, layout: Layout) -> tuple[Tensor, MinimizerState]:
+        """The displacement (Å) for the current ``gradient`` and the new state."""
+        check_gradient(gradient, layout)
+        rule_state: State = state["rule"]
+        lr, eps, downhill = state["lr"], state["eps"], state["downhill"]
+        steps = state["steps"]
+        if self.fire is not None:
+            power = layout.sum(-gradient * state["last_step"])
+            uphill = (power < 0) & (steps > 0)
+            rule_state = self.rule.reset(rule_state, gradient, layout, lr, uphill)
+            downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
+            grow = (~uphill) & (downhill > self.fire.n_min)
+            lr = torch.where(uphill, lr * self.fire.f_dec, lr)
+            lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
+        displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
+        if self.max_step is not None:
+            displacement = limit_step(displacement, layout, self.max_step)
+        rule_state = self.rule.commit(rule_state, displacement)
+        steps = steps + 1
+        if self.auto_eps is not None:
+            ready = steps == self.auto_eps.warmup
+            if bool(ready.any()):
+                picked = self.auto_eps.pick(self.rule.adaptive_term(rule_state, layout), layout, self.rule)
+                eps = torch.where(ready, picked, eps)
+        new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
+        return displacement, new_state
+
+
+def limit_step(displacement: Tensor, layout: Layout, max_step: float) -> Tensor:
+    """Scale each structure's displacement so that no row moves more than ``max_step`` Å."""
+    longest = layout.max(torch.linalg.vector_norm(displacement, dim=1))
+    scale = torch.clamp(max_step / torch.clamp(longest, min=torch.finfo(displacement.dtype).tiny), max=1.0)
+    return displacement * layout.rows(scale)
+
+
+def check_gradient(gradient: Tensor, layout: Layout) -> None:
+    """Raise a clear error for a gradient of the wrong shape or with NaN/inf entries."""
+    if gradient.ndim != 2 or gradient.shape[1] != 3 or gradient.shape[0] != layout.n_rows:
+        raise ValueError(f"gradient must have shape ({layout.n_rows}, 3), got {tuple(gradient.shape)}")
+    finite = torch.isfinite(gradient).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:10].tolist()
+        raise NonFiniteForcesError(f"non-finite forces (NaN or inf) on rows {bad}; the structure was not moved")
+
+
+class NonFiniteForcesError(FloatingPointError):
+    """The calculator returned NaN or infinite forces."""
+
+
+def state_to_numpy(state: MinimizerState) -> dict:
+    """Nested state as plain numpy arrays (for restart files)."""
+    return {k: state_to_numpy(v) if isinstance(v, dict) else v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def state_from_numpy(data: dict, dtype: torch.dtype, device: torch.device | str = "cpu") -> MinimizerState:
+    """Inverse of :func:`state_to_numpy`."""
+    return {
+        k: state_from_numpy(v, dtype, device) if isinstance(v, dict) else torch.as_tensor(v, dtype=dtype, device=device)
+        for k, v in data.items()
+    }

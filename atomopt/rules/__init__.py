@@ -1,0 +1,74 @@
+"""The update rules, one module per paper, and how to build a minimizer from a name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atomopt.core.epsilon import AutoEpsilon
+from atomopt.core.minimizer import FireControl, Minimizer
+from atomopt.core.rule import UpdateRule
+from atomopt.rules.adamnx import AdamNXRule
+from atomopt.rules.adan import AdanRule
+from atomopt.rules.frankenstein import FrankensteinRule
+from atomopt.rules.innaprop import INNApropRule
+
+RULES: dict[str, type[UpdateRule]] = {
+    "frankenstein": FrankensteinRule,
+    "adan": AdanRule,
+    "adamnx": AdamNXRule,
+    "innaprop": INNApropRule,
+}
+
+# Atomistic defaults (docs/defaults.md explains how they were chosen).
+# lr is a length (Å): the adaptive rules step about lr per coordinate.
+ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "frankenstein": {"lr": 0.05, "eps": 1e-8},
+    "adan": {"lr": 0.05, "eps": 1e-8},
+    "adamnx": {"lr": 0.05, "eps": 1e-8},
+    "innaprop": {"lr": 0.05, "eps": 1e-8},
+}
+
+
+def make_minimizer(
+    name: str,
+    *,
+    paper_exact: bool = False,
+    lr: float | None = None,
+    eps: float | None = None,
+    max_step: float | None | str = "default",
+    fire: FireControl | None | str = "default",
+    auto_eps: AutoEpsilon | None | str = "default",
+    **rule_options: Any,
+) -> Minimizer:
+    """Build the :class:`Minimizer` for optimizer ``name``.
+
+    ``paper_exact=True`` gives the paper's update with its own ε and no step
+    control at all (no max step, no FIRE control, no automatic ε); only the
+    learning rate, a length here, keeps the atomistic default unless given.
+    Any control can still be set explicitly.
+    """
+    key = name.lower()
+    if key not in RULES:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(RULES)}")
+    rule = RULES[key](**rule_options)
+    defaults = ATOMISTIC_DEFAULTS[key]
+    if paper_exact:
+        preset = {"eps": rule.paper_eps, "max_step": None, "fire": None, "auto_eps": None}
+    else:
+        preset = {
+            "eps": defaults["eps"],
+            "max_step": defaults.get("max_step", 0.2),
+            "fire": defaults.get("fire", FireControl()),
+            "auto_eps": defaults.get("auto_eps"),
+        }
+    return Minimizer(
+        rule=rule,
+        lr=defaults["lr"] if lr is None else lr,
+        eps=preset["eps"] if eps is None else eps,
+        max_step=preset["max_step"] if max_step == "default" else max_step,
+        fire=preset["fire"] if fire == "default" else fire,
+        auto_eps=preset["auto_eps"] if auto_eps == "default" else auto_eps,
+    )
+
+
+__all__ = ["RULES", "ATOMISTIC_DEFAULTS", "make_minimizer", "FrankensteinRule", "AdanRule", "AdamNXRule", "INNApropRule"]
