@@ -43,7 +43,7 @@ class FireControl:
     n_min: int = 5
     f_inc: float = 1.1
     f_dec: float = 0.5
-    lr_max_factor: float = 10.0  # lr_max = lr_max_factor × initial lr
+    lr_max_factor: float = 10.0  # lr_max = lr_max_factor × initial lr (capped by the rule's lr_limit)
 
     def __post_init__(self) -> None:
         if self.n_min < 0:
@@ -83,12 +83,14 @@ class Minimizer:
             raise ValueError(f"{self.rule.name}: eps must be non-negative, got {self.eps}")
         if self.max_step is not None and not self.max_step > 0:
             raise ValueError(f"{self.rule.name}: max_step must be positive (Å), got {self.max_step}")
-        lr_ceiling = self.lr * (self.fire.lr_max_factor if self.fire else 1.0)
-        self.rule.validate_lr(torch.tensor([self.lr, lr_ceiling], dtype=torch.float64))
+        self.rule.validate_lr(torch.tensor([self.lr, self.lr_max], dtype=torch.float64))
 
     @property
     def lr_max(self) -> float:
-        return self.lr * (self.fire.lr_max_factor if self.fire else 1.0)
+        """Ceiling of the FIRE-grown learning rate: lr_max_factor × lr, within the rule's limit."""
+        if self.fire is None:
+            return self.lr
+        return max(self.lr, min(self.lr * self.fire.lr_max_factor, self.rule.lr_limit))
 
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
@@ -130,6 +132,23 @@ class Minimizer:
                 eps = torch.where(ready, picked, eps)
         new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
         return displacement, new_state
+
+
+    def select(self, state: MinimizerState, layout: Layout, keep: Tensor) -> tuple[MinimizerState, Layout]:
+        """Keep only the structures where ``keep`` (``(n_structures,)`` bool) is true, e.g. to drop converged ones."""
+        rows = keep[layout.structure]
+        sizes = torch.bincount(layout.structure, minlength=layout.n_structures)[keep]
+        new_layout = Layout.from_sizes(sizes.tolist(), device=layout.structure.device)
+
+        def pick(values: dict, structure_fields: tuple[str, ...]) -> dict:
+            return {k: v[keep] if k in structure_fields else v[rows] for k, v in values.items()}
+
+        new_state = pick({k: v for k, v in state.items() if k != "rule"}, _STRUCTURE_FIELDS)
+        new_state["rule"] = pick(state["rule"], self.rule.structure_fields)
+        return new_state, new_layout
+
+
+_STRUCTURE_FIELDS = ("lr", "eps", "downhill", "steps")
 
 
 def limit_step(displacement: Tensor, layout: Layout, max_step: float) -> Tensor:

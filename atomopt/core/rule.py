@@ -43,6 +43,11 @@ class UpdateRule(ABC):
     paper_eps: ClassVar[float] = 1e-8
     paper_lr: ClassVar[float] = 1e-3
 
+    @property
+    def lr_limit(self) -> float:
+        """Largest learning rate step controls may grow to (Å)."""
+        return float("inf")
+
     @abstractmethod
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
         """State before the first step, given the first gradient (eV/Å)."""

@@ -22,10 +22,10 @@ RULES: dict[str, type[UpdateRule]] = {
 # Atomistic defaults (docs/defaults.md explains how they were chosen).
 # lr is a length (Å): the adaptive rules step about lr per coordinate.
 ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
-    "frankenstein": {"lr": 0.05, "eps": 1e-8},
-    "adan": {"lr": 0.05, "eps": 1e-8},
-    "adamnx": {"lr": 0.05, "eps": 1e-8},
-    "innaprop": {"lr": 0.05, "eps": 1e-8},
+    "frankenstein": {"lr": 0.05, "eps": 1.0},
+    "adan": {"lr": 0.1, "eps": 1.0},
+    "adamnx": {"lr": 0.1, "eps": 1.0},
+    "innaprop": {"lr": 0.1, "eps": 1.0},
 }
 
 

@@ -51,6 +51,11 @@ class INNApropRule(UpdateRule):
         if self.sigma >= 1.0:
             raise ValueError("innaprop: sigma must be below 1 (bias correction divides by 1 - sigma**k)")
 
+    @property
+    def lr_limit(self) -> float:
+        """FIRE control may grow γ to β/2 at most: γ < β (Remark 1) with φ decaying at most by half a step."""
+        return 0.5 * self.beta
+
     def validate_lr(self, lr: Tensor) -> None:
         super().validate_lr(lr)
         if not bool(torch.all(lr < self.beta)):
