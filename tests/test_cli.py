@@ -1,0 +1,33 @@
+"""The atomopt command line."""
+
+from ase.build import bulk
+from ase.io import read, write
+
+from atomopt.cli import main
+
+
+def test_relax_file_writes_converged_structure(tmp_path, capsys):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.08, seed=3)
+    source, target = tmp_path / "in.xyz", tmp_path / "out.xyz"
+    write(source, atoms)
+    status = main(["relax", str(source), "-o", str(target), "--optimizer", "adamnx", "--fmax", "0.02", "-q"])
+    out = capsys.readouterr().out
+    assert status == 0 and "converged:    yes" in out and "force calls:" in out
+    relaxed = read(target)
+    assert len(relaxed) == 32 and abs(relaxed.positions - atoms.positions).max() > 0.01
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".atomopt-")] == []
+
+
+def test_relax_reports_errors_without_writing(tmp_path, capsys):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.positions[1] = atoms.positions[0]
+    source, target = tmp_path / "in.xyz", tmp_path / "out.xyz"
+    write(source, atoms)
+    status = main(["relax", str(source), "-o", str(target), "-q"])
+    assert status == 2 and "overlap" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_unconverged_run_exits_nonzero(tmp_path):
+    assert main(["relax", "--steps", "3", "-q"]) == 1
