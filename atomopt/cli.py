@@ -122,6 +122,16 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total + 1, disable=True if quiet else None, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+def bench_command(args: argparse.Namespace) -> int:
+    from atomopt.bench import lj38
+    from atomopt.bench.report import run_lj38
+
+    names = args.methods or list(lj38.DEFAULT_METHODS)
+    payload = run_lj38(args.n, names, args.workers, Path(args.out), tag=args.tag)
+    print((Path(args.out) / f"{args.tag}.md").read_text())
+    return 0 if payload else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument("--trajectory", help="ASE trajectory file to write")
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)
+
+    bench = sub.add_parser("bench", help="run a benchmark")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    lj = bench_sub.add_parser("lj38", help="OptBench LJ38: every method on the same starts")
+    lj.add_argument("--n", type=int, default=1000, help="number of starts (default 1000)")
+    lj.add_argument("--methods", nargs="+", help="methods to run (default: all atomopt defaults, paper forms, baselines)")
+    lj.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
+    lj.add_argument("--out", default="benchmarks/results", help="output folder")
+    lj.add_argument("--tag", default="lj38", help="file name stem of the results")
+    lj.set_defaults(handler=bench_command)
     return parser
 
 

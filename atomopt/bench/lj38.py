@@ -1,0 +1,233 @@
+"""The OptBench LJ38 minimization benchmark.
+
+Protocol (OptBench): Lennard-Jones, ε = σ = 1, no cutoff, 38 atoms, free
+boundaries. Starts by random sequential addition into a cube of side
+a = (n·(4/3)π·0.31/0.1)^{1/3}: a uniform random point is accepted when its
+nearest-neighbour distance d satisfies 0.496 < d < 0.806 (the first atom is
+free). A run converges when the largest per-atom force norm is ≤ 0.01 within
+10,000 force calls (every energy/force evaluation counts). A run that ends
+with the cluster broken apart (an atom with no neighbour within 1.5σ, or
+E > −100) fails whatever its forces.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from ase import Atoms
+
+from atomopt.calculators import ClusterLennardJones
+
+N_ATOMS = 38
+FMAX = 0.01
+MAX_FORCE_CALLS = 10_000
+GLOBAL_MINIMUM = -173.928427
+DEFAULT_SEED = 20261124
+STARTS_FILE = Path(__file__).resolve().parents[2] / "data" / "lj38_starts.extxyz"
+
+
+def box_side(n: int = N_ATOMS) -> float:
+    return (n * (4.0 / 3.0) * math.pi * 0.31 / 0.1) ** (1.0 / 3.0)
+
+
+def random_start(rng: np.random.Generator, n: int = N_ATOMS) -> Atoms:
+    """One start by OptBench's random sequential addition."""
+    side = box_side(n)
+    positions = [rng.uniform(0.0, side, 3)]
+    while len(positions) < n:
+        trial = rng.uniform(0.0, side, 3)
+        d = np.min(np.linalg.norm(np.asarray(positions) - trial, axis=1))
+        if 0.496 < d < 0.806:
+            positions.append(trial)
+    return Atoms(f"Ar{n}", positions=np.asarray(positions), pbc=False)
+
+
+def generate_starts(count: int, seed: int = DEFAULT_SEED) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    return [random_start(rng) for _ in range(count)]
+
+
+def load_starts(count: int) -> list[Atoms]:
+    """The shipped starts (``data/lj38_starts.extxyz``), or the same ones regenerated from the seed."""
+    if STARTS_FILE.exists():
+        from ase.io import read
+
+        frames = read(STARTS_FILE, index=f":{count}")
+        if len(frames) >= count:
+            return frames
+    return generate_starts(count)
+
+
+def read_optbench_xyz(path: str | Path) -> Atoms:
+    """Read OptBench's xyz variant (symbol ``LJ``, per-coordinate free flags)."""
+    lines = Path(path).read_text().splitlines()
+    n = int(lines[0].split()[0])
+    positions = [[float(x) for x in line.split()[1:4]] for line in lines[2 : 2 + n]]
+    return Atoms(f"Ar{n}", positions=positions, pbc=False)
+
+
+class BudgetExceeded(RuntimeError):
+    pass
+
+
+class CountingLJ(ClusterLennardJones):
+    """Cluster LJ that counts evaluations, times them and stops at the force-call budget."""
+
+    def __init__(self, budget: int = MAX_FORCE_CALLS):
+        super().__init__()
+        self.calls = 0
+        self.seconds = 0.0
+        self.budget = budget
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        if self.calls >= self.budget:
+            raise BudgetExceeded(f"more than {self.budget} force calls")
+        self.calls += 1
+        start = time.perf_counter()
+        super().calculate(atoms, properties, system_changes or ["positions", "numbers", "cell", "pbc"])
+        self.seconds += time.perf_counter() - start
+
+
+def max_force(atoms: Atoms) -> float:
+    return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+
+
+def cluster_intact(atoms: Atoms, energy: float) -> bool:
+    diff = atoms.positions[:, None, :] - atoms.positions[None, :, :]
+    r = np.linalg.norm(diff, axis=-1)
+    np.fill_diagonal(r, np.inf)
+    return bool(energy <= -100.0 and np.all(r.min(axis=1) <= 1.5))
+
+
+@dataclass
+class RunResult:
+    method: str
+    start: int
+    converged: bool
+    force_calls: int
+    energy: float
+    fmax: float
+    seconds: float
+    calculator_seconds: float
+    failure: str  # "", "not converged", "budget", "broken cluster", or an error message
+
+
+# ---------------------------------------------------------------- methods
+
+
+def _ase_method(factory: Callable[[Atoms], object]) -> Callable[[Atoms], None]:
+    def run(atoms: Atoms) -> None:
+        opt = factory(atoms)
+        opt.run(fmax=FMAX, steps=MAX_FORCE_CALLS)
+
+    return run
+
+
+def _atomopt(name: str, **options) -> Callable[[Atoms], None]:
+    from atomopt.frontends.ase_optimizer import OPTIMIZERS
+
+    return _ase_method(lambda atoms: OPTIMIZERS[name](atoms, logfile=None, **options))
+
+
+def _ase(cls_name: str, **options) -> Callable[[Atoms], None]:
+    import ase.optimize as optimize
+
+    if cls_name == "FIRE2":
+        from ase.optimize.fire2 import FIRE2 as cls
+    elif cls_name == "SciPyFminCG":
+        from ase.optimize.sciopt import SciPyFminCG as cls
+    else:
+        cls = getattr(optimize, cls_name)
+    return _ase_method(lambda atoms: cls(atoms, logfile=None, **options))
+
+
+def _scipy_lbfgsb(atoms: Atoms) -> None:
+    """SciPy's L-BFGS-B, stopped by the benchmark's own criterion (max per-atom force ≤ 0.01)."""
+    from scipy.optimize import minimize
+
+    def fun(x):
+        atoms.positions = x.reshape(-1, 3)
+        return atoms.get_potential_energy(), -atoms.get_forces().ravel()
+
+    def callback(intermediate_result):
+        if max_force(atoms) <= FMAX:
+            raise StopIteration
+
+    minimize(fun, atoms.positions.ravel(), jac=True, method="L-BFGS-B", callback=callback,
+             options={"maxfun": MAX_FORCE_CALLS, "maxiter": MAX_FORCE_CALLS, "gtol": 0.0, "ftol": 0.0})
+
+
+ATOMOPT_NAMES = ("frankenstein", "adan", "adamnx", "innaprop")
+#: Paper-exact forms run with the learning rate the issue measured them at (0.01 σ).
+PAPER_LR = 0.01
+
+
+def methods() -> dict[str, Callable[[Atoms], None]]:
+    table: dict[str, Callable[[Atoms], None]] = {}
+    for name in ATOMOPT_NAMES:
+        table[name] = _atomopt(name)
+    for name in ATOMOPT_NAMES:
+        table[f"{name}-paper"] = _atomopt(name, paper_exact=True, lr=PAPER_LR)
+    table["frankenstein-appendix_b-paper"] = _atomopt("frankenstein", paper_exact=True, lr=PAPER_LR, form="appendix_b")
+    table["frankenstein-released-paper"] = _atomopt("frankenstein", paper_exact=True, lr=PAPER_LR, form="released")
+    for cls_name in ("FIRE", "FIRE2", "BFGS", "LBFGS", "BFGSLineSearch", "MDMin", "SciPyFminCG"):
+        table[f"ase-{cls_name}"] = _ase(cls_name)
+    table["scipy-L-BFGS-B"] = _scipy_lbfgsb
+    return table
+
+
+DEFAULT_METHODS = tuple(m for m in methods() if not m.startswith("frankenstein-") or m == "frankenstein-paper")
+
+
+def run_one(method: str, index: int, start: Atoms) -> RunResult:
+    atoms = start.copy()
+    calc = CountingLJ()
+    atoms.calc = calc
+    failure = ""
+    t0 = time.perf_counter()
+    try:
+        methods()[method](atoms)
+    except BudgetExceeded:
+        failure = "budget"
+    except Exception as err:  # a method that crashes counts as a failure, recorded with its reason
+        failure = f"{type(err).__name__}: {err}"[:200]
+    seconds = time.perf_counter() - t0
+    calc.budget = math.inf  # the final check is not a force call of the method
+    calls = calc.calls
+    energy = float(atoms.get_potential_energy())
+    fmax = max_force(atoms)
+    if not failure and fmax > FMAX:
+        failure = "not converged"
+    if not failure and not cluster_intact(atoms, energy):
+        failure = "broken cluster"
+    return RunResult(method, index, failure == "", calls, energy, fmax, seconds, calc.seconds, failure)
+
+
+def summarize(results: list[RunResult]) -> dict:
+    calls = np.array([r.force_calls for r in results])
+    energies = np.array([r.energy for r in results])
+    ok = np.array([r.converged for r in results])
+    seconds = sum(r.seconds for r in results)
+    calc_seconds = sum(r.calculator_seconds for r in results)
+    return {
+        "runs": len(results),
+        "failures": int((~ok).sum()),
+        "mean_force_calls": float(calls.mean()),
+        "median_force_calls": float(np.median(calls)),
+        "min_force_calls": int(calls.min()),
+        "max_force_calls": int(calls.max()),
+        "mean_force_calls_converged": float(calls[ok].mean()) if ok.any() else None,
+        "mean_final_energy": float(energies.mean()),
+        "global_minimum_hits": int(np.sum(np.abs(energies - GLOBAL_MINIMUM) < 1e-3)),
+        "wall_seconds": seconds,
+        "optimizer_share": (seconds - calc_seconds) / seconds if seconds > 0 else None,
+    }
+
+
+def as_dict(result: RunResult) -> dict:
+    return asdict(result)

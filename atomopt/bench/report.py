@@ -1,0 +1,116 @@
+"""Run the LJ38 benchmark in parallel and write its JSON, Markdown table and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from atomopt.bench import lj38
+
+
+def _task(args):
+    method, index, start = args
+    return lj38.run_one(method, index, start)
+
+
+def run_lj38(n_starts: int, method_names: list[str], workers: int, out_dir: Path, tag: str = "lj38") -> dict:
+    """Run every method on the first ``n_starts`` starts; write ``{tag}.json``, ``.md``, ``.png``."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    known = lj38.methods()
+    unknown = [m for m in method_names if m not in known]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(known)}")
+    starts = lj38.load_starts(n_starts)
+    tasks = [(m, i, s) for m in method_names for i, s in enumerate(starts)]
+    results: list[lj38.RunResult] = []
+    t0 = time.perf_counter()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_task, t) for t in tasks]
+        for future in tqdm(as_completed(futures), total=len(futures), unit="run", file=sys.stderr, disable=None):
+            results.append(future.result())
+    elapsed = time.perf_counter() - t0
+    results.sort(key=lambda r: (method_names.index(r.method), r.start))
+    summary = {m: lj38.summarize([r for r in results if r.method == m]) for m in method_names}
+    import ase
+    import scipy
+
+    payload = {
+        "benchmark": "OptBench LJ38",
+        "command": "atomopt " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("atomopt") else " ".join(sys.argv),
+        "protocol": {"fmax": lj38.FMAX, "max_force_calls": lj38.MAX_FORCE_CALLS, "starts": n_starts,
+                     "seed": lj38.DEFAULT_SEED, "global_minimum": lj38.GLOBAL_MINIMUM},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "workers": workers,
+                    "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+                    "ase": ase.__version__, "torch": torch.__version__},
+        "elapsed_seconds": elapsed,
+        "summary": summary,
+        "runs": [lj38.as_dict(r) for r in results],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{tag}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out_dir / f"{tag}.md").write_text(markdown(payload))
+    plot(payload, out_dir / f"{tag}.png")
+    return payload
+
+
+def markdown(payload: dict) -> str:
+    m = payload["machine"]
+    lines = [
+        f"# OptBench LJ38: {payload['protocol']['starts']} starts, fmax {payload['protocol']['fmax']}, "
+        f"≤ {payload['protocol']['max_force_calls']} force calls",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['workers']} workers); Python {m['python']}, numpy {m['numpy']}, "
+        f"scipy {m['scipy']}, ase {m['ase']}, torch {m['torch']}  ",
+        f"Starts: seed {payload['protocol']['seed']} (data/lj38_starts.extxyz). Failures: not converged within the "
+        "budget, or cluster broken apart (E > −100 or an atom without a neighbour within 1.5σ).",
+        "",
+        "| method | failures | mean calls | median | min | max | mean E | global-min hits | non-force share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in payload["summary"].items():
+        lines.append(
+            f"| {name} | {s['failures']} | {s['mean_force_calls']:.0f} | {s['median_force_calls']:.0f} | "
+            f"{s['min_force_calls']} | {s['max_force_calls']} | {s['mean_final_energy']:.3f} | "
+            f"{s['global_minimum_hits']} | {s['optimizer_share']:.0%} |"
+        )
+    lines += ["", "Mean/median/min/max count every run, failures at the calls they used (≤ the budget)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(payload["summary"])
+    by_method = {n: [r for r in payload["runs"] if r["method"] == n] for n in names}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2), sharey=True)
+    calls = [np.array([r["force_calls"] for r in by_method[n]]) for n in names]
+    energies = [np.array([r["energy"] for r in by_method[n]]) for n in names]
+    ax1.boxplot(calls, vert=False, tick_labels=names, showfliers=True)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("force calls (log)")
+    ax2.boxplot([np.clip(e, -175, -140) for e in energies], vert=False, showfliers=True)
+    ax2.axvline(payload["protocol"]["global_minimum"], color="k", lw=0.8, ls="--")
+    ax2.set_xlabel("final energy (ε), clipped to [−175, −140]; dashed: global minimum")
+    for i, n in enumerate(names, start=1):
+        failures = payload["summary"][n]["failures"]
+        if failures:
+            ax1.annotate(f"{failures} failed", (1.02, i), xycoords=("axes fraction", "data"), fontsize=7, va="center")
+    fig.suptitle(f"OptBench LJ38, {payload['protocol']['starts']} starts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
