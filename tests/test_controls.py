@@ -1,0 +1,71 @@
+"""Step controls and the gradient-histogram ε rule, against hand-computed values."""
+
+import torch
+
+from atomopt.core.epsilon import AutoEpsilon, epsilon_range, segment_quantile
+from atomopt.core.layout import Layout
+from atomopt.core.minimizer import FireControl, Minimizer
+from atomopt.rules import AdamNXRule, FrankensteinRule
+
+LAYOUT = Layout.from_sizes([2, 1])
+# Structure 0 holds 1..6; structure 1 holds 0.002, 0.003, 700.
+Z = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [700.0, 0.002, 0.003]], dtype=torch.float64)
+
+
+def test_percentiles_per_structure():
+    # Structure 0, sorted 1..6: the 2nd percentile sits at 0.02·5 = 0.1 → 1.1; the 98th at 4.9 → 5.9.
+    # Structure 1, sorted (0.002, 0.003, 700): 0.04 → 0.00204; 1.96 → 0.003 + 0.96·699.997 = 672.00012.
+    assert torch.allclose(segment_quantile(Z, LAYOUT, 0.02), torch.tensor([1.1, 0.00204], dtype=torch.float64))
+    assert torch.allclose(segment_quantile(Z, LAYOUT, 0.98), torch.tensor([5.9, 672.00012], dtype=torch.float64))
+
+
+def test_epsilon_range_rounds_to_powers_of_ten():
+    # log10: 1.1 → 0.04 → 10⁰; 5.9 → 0.77 → 10¹; 0.00204 → −2.69 → 10⁻³; 672 → 2.83 → 10³.
+    lower, upper = epsilon_range(Z, LAYOUT, AdamNXRule())
+    assert lower.tolist() == [1.0, 1e-3] and upper.tolist() == [10.0, 1e3]
+    # Frankenstein adds ε under the root (x = g² + ε): its bounds are the squares.
+    lower, upper = epsilon_range(Z, LAYOUT, FrankensteinRule())
+    assert torch.allclose(lower, torch.tensor([1.0, 1e-6], dtype=torch.float64))
+    assert torch.allclose(upper, torch.tensor([100.0, 1e6], dtype=torch.float64))
+
+
+def test_auto_epsilon_is_set_after_warmup():
+    minimizer = Minimizer(AdamNXRule(), lr=0.01, eps=1e-8, max_step=None, fire=None, auto_eps=AutoEpsilon(warmup=1, choose="upper"))
+    layout = Layout.single(2)
+    g = Z[:2].clone()
+    state = minimizer.init(g, layout)
+    _, state = minimizer.step(state, g, layout)
+    # After one AdamNX step v = g², so √v = |g| = 1..6 and ε_upper = 10¹.
+    assert state["eps"].tolist() == [10.0]
+
+
+def test_max_step_limits_the_largest_atom_and_keeps_direction():
+    minimizer = Minimizer(AdamNXRule(), lr=1.0, eps=1.0, max_step=0.2, fire=None)
+    layout = Layout.from_sizes([2, 1])
+    g = torch.tensor([[1e5, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1e-3]], dtype=torch.float64)
+    state = minimizer.init(g, layout)
+    displacement, _ = minimizer.step(state, g, layout)
+    norms = displacement.norm(dim=1)
+    # Structure 0: the first step is −lr·g/(|g| + ε), so row 0 wants ~1 Å and row 1 0.5 Å: both scaled by 0.2/|Δ₀|.
+    assert abs(norms[0].item() - 0.2) < 1e-12
+    assert abs(norms[1].item() / norms[0].item() - (1.0 / 2.0) / (1e5 / (1e5 + 1.0))) < 1e-9
+    # Structure 1 moves 1e-3/(1e-3 + 1) Å, under the limit: untouched.
+    assert abs(norms[2].item() - 1e-3 / (1e-3 + 1.0)) < 1e-15
+
+
+def test_fire_control_restarts_and_halves_lr_on_uphill_steps():
+    fire = FireControl(n_min=1, f_inc=1.5, f_dec=0.5, lr_max_factor=2.0)
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1.0, max_step=None, fire=fire)
+    layout = Layout.from_sizes([1, 1])
+    g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    state = minimizer.init(g, layout)
+    _, state = minimizer.step(state, g, layout)  # both step along −x
+    assert state["rule"]["t"].tolist() == [1.0, 1.0]
+    # Structure 0 now feels a force along −x again (downhill), structure 1 along +x (it overshot).
+    g2 = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    _, state = minimizer.step(state, g2, layout)
+    assert state["rule"]["t"].tolist() == [2.0, 1.0]  # structure 1 restarted, then stepped once
+    # Structure 0: second downhill step in a row (> n_min = 1) → 0.1·1.5; structure 1 halved → 0.05.
+    assert torch.allclose(state["lr"], torch.tensor([0.15, 0.05], dtype=torch.float64))
+    _, state = minimizer.step(state, g2, layout)
+    assert torch.allclose(state["lr"][0], torch.tensor(0.2, dtype=torch.float64))  # capped at 2 × 0.1
