@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from ase import Atoms
 
 from atomopt.calculators import make_calculator

@@ -91,6 +91,13 @@ def check_unit_interval(owner: str, **values: float) -> None:
             raise ValueError(f"{owner}: {key} must lie in [0, 1], got {value}")
 
 
+def zero_state(gradient: Tensor, layout: Layout, *row_fields: str) -> State:
+    """A state with step count t = 0 per structure and the named per-row fields at zero."""
+    state = {"t": torch.zeros(layout.n_structures, dtype=gradient.dtype, device=gradient.device)}
+    state.update({name: torch.zeros_like(gradient) for name in row_fields})
+    return state
+
+
 def step_count(state: State, layout: Layout) -> Tensor:
     """The incremented per-structure step count and its row broadcast."""
     t = state["t"] + 1

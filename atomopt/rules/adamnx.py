@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from atomopt.core.layout import Layout
-from atomopt.core.rule import State, UpdateRule, check_unit_interval, step_count
+from atomopt.core.rule import State, UpdateRule, check_unit_interval, step_count, zero_state
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,7 @@ class AdamNXRule(UpdateRule):
             raise ValueError("adamnx: beta1 and beta2 must be below 1 (their schedules divide by 1 - beta**t)")
 
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
-        zeros = torch.zeros_like(gradient)
-        return {
-            "t": torch.zeros(layout.n_structures, dtype=gradient.dtype, device=gradient.device),
-            "m": zeros,
-            "v": zeros.clone(),
-        }
+        return zero_state(gradient, layout, "m", "v")
 
     def update(self, state: State, gradient: Tensor, lr: Tensor, eps: Tensor, layout: Layout) -> tuple[Tensor, State]:
         self.validate_lr(lr)

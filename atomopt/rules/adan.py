@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from atomopt.core.layout import Layout
-from atomopt.core.rule import State, UpdateRule, check_unit_interval
+from atomopt.core.rule import State, UpdateRule, check_unit_interval, zero_state
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,9 @@ class AdanRule(UpdateRule):
         check_unit_interval("adan", beta1=self.beta1, beta2=self.beta2, beta3=self.beta3)
 
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
-        return {
-            "t": torch.zeros(layout.n_structures, dtype=gradient.dtype, device=gradient.device),
-            "m": gradient.clone(),  # m₀ = g₀
-            "v": torch.zeros_like(gradient),
-            "n": gradient * gradient,  # n₀ = g₀²
-            "g_prev": gradient.clone(),
-        }
+        state = zero_state(gradient, layout, "v")
+        state.update({"m": gradient.clone(), "n": gradient * gradient, "g_prev": gradient.clone()})  # m₀ = g₀, n₀ = g₀²
+        return state
 
     def update(self, state: State, gradient: Tensor, lr: Tensor, eps: Tensor, layout: Layout) -> tuple[Tensor, State]:
         self.validate_lr(lr)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from atomopt.core.layout import Layout
-from atomopt.core.rule import State, UpdateRule, check_unit_interval, step_count
+from atomopt.core.rule import State, UpdateRule, check_unit_interval, step_count, zero_state
 
 FORMS = ("algorithm1", "appendix_b", "released")
 _XI_SCALE = 1.0 + math.exp(-0.5)  # numerator of ξ (Alg. 1 line 10; Eq. 9)
@@ -66,13 +66,9 @@ class FrankensteinRule(UpdateRule):
         check_unit_interval("frankenstein", base_beta=self.base_beta)
 
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
-        zeros = torch.zeros_like(gradient)
-        return {
-            "t": torch.zeros(layout.n_structures, dtype=gradient.dtype, device=gradient.device),
-            "m": zeros,
-            "v": zeros.clone(),
-            "x_prev": layout.rows(lr).expand_as(gradient).clone(),  # x₀ ← α
-        }
+        state = zero_state(gradient, layout, "m", "v")
+        state["x_prev"] = layout.rows(lr).expand_as(gradient).clone()  # x₀ ← α
+        return state
 
     def update(self, state: State, gradient: Tensor, lr: Tensor, eps: Tensor, layout: Layout) -> tuple[Tensor, State]:
         self.validate_lr(lr)

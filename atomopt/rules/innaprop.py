@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from atomopt.core.layout import Layout
-from atomopt.core.rule import State, UpdateRule, check_unit_interval, step_count
+from atomopt.core.rule import State, UpdateRule, check_unit_interval, step_count, zero_state
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,7 @@ class INNApropRule(UpdateRule):
             raise ValueError(f"innaprop: learning rate must stay below beta = {self.beta} (Remark 1), got {lr.max().item():g}")
 
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
-        zeros = torch.zeros_like(gradient)
-        return {
-            "t": torch.zeros(layout.n_structures, dtype=gradient.dtype, device=gradient.device),
-            "v": zeros,
-            "phi": zeros.clone(),
-        }
+        return zero_state(gradient, layout, "v", "phi")
 
     def update(self, state: State, gradient: Tensor, lr: Tensor, eps: Tensor, layout: Layout) -> tuple[Tensor, State]:
         self.validate_lr(lr)
