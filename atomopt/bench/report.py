@@ -103,7 +103,8 @@ def plot(payload: dict, path: Path) -> None:
     ax1.boxplot(calls, vert=False, tick_labels=names, showfliers=True)
     ax1.set_xscale("log")
     ax1.set_xlabel("force calls (log)")
-    ax2.boxplot([np.clip(e, -175, -140) for e in energies], vert=False, showfliers=True)
+    ax2.boxplot([np.clip(e, -175, -140) for e in energies], vert=False, tick_labels=names, showfliers=True)
+    ax2.tick_params(labelleft=False)
     ax2.axvline(payload["protocol"]["global_minimum"], color="k", lw=0.8, ls="--")
     ax2.set_xlabel("final energy (ε), clipped to [−175, −140]; dashed: global minimum")
     for i, n in enumerate(names, start=1):
