@@ -39,9 +39,8 @@ class UpdateRule(ABC):
     #: True where eps sits inside the square root (sqrt(g^2 + eps)): then eps
     #: is compared with the square of the adaptive term, not the term itself.
     eps_inside_sqrt: ClassVar[bool] = False
-    #: The paper's own safeguard and learning rate (deep-learning scale).
+    #: The paper's own safeguard ε.
     paper_eps: ClassVar[float] = 1e-8
-    paper_lr: ClassVar[float] = 1e-3
 
     @property
     def lr_limit(self) -> float:
