@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)
 
+    sub.add_parser(
+        "lammps",
+        help="run a LAMMPS input in which min_style frankenstein|adan|adamnx|innaprop works "
+        "(atomopt lammps -in FILE [-var NAME VALUE] [-log FILE]; -h for details)",
+    )
     bench = sub.add_parser("bench", help="run a benchmark")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
     lj = bench_sub.add_parser("lj38", help="OptBench LJ38: every method on the same starts")
@@ -162,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lammps"]:  # LAMMPS-style arguments (-in, -var NAME VALUE, -log): parsed by the runner
+        from atomopt.frontends.lammps.runner import main as lammps_main
+
+        return lammps_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "steps", 1) < 0:

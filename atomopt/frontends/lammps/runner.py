@@ -1,0 +1,237 @@
+"""Run an ordinary LAMMPS input in which ``min_style frankenstein|adan|adamnx|innaprop`` works.
+
+    atomopt lammps -in in.relax -var T 300 -log log.relax
+    mpirun -np 4 atomopt lammps -in in.relax
+
+Every input line goes to LAMMPS unchanged, except while an atomopt min style
+is selected: then ``min_modify`` keywords are collected (LAMMPS's own
+``dmax`` and ``norm`` are honoured and also passed on) and each
+``minimize etol ftol maxiter maxeval`` is executed by
+:func:`atomopt.frontends.lammps.driver.minimize`. ``min_style cg`` (or any
+native style) hands minimization back to LAMMPS. ``include`` files are read
+the same way. ``jump`` is refused: a loop would re-read the file behind this
+runner's back; drive loops from Python with ``atomopt.lammps.minimize``.
+
+Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
+(``-var``, ``-log``, ``-screen``, ``-echo``, ``-sf``, ``-pk``, ...).
+
+atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``fire yes|no``,
+``auto_eps yes|no``, ``paper_exact yes|no``, ``device cpu|cuda``,
+``dtype float64|float32`` and the update rule's hyperparameters by name
+(e.g. ``form appendix_b`` for Frankenstein, ``beta1 0.02`` for Adan).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atomopt.core.epsilon import AutoEpsilon
+from atomopt.frontends.lammps.driver import MinimizeResult, minimize
+from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
+from atomopt.rules import RULES
+
+ATOMOPT_STYLES = tuple(RULES)
+_GENERAL_KEYWORDS = ("lr", "eps", "fire", "auto_eps", "paper_exact", "device", "dtype")
+_RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule)}
+_DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
+
+
+class InputError(ValueError):
+    """An input line the runner cannot execute."""
+
+
+class InputRunner:
+    """Feeds an input to a LAMMPS instance, executing atomopt minimizations itself."""
+
+    def __init__(self, lmp: Any, comm: Any) -> None:
+        self.lmp, self.comm = lmp, comm
+        self.style: str | None = None  # atomopt style in force, None while a native style is
+        self.options: dict[str, Any] = {}
+        self.norm = "two"
+        self.dmax: float | None = None
+        self.results: list[MinimizeResult] = []
+        self._pending: list[str] = []
+
+    def run_file(self, path: str | Path) -> None:
+        """Execute every command of the input file ``path``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LAMMPS input file {path} not found")
+        for line in logical_lines(path.read_text()):
+            self.execute(line)
+        self._flush()
+
+    def execute(self, line: str) -> None:
+        """Execute one logical input line (continuations already joined)."""
+        words = strip_comment(line).split()
+        if not words:
+            self._pending.append(line)
+            return
+        command = words[0]
+        if command == "jump":
+            raise InputError("'jump' is not supported by atomopt lammps; loop in Python with atomopt.lammps.minimize")
+        if command == "include":
+            self._flush()
+            self.run_file(self.lmp.expand(strip_comment(line)).split()[1])
+            return
+        if command == "min_style":
+            self._flush()
+            style = self.lmp.expand(strip_comment(line)).split()[1]
+            self.style = style if style in ATOMOPT_STYLES else None
+            if self.style is None:
+                self.lmp.command(line)
+            return
+        if command == "min_modify" or (command == "minimize" and self.style is not None):
+            self._flush()
+            words = shlex.split(self.lmp.expand(strip_comment(line)))
+            if command == "min_modify":
+                self._min_modify(words[1:])
+            else:
+                self._minimize(words[1:])
+            return
+        self._pending.append(line)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self.lmp.commands_string("\n".join(self._pending))
+            self._pending = []
+
+    def _min_modify(self, args: list[str]) -> None:
+        if len(args) % 2:
+            raise InputError(f"min_modify expects keyword value pairs, got {' '.join(args)!r}")
+        native = []
+        for key, value in zip(args[::2], args[1::2]):
+            if key in _GENERAL_KEYWORDS or key in _RULE_KEYWORDS:
+                optimizer_options({key: value})  # validate now, where the line is
+                self.options[key] = value
+                continue
+            if key == "norm":
+                self.norm = value
+            elif key == "dmax":
+                self.dmax = float(value)
+            native += [key, value]
+        if native:
+            self.lmp.command("min_modify " + " ".join(native))
+
+    def _minimize(self, args: list[str]) -> None:
+        if len(args) != 4:
+            raise InputError(f"minimize expects etol ftol maxiter maxeval, got {' '.join(args)!r}")
+        etol, ftol = float(args[0]), float(args[1])
+        maxiter, maxeval = int(float(args[2])), int(float(args[3]))
+        options = optimizer_options(self.options)
+        if self.dmax is not None:
+            options["max_step"] = self.dmax
+        self.lmp.command(f'print "atomopt: minimize {etol:g} {ftol:g} {maxiter} {maxeval} with min_style {self.style}"')
+        result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
+                          norm=self.norm, comm=self.comm, **options)  # fmt: skip
+        self.results.append(result)
+
+
+def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
+    """Convert ``min_modify`` keyword strings into :func:`minimize` keyword arguments."""
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("fire", "paper_exact", "auto_eps"):
+            flag = parse_flag(key, value)
+            if key == "fire":
+                options[key] = "default" if flag else None
+            elif key == "auto_eps":
+                options[key] = AutoEpsilon() if flag else None
+            else:
+                options[key] = flag
+        elif key == "dtype":
+            if value not in _DTYPES:
+                raise InputError(f"min_modify dtype must be one of {sorted(_DTYPES)}, got {value!r}")
+            options[key] = _DTYPES[value]
+        elif key == "device":
+            options[key] = value
+        else:
+            options[key] = parse_number(value)
+    return options
+
+
+def parse_flag(key: str, value: str) -> bool:
+    if value not in ("yes", "no"):
+        raise InputError(f"min_modify {key} must be yes or no, got {value!r}")
+    return value == "yes"
+
+
+def parse_number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def strip_comment(line: str) -> str:
+    """The line without a ``#`` comment outside quotes."""
+    quote = None
+    for i, char in enumerate(line):
+        if char in "\"'" and quote in (None, char):
+            quote = None if quote == char else char
+        elif char == "#" and quote is None:
+            return line[:i]
+    return line
+
+
+def logical_lines(text: str) -> list[str]:
+    """Input lines with ``&`` continuations joined; triple-quoted blocks kept whole."""
+    lines: list[str] = []
+    buffer = ""
+    for raw in text.splitlines():
+        buffer = f"{buffer} {raw}" if buffer else raw
+        if buffer.count('"""') % 2:
+            buffer += "\n"
+            continue
+        stripped = strip_comment(buffer).rstrip()
+        if stripped.endswith("&"):
+            buffer = stripped[:-1]
+            continue
+        lines.append(buffer)
+        buffer = ""
+    if buffer:
+        lines.append(buffer)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``atomopt lammps -in FILE [LAMMPS arguments]``; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        return 0
+    input_file = None
+    for flag in ("-in", "-i"):
+        if flag in args:
+            k = args.index(flag)
+            if k + 1 >= len(args):
+                print(f"atomopt lammps: {flag} needs a file name", file=sys.stderr)
+                return 2
+            input_file = args[k + 1]
+            del args[k : k + 2]
+    if input_file is None:
+        print("atomopt lammps: give the input file with -in FILE", file=sys.stderr)
+        return 2
+    lammps = import_lammps()
+    comm = world_comm()
+    kwargs = {} if isinstance(comm, SerialComm) else {"comm": comm}
+    lmp = lammps.lammps(cmdargs=args, **kwargs)
+    try:
+        InputRunner(lmp, comm).run_file(input_file)
+    except (InputError, FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as error:
+        if comm.rank == 0:
+            print(f"atomopt lammps: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a LAMMPS error in an input line: LAMMPS has printed it
+        if comm.rank == 0:
+            print(f"atomopt lammps: LAMMPS stopped: {error}", file=sys.stderr)
+        return 1
+    finally:
+        lmp.close()
+    return 0

@@ -1,0 +1,258 @@
+"""LAMMPS front end: same trajectory as the ASE front end, LAMMPS stopping criteria, MPI, input runner."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atomopt import OPTIMIZERS
+from atomopt.bench import lj38
+from atomopt.calculators import ClusterLennardJones
+
+try:
+    from atomopt.lammps import UnsupportedFixError, import_lammps, minimize
+
+    lammps = import_lammps()
+except ImportError as error:  # pragma: no cover - the test extra installs lammps
+    pytest.skip(f"LAMMPS not available: {error}", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "lammps"
+
+
+def lammps_instance():
+    return lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+
+
+def lj_cluster(lmp, positions):
+    """Lennard-Jones ε = σ = 1 with a cutoff beyond the cluster: the same energy as ClusterLennardJones."""
+    lmp.commands_string(
+        """
+        units lj
+        atom_style atomic
+        atom_modify map array
+        boundary f f f
+        region box block -20 30 -20 30 -20 30
+        create_box 1 box
+        mass 1 1.0
+        pair_style lj/cut 40.0
+        pair_coeff 1 1 1.0 1.0
+        thermo_modify norm no
+        """
+    )
+    lmp.commands_list([f"create_atoms 1 single {x:.17g} {y:.17g} {z:.17g} units box" for x, y, z in positions])
+
+
+def cu_crystal(lmp, n=4, displacement=0.1, seed=99):
+    lmp.commands_string(
+        f"""
+        units metal
+        atom_modify map array
+        lattice fcc 3.615
+        region box block 0 {n} 0 {n} 0 {n}
+        create_box 1 box
+        create_atoms 1 box
+        mass 1 63.546
+        pair_style eam
+        pair_coeff 1 1 Cu_u3.eam
+        displace_atoms all random {displacement} {displacement} {displacement} {seed} units box
+        """
+    )
+
+
+def positions_by_id(lmp):
+    nlocal = lmp.extract_setting("nlocal")
+    ids = lmp.numpy.extract_atom("id")[:nlocal]
+    return lmp.numpy.extract_atom("x")[:nlocal][np.argsort(ids)].copy()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_lammps_follows_the_ase_trajectory(name):
+    start = lj38.load_starts(1)[0]
+    atoms = start.copy()
+    atoms.calc = ClusterLennardJones()
+    ase_energies = [e for e in _ase_energies(OPTIMIZERS[name](atoms, logfile=None), atoms, steps=20)]
+    lmp = lammps_instance()
+    lj_cluster(lmp, start.positions)
+    result = minimize(lmp, name, ftol=0.0, maxiter=20)
+    assert result.stop_reason == "max iterations" and result.iterations == 20
+    assert len(result.energies) == len(ase_energies) == 21
+    np.testing.assert_allclose(result.energies, ase_energies, rtol=1e-8)
+    np.testing.assert_allclose(positions_by_id(lmp), atoms.positions, atol=1e-8)
+
+
+def _ase_energies(optimizer, atoms, steps):
+    for _ in optimizer.irun(fmax=0.0, steps=steps):
+        yield atoms.get_potential_energy()
+
+
+def test_stopping_criteria_follow_lammps():
+    lmp = lammps_instance()
+    cu_crystal(lmp)
+    r = minimize(lmp, "frankenstein", ftol=0.0, maxiter=7)
+    assert (r.stop_reason, r.iterations, r.force_evaluations) == ("max iterations", 7, 8)
+    r = minimize(lmp, "frankenstein", ftol=0.0, maxiter=100, maxeval=5)
+    assert (r.stop_reason, r.force_evaluations) == ("max force evaluations", 5)
+    r = minimize(lmp, "frankenstein", ftol=1e-4, norm="inf", maxiter=2000)
+    assert r.stop_reason == "force tolerance" and r.force_max_component_final < 1e-4
+    lmp.command("run 0")  # positions are left minimized for the commands that follow
+    fmax = np.abs(lmp.numpy.extract_atom("f")[: lmp.extract_setting("nlocal")]).max()
+    assert fmax < 1e-4
+    assert lmp.extract_compute("thermo_pe", 0, 0) == pytest.approx(r.energy_final, rel=1e-12)
+    lmp2 = lammps_instance()
+    cu_crystal(lmp2)
+    r = minimize(lmp2, "adamnx", etol=1e-6, ftol=0.0, maxiter=2000)
+    assert r.stop_reason == "energy tolerance"
+    e, e_prev = r.energy_final, r.energy_next_to_last
+    assert abs(e - e_prev) < 1e-6 * 0.5 * (abs(e) + abs(e_prev) + 1e-8)
+
+
+def test_only_the_group_moves_and_fixes_apply():
+    lmp = lammps_instance()
+    cu_crystal(lmp)
+    lmp.commands_string(
+        """
+        region low block INF INF INF INF INF 1.0
+        group bottom region low
+        group top subtract all bottom
+        fix hold top setforce 0.0 0.0 NULL
+        """
+    )
+    before = positions_by_id(lmp)
+    low = before[:, 2] <= 3.615  # region units are lattice spacings
+    minimize(lmp, "adan", group="bottom", ftol=1e-3, norm="max", maxiter=2000)
+    after = positions_by_id(lmp)
+    assert np.array_equal(after[~low], before[~low])  # outside the group: untouched
+    assert np.abs(after[low] - before[low]).max() > 1e-3
+
+
+def test_sorting_does_not_scramble_the_optimizer_state():
+    energies = []
+    for sort in ("0 0.0", "1 1.0"):
+        lmp = lammps_instance()
+        cu_crystal(lmp, displacement=0.3)
+        lmp.command(f"atom_modify sort {sort}")
+        energies.append(minimize(lmp, "innaprop", ftol=0.0, maxiter=60).energies)
+    np.testing.assert_allclose(energies[0], energies[1], rtol=1e-10)
+
+
+def test_clear_errors():
+    lmp = lammps_instance()
+    cu_crystal(lmp)
+    with pytest.raises(ValueError, match="group"):
+        minimize(lmp, "adan", group="nonexistent")
+    with pytest.raises(ValueError, match="norm"):
+        minimize(lmp, "adan", norm="three")
+    lmp.command("fix relax all box/relax iso 0.0")
+    with pytest.raises(UnsupportedFixError, match="box/relax"):
+        minimize(lmp, "adan")
+    lmp.command("unfix relax")
+    lmp.command("fix md all nve")
+    with pytest.raises(UnsupportedFixError, match="nve"):
+        minimize(lmp, "adan")
+    lmp.command("unfix md")
+    assert minimize(lmp, "adan", maxiter=3, ftol=0.0).iterations == 3  # still usable afterwards
+    empty = lammps_instance()
+    empty.commands_string("region box block 0 1 0 1 0 1\ncreate_box 1 box\nmass 1 1.0\npair_style zero 1.0\npair_coeff * *")
+    with pytest.raises(ValueError, match="no atoms"):
+        minimize(empty, "adan")
+
+
+def test_non_finite_forces_raise_and_leave_atoms_in_place():
+    lmp = lammps_instance()
+    cu_crystal(lmp)
+    before = positions_by_id(lmp)
+    lmp.command("variable huge equal 1.0e308*10.0")  # overflows to inf
+    lmp.command("fix bad all addforce v_huge 0.0 0.0")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        minimize(lmp, "frankenstein")
+    assert np.array_equal(positions_by_id(lmp), before)
+    lmp.command("unfix bad")
+    assert minimize(lmp, "frankenstein", maxiter=2, ftol=0.0).iterations == 2
+
+
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+@pytest.mark.parametrize("name", ["frankenstein", "adan"])
+def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name):
+    results = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"np{ranks}.json"
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, str(ROOT / "tests" / "lammps_mpi_case.py"), name, str(out)]
+        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+        results[ranks] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert one["stop"] == two["stop"] == "force tolerance"
+    assert two["migrated"] > 0  # atoms changed rank during the minimization
+    assert two["energy"] == pytest.approx(one["energy"], rel=1e-9)
+    # the per-atom state travelled with its atoms: the same vector under every atom ID
+    assert one["last_step"].keys() == two["last_step"].keys()
+    a = np.array([one["last_step"][k] for k in one["last_step"]])
+    b = np.array([two["last_step"][k] for k in one["last_step"]])
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * np.abs(a).max())
+    assert np.abs(a).max() > 0
+
+
+def run_input(path, *args, cwd=None):
+    cmd = [sys.executable, "-m", "atomopt.cli", "lammps", "-in", str(path), "-screen", "none", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_input_runner_runs_an_example_and_leaves_positions(tmp_path):
+    log = tmp_path / "log.lammps"
+    done = run_input(EXAMPLES / "in.cu_vacancy", "-var", "n", "4", "-log", str(log))
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert "Minimization stats (atomopt adan):" in text
+    assert "Stopping criterion = force tolerance" in text
+    formation = float(text.split("Vacancy formation energy:")[-1].split()[0])
+    assert 1.0 < formation < 1.5  # Cu_u3: 1.28 eV (relaxed), computed after the minimization
+
+
+def test_input_runner_mixes_native_and_atomopt_styles(tmp_path):
+    script = tmp_path / "in.mixed"
+    include = tmp_path / "in.system"
+    include.write_text(
+        "units metal\nlattice fcc 3.615\nregion box block 0 3 0 3 0 3\ncreate_box 1 box\ncreate_atoms 1 box\n"
+        "mass 1 63.546\npair_style eam\npair_coeff 1 1 Cu_u3.eam\n"
+        "displace_atoms all random 0.1 0.1 0.1 5 units box\n"
+    )
+    script.write_text(
+        f"include {include}\n"
+        "min_style cg\n"
+        "minimize 0.0 1.0e-2 & # a continued line\n"
+        "   100 1000\n"
+        "min_style frankenstein\n"
+        "min_modify lr 0.02 norm max dmax 0.05 form appendix_b\n"
+        "minimize 0.0 1.0e-5 ${steps} 10000\n"
+        'print "final pe $(pe:%.10f)"\n'
+    )
+    log = tmp_path / "log"
+    done = run_input(script, "-var", "steps", "3000", "-log", str(log))
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert "Minimization stats:" in text  # the native CG minimization ran in LAMMPS
+    assert "Minimization stats (atomopt frankenstein):" in text
+    assert "Stopping criterion = force tolerance" in text.split("atomopt frankenstein")[-1]
+
+
+def test_input_runner_rejects_what_it_cannot_do(tmp_path):
+    script = tmp_path / "in.loop"
+    script.write_text("label top\njump SELF top\n")
+    done = run_input(script)
+    assert done.returncode == 2 and "jump" in done.stderr
+    missing = run_input(tmp_path / "nope")
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_min_modify_rejects_unknown_values(tmp_path):
+    script = tmp_path / "in.bad"
+    script.write_text("units lj\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\nmin_style adan\nmin_modify fire maybe\n")
+    done = run_input(script)
+    assert done.returncode == 2 and "fire" in done.stderr
