@@ -49,21 +49,35 @@ class Layout:
     def n_rows(self) -> int:
         return int(self.structure.shape[0])
 
+    # A single structure (the ASE and LAMMPS front ends) takes fast paths: plain
+    # broadcasting and whole-tensor reductions instead of gathers and scatters,
+    # which cost more than the update rule itself at 10⁴–10⁵ atoms.
+
     def rows(self, per_structure: Tensor) -> Tensor:
-        """Broadcast a ``(n_structures,)`` tensor to ``(n_rows, 1)``."""
+        """Broadcast a ``(n_structures,)`` tensor against ``(n_rows, 3)`` (shape ``(n_rows, 1)``, or ``(1, 1)``)."""
+        if self.n_structures == 1:
+            return per_structure.reshape(1, 1)
         return per_structure[self.structure].unsqueeze(-1)
 
     def sum(self, per_row: Tensor) -> Tensor:
         """Sum a ``(n_rows, ...)`` tensor over the rows of each structure -> ``(n_structures,)``."""
-        flat = per_row.reshape(self.n_rows, -1).sum(dim=1)
+        if self.n_structures == 1:
+            return per_row.sum().reshape(1)
+        flat = per_row.reshape(self.n_rows, -1)
+        # a product with ones sums short rows far faster than .sum(dim=1) on CPU
+        flat = flat @ torch.ones(flat.shape[1], dtype=flat.dtype, device=flat.device)
         out = torch.zeros(self.n_structures, dtype=flat.dtype, device=flat.device)
         return out.index_add_(0, self.structure, flat)
 
     def max(self, per_row: Tensor) -> Tensor:
         """Maximum of a ``(n_rows,)`` tensor over the rows of each structure -> ``(n_structures,)``."""
+        if self.n_structures == 1 and self.n_rows > 0:
+            return per_row.max().reshape(1)
         out = torch.full((self.n_structures,), -torch.inf, dtype=per_row.dtype, device=per_row.device)
         return out.scatter_reduce_(0, self.structure, per_row, reduce="amax", include_self=True)
 
     def select(self, mask: Tensor) -> Tensor:
-        """Row mask ``(n_rows, 1)`` of the structures where ``mask`` (``(n_structures,)`` bool) is true."""
+        """Row mask of the structures where ``mask`` (``(n_structures,)`` bool) is true, broadcastable like :meth:`rows`."""
+        if self.n_structures == 1:
+            return mask.reshape(1, 1)
         return mask[self.structure].unsqueeze(-1)

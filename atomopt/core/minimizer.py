@@ -153,7 +153,8 @@ _STRUCTURE_FIELDS = ("lr", "eps", "downhill", "steps")
 
 def limit_step(displacement: Tensor, layout: Layout, max_step: float) -> Tensor:
     """Scale each structure's displacement so that no row moves more than ``max_step`` Å."""
-    longest = layout.max(torch.linalg.vector_norm(displacement, dim=1))
+    squared = (displacement * displacement) @ torch.ones(3, dtype=displacement.dtype, device=displacement.device)
+    longest = torch.sqrt(layout.max(squared))
     scale = torch.clamp(max_step / torch.clamp(longest, min=torch.finfo(displacement.dtype).tiny), max=1.0)
     return displacement * layout.rows(scale)
 
@@ -162,6 +163,8 @@ def check_gradient(gradient: Tensor, layout: Layout) -> None:
     """Raise a clear error for a gradient of the wrong shape or with NaN/inf entries."""
     if gradient.ndim != 2 or gradient.shape[1] != 3 or gradient.shape[0] != layout.n_rows:
         raise ValueError(f"gradient must have shape ({layout.n_rows}, 3), got {tuple(gradient.shape)}")
+    if bool(torch.isfinite(gradient.sum())):  # fast path: a NaN or inf entry makes the sum non-finite
+        return
     finite = torch.isfinite(gradient).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()[:10].tolist()

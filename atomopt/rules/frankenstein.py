@@ -84,11 +84,13 @@ class FrankensteinRule(UpdateRule):
         p = torch.acos(torch.tanh(m * g)) / math.pi  # Alg. 1 line 6, Eq. (12)
         x = g * g + layout.rows(eps)  # line 7, Eq. (13)
         v_hat = torch.maximum(state["v"], x)  # line 8, Eq. (14)
-        root_for_rho = torch.sqrt(v_hat) if self.form == "algorithm1" else torch.sqrt(x)  # line 9 vs Eq. (15)
+        root_v_hat = torch.sqrt(v_hat)
+        root_x = torch.sqrt(x) if self.form != "algorithm1" else root_v_hat  # not used by algorithm1
+        root_for_rho = root_v_hat if self.form == "algorithm1" else root_x  # line 9 vs Eq. (15)
         low, high = _RHO_CLIP[self.form]
         rho = torch.log(torch.clamp(math.e + root_for_rho + 0.5 - p, math.exp(low), math.exp(high)))
         xi = _XI_SCALE / (1.0 + torch.exp(-torch.abs(x_prev - p)))  # line 10, Eq. (16)
-        denominator = torch.sqrt(x) if self.form == "released" else torch.sqrt(v_hat)
+        denominator = root_x if self.form == "released" else root_v_hat
         gradient_step = alpha * xi * g / denominator
         m = rho * beta1 * m - gradient_step  # line 11, Eq. (19)
         if self.form == "appendix_b":

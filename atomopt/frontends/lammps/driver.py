@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
@@ -318,6 +319,7 @@ def minimize(
     if etol < 0 or ftol < 0:
         raise ValueError(f"etol and ftol must be >= 0, got {etol} and {ftol}")
     import_lammps()
+    retain_freed_memory()
     comm = world_comm(lmp.extract_setting("world_size")) if comm is None else comm
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
     if minimizer.auto_eps is not None and comm.size > 1:
