@@ -3,8 +3,8 @@
 Every step of an update rule allocates a few dozen temporaries of n_rows × 3
 floats. Above glibc's mmap threshold (128 kB, ~5,000 atoms) each one is a
 fresh ``mmap`` whose pages the kernel must fault in and zero, and each free
-gives them back: at 32,000 atoms that doubled the optimizer's cost per step
-inside LAMMPS (8.5 → 4.6 ms, measured). Raising the mmap and trim thresholds
+gives them back: in a profile at 32,000 atoms inside LAMMPS that was about
+half of Frankenstein's time per step. Raising the mmap and trim thresholds
 lets the allocator reuse the same heap memory step after step, at the price
 of keeping up to ``trim`` bytes of freed memory in the process. Set
 ``ATOMOPT_KEEP_MALLOC=1`` in the environment to leave the allocator alone.

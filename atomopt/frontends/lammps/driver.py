@@ -290,6 +290,7 @@ def minimize(
     dtype: torch.dtype = torch.float64,
     comm: Any = None,
     keep_state: bool = False,
+    echo: str | None = None,
     **options: Any,
 ) -> MinimizeResult:
     """Minimize the atoms of the LAMMPS instance ``lmp`` in place, as LAMMPS's ``minimize`` does.
@@ -307,6 +308,8 @@ def minimize(
         device, dtype: where the optimizer math runs (``"cuda"`` for a GPU) and its precision.
         comm: mpi4py communicator LAMMPS runs on (default: COMM_WORLD).
         keep_state: leave ``fix atomopt_state`` (per-atom arrays ``d2_atomopt_<field>``) defined afterwards.
+        echo: the instance's ``echo`` setting, if known: the driver's own commands are then not echoed to the
+            log, and ``echo`` is restored after each group of them (``None``: echo is left alone).
         **options: optimizer options (``lr``, ``eps``, ``paper_exact``, ``fire``, ``auto_eps``, rule hyperparameters).
 
     Returns:
@@ -340,7 +343,8 @@ def minimize(
                f"variable {_PREFIX}_stop delete"]  # fmt: skip
     if not keep_state:
         cleanup.append(f"unfix {_PREFIX}_state")
-    lmp.commands_list(setup)
+    quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
+    lmp.commands_list(quiet + setup + loud)
     lmp.set_fix_external_callback(f"{_PREFIX}_step", run.callback)
     start = time.perf_counter()
     try:
@@ -348,14 +352,14 @@ def minimize(
         step = lmp.extract_global("ntimestep")
         every = lmp.extract_global("thermo_every")
         if run.stop_reason is not None and run.error is None and not (every and step % every == 0):
-            lmp.command("run 0 pre no post no")  # print the thermo line of the final step, no force call
+            lmp.commands_list(quiet + ["run 0 pre no post no"] + loud)  # thermo line of the final step, no force call
     finally:
-        lmp.commands_list(cleanup)
+        lmp.commands_list(quiet + cleanup + loud)
     wall = time.perf_counter() - start
     if run.error is not None:
         raise run.error
     result = _result(run, wall)
-    _print_stats(lmp, optimizer, result)
+    lmp.commands_list(quiet + stats_commands(optimizer, result) + loud)
     return result
 
 
@@ -378,7 +382,8 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
     )
 
 
-def _print_stats(lmp: Any, optimizer: str, r: MinimizeResult) -> None:
+def stats_commands(optimizer: str, r: MinimizeResult) -> list[str]:
+    """LAMMPS ``print`` commands writing the minimization stats in LAMMPS's layout."""
     lines = [
         f"Minimization stats (atomopt {optimizer}):",
         f"  Stopping criterion = {r.stop_reason}",
@@ -389,5 +394,4 @@ def _print_stats(lmp: Any, optimizer: str, r: MinimizeResult) -> None:
         f"  Force max component initial, final = {r.force_max_component_initial:.8g} {r.force_max_component_final:.8g}",
         f"  Optimizer time, wall time = {r.optimizer_time:.4g} {r.wall_time:.4g} s",
     ]
-    for line in lines:
-        lmp.command(f'print "{line}"')
+    return [f'print "{line}"' for line in lines]

@@ -55,6 +55,7 @@ class InputRunner:
         self.options: dict[str, Any] = {}
         self.norm = "two"
         self.dmax: float | None = None
+        self.echo = "log"  # LAMMPS's default; followed through -echo and echo commands
         self.results: list[MinimizeResult] = []
         self._pending: list[str] = []
 
@@ -76,6 +77,8 @@ class InputRunner:
         command = words[0]
         if command == "jump":
             raise InputError("'jump' is not supported by atomopt lammps; loop in Python with atomopt.lammps.minimize")
+        if command == "echo" and len(words) > 1:
+            self.echo = words[1]
         if command == "include":
             self._flush()
             self.run_file(self.lmp.expand(strip_comment(line)).split()[1])
@@ -127,9 +130,10 @@ class InputRunner:
         options = optimizer_options(self.options)
         if self.dmax is not None:
             options["max_step"] = self.dmax
-        self.lmp.command(f'print "atomopt: minimize {etol:g} {ftol:g} {maxiter} {maxeval} with min_style {self.style}"')
+        header = f'print "atomopt: minimize {etol:g} {ftol:g} {maxiter} {maxeval} with min_style {self.style}"'
+        self.lmp.commands_list(["echo none", header, f"echo {self.echo}"])
         result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
-                          norm=self.norm, comm=self.comm, **options)  # fmt: skip
+                          norm=self.norm, comm=self.comm, echo=self.echo, **options)  # fmt: skip
         self.results.append(result)
 
 
@@ -223,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {} if isinstance(comm, SerialComm) else {"comm": comm}
     lmp = lammps.lammps(cmdargs=args, **kwargs)
     try:
-        InputRunner(lmp, comm).run_file(input_file)
+        runner = InputRunner(lmp, comm)
+        for flag in ("-echo", "-e"):
+            if flag in args[:-1]:
+                runner.echo = args[args.index(flag) + 1]
+        runner.run_file(input_file)
     except (InputError, FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as error:
         if comm.rank == 0:
             print(f"atomopt lammps: {error}", file=sys.stderr)
