@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.layout import Layout
 from atomopt.rules import RULES, make_minimizer
 
@@ -77,7 +76,6 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    retain_freed_memory()  # as the batch and LAMMPS front ends do
     dtype = getattr(torch, args.dtype)
 
     rows = {name: time_minimizer(name, args.atoms, args.structures, args.repeats, args.device, dtype) for name in RULES}

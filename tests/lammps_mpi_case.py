@@ -8,7 +8,6 @@ energy (JSON, rank 0)."""
 import json
 import sys
 
-import numpy as np
 
 from atomopt.lammps import import_lammps, minimize
 

@@ -75,7 +75,7 @@ def test_lammps_follows_the_ase_trajectory(name):
     start = lj38.load_starts(1)[0]
     atoms = start.copy()
     atoms.calc = ClusterLennardJones()
-    ase_energies = [e for e in _ase_energies(OPTIMIZERS[name](atoms, logfile=None), atoms, steps=20)]
+    ase_energies = list(_ase_energies(OPTIMIZERS[name](atoms, logfile=None), atoms, steps=20))
     lmp = lammps_instance()
     lj_cluster(lmp, start.positions)
     result = minimize(lmp, name, ftol=0.0, maxiter=20)
@@ -199,14 +199,15 @@ def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name):
     assert np.abs(a).max() > 0
 
 
-def run_input(path, *args, cwd=None):
+def run_input(path, *args, cwd):
+    """``atomopt lammps -in path`` in ``cwd`` (where LAMMPS writes log.lammps unless -log is given)."""
     cmd = [sys.executable, "-m", "atomopt.cli", "lammps", "-in", str(path), "-screen", "none", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_input_runner_runs_an_example_and_leaves_positions(tmp_path):
     log = tmp_path / "log.lammps"
-    done = run_input(EXAMPLES / "in.cu_vacancy", "-var", "n", "4", "-log", str(log))
+    done = run_input(EXAMPLES / "in.cu_vacancy", "-var", "n", "4", "-log", str(log), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     text = log.read_text()
     assert "Minimization stats (atomopt adan):" in text
@@ -234,7 +235,7 @@ def test_input_runner_mixes_native_and_atomopt_styles(tmp_path):
         'print "final pe $(pe:%.10f)"\n'
     )
     log = tmp_path / "log"
-    done = run_input(script, "-var", "steps", "3000", "-log", str(log))
+    done = run_input(script, "-var", "steps", "3000", "-log", str(log), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     text = log.read_text()
     assert "Minimization stats:" in text  # the native CG minimization ran in LAMMPS
@@ -245,14 +246,14 @@ def test_input_runner_mixes_native_and_atomopt_styles(tmp_path):
 def test_input_runner_rejects_what_it_cannot_do(tmp_path):
     script = tmp_path / "in.loop"
     script.write_text("label top\njump SELF top\n")
-    done = run_input(script)
+    done = run_input(script, cwd=tmp_path)
     assert done.returncode == 2 and "jump" in done.stderr
-    missing = run_input(tmp_path / "nope")
+    missing = run_input(tmp_path / "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
 def test_min_modify_rejects_unknown_values(tmp_path):
     script = tmp_path / "in.bad"
     script.write_text("units lj\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\nmin_style adan\nmin_modify fire maybe\n")
-    done = run_input(script)
+    done = run_input(script, cwd=tmp_path)
     assert done.returncode == 2 and "fire" in done.stderr

@@ -6,7 +6,8 @@ fresh ``mmap`` whose pages the kernel must fault in and zero, and each free
 gives them back: in a profile at 32,000 atoms inside LAMMPS that was about
 half of Frankenstein's time per step. Raising the mmap and trim thresholds
 lets the allocator reuse the same heap memory step after step, at the price
-of keeping up to ``trim`` bytes of freed memory in the process. Set
+of keeping up to ``trim`` bytes of freed memory in the process.
+:meth:`atomopt.core.minimizer.Minimizer.init` calls it, so every front end gets it. Set
 ``ATOMOPT_KEEP_MALLOC=1`` in the environment to leave the allocator alone.
 """
 

@@ -63,9 +63,7 @@ class Layout:
         """Sum a ``(n_rows, ...)`` tensor over the rows of each structure -> ``(n_structures,)``."""
         if self.n_structures == 1:
             return per_row.sum().reshape(1)
-        flat = per_row.reshape(self.n_rows, -1)
-        # a product with ones sums short rows far faster than .sum(dim=1) on CPU
-        flat = flat @ torch.ones(flat.shape[1], dtype=flat.dtype, device=flat.device)
+        flat = row_sum(per_row.reshape(self.n_rows, -1))
         out = torch.zeros(self.n_structures, dtype=flat.dtype, device=flat.device)
         return out.index_add_(0, self.structure, flat)
 
@@ -81,3 +79,8 @@ class Layout:
         if self.n_structures == 1:
             return mask.reshape(1, 1)
         return mask[self.structure].unsqueeze(-1)
+
+
+def row_sum(values: Tensor) -> Tensor:
+    """Sum of each row of a 2-D tensor; a product with ones is far faster than ``.sum(dim=1)`` for short rows on CPU."""
+    return values @ torch.ones(values.shape[1], dtype=values.dtype, device=values.device)

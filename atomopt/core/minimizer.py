@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.epsilon import AutoEpsilon
-from atomopt.core.layout import Layout
+from atomopt.core.layout import Layout, row_sum
 from atomopt.core.rule import State, UpdateRule
 
 MinimizerState = dict[str, object]
@@ -95,6 +96,7 @@ class Minimizer:
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
         check_gradient(gradient, layout)
+        retain_freed_memory()  # the step's temporaries reuse heap memory (atomopt.core.allocator)
         per_structure = torch.ones(layout.n_structures, dtype=gradient.dtype, device=gradient.device)
         lr = per_structure * self.lr
         return {
@@ -139,22 +141,39 @@ class Minimizer:
         rows = keep[layout.structure]
         sizes = torch.bincount(layout.structure, minlength=layout.n_structures)[keep]
         new_layout = Layout.from_sizes(sizes.tolist(), device=layout.structure.device)
+        per_row, rest = self.split_rows(state)
+        per_row = {k: v[rows] for k, v in per_row.items()}
+        rest = {k: {n: t[keep] for n, t in v.items()} if k == "rule" else v[keep] for k, v in rest.items()}
+        return self.join_rows(per_row, rest), new_layout
 
-        def pick(values: dict, structure_fields: tuple[str, ...]) -> dict:
-            return {k: v[keep] if k in structure_fields else v[rows] for k, v in values.items()}
+    # Per-row fields (one value per atom) and per-structure fields of a state. Front ends that keep the
+    # per-row part elsewhere (LAMMPS per-atom arrays that follow atoms across ranks) split and join with these.
 
-        new_state = pick({k: v for k, v in state.items() if k != "rule"}, _STRUCTURE_FIELDS)
-        new_state["rule"] = pick(state["rule"], self.rule.structure_fields)
-        return new_state, new_layout
+    def row_fields(self) -> tuple[str, ...]:
+        """Names of the per-row state fields, as :meth:`split_rows` keys them."""
+        probe = self.rule.init(torch.zeros(1, 3, dtype=torch.float64), Layout.single(1), torch.ones(1, dtype=torch.float64))
+        return tuple(k for k in probe if k not in self.rule.structure_fields) + ("last_step",)
 
+    def split_rows(self, state: MinimizerState) -> tuple[dict[str, Tensor], MinimizerState]:
+        """``state`` as its per-row fields (a flat dict named by :meth:`row_fields`) and the per-structure rest."""
+        rule_state: State = state["rule"]
+        per_row = {k: v for k, v in rule_state.items() if k not in self.rule.structure_fields}
+        per_row["last_step"] = state["last_step"]
+        rest = {k: v for k, v in state.items() if k not in ("rule", "last_step")}
+        rest["rule"] = {k: v for k, v in rule_state.items() if k in self.rule.structure_fields}
+        return per_row, rest
 
-_STRUCTURE_FIELDS = ("lr", "eps", "downhill", "steps")
+    def join_rows(self, per_row: dict[str, Tensor], rest: MinimizerState) -> MinimizerState:
+        """Inverse of :meth:`split_rows`."""
+        state = {k: v for k, v in rest.items() if k != "rule"}
+        state["last_step"] = per_row["last_step"]
+        state["rule"] = rest["rule"] | {k: v for k, v in per_row.items() if k != "last_step"}
+        return state
 
 
 def limit_step(displacement: Tensor, layout: Layout, max_step: float) -> Tensor:
     """Scale each structure's displacement so that no row moves more than ``max_step`` Å."""
-    squared = (displacement * displacement) @ torch.ones(3, dtype=displacement.dtype, device=displacement.device)
-    longest = torch.sqrt(layout.max(squared))
+    longest = torch.sqrt(layout.max(row_sum(displacement * displacement)))
     scale = torch.clamp(max_step / torch.clamp(longest, min=torch.finfo(displacement.dtype).tiny), max=1.0)
     return displacement * layout.rows(scale)
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.layout import Layout
 from atomopt.frontends.ase_optimizer import check_structure
 from atomopt.rules import make_minimizer
@@ -63,7 +62,6 @@ def relax_batch(
         raise ValueError("relax_batch needs at least one structure")
     for atoms in structures:
         check_structure(atoms)
-    retain_freed_memory()
     minimizer = make_minimizer(optimizer, **options)
     optimizables = [atoms.__ase_optimizable__() for atoms in structures]
     active = list(range(len(structures)))

@@ -85,7 +85,7 @@ class FrankensteinRule(UpdateRule):
         x = g * g + layout.rows(eps)  # line 7, Eq. (13)
         v_hat = torch.maximum(state["v"], x)  # line 8, Eq. (14)
         root_v_hat = torch.sqrt(v_hat)
-        root_x = torch.sqrt(x) if self.form != "algorithm1" else root_v_hat  # not used by algorithm1
+        root_x = None if self.form == "algorithm1" else torch.sqrt(x)  # Algorithm 1 uses only √v̂
         root_for_rho = root_v_hat if self.form == "algorithm1" else root_x  # line 9 vs Eq. (15)
         low, high = _RHO_CLIP[self.form]
         rho = torch.log(torch.clamp(math.e + root_for_rho + 0.5 - p, math.exp(low), math.exp(high)))

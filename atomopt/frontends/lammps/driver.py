@@ -31,6 +31,7 @@ Units are those of the LAMMPS ``units`` setting: lengths for ``lr`` and
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
@@ -55,7 +55,7 @@ NORMS = ("two", "max", "inf")
 #: Fix styles that move atoms or the box during a run: with them the run is no minimization.
 UNSUPPORTED_FIX_STYLES = (
     "box/relax", "nve", "nvt", "npt", "nph", "rigid", "langevin", "deform", "move", "temp/", "press/",
-    "gld", "gle", "dt/reset", "nvk", "nvt/", "npt/",
+    "gld", "gle", "dt/reset", "nvk",
 )  # fmt: skip
 _PREFIX = "atomopt"
 
@@ -120,15 +120,15 @@ class _Norms:
 class _Run:
     """State of one minimization; its ``callback`` is called by fix external at every step."""
 
-    def __init__(self, lmp: Any, minimizer: Minimizer, comm: Any, group: str, row_fields: list[str], *,
+    def __init__(self, lmp: Any, minimizer: Minimizer, comm: Any, group: str, *,
                  etol: float, ftol: float, maxiter: int, maxeval: int, norm: str,
                  dtype: torch.dtype, device: torch.device) -> None:  # fmt: skip
         self.lmp, self.minimizer, self.comm = lmp, minimizer, comm
         self.groupbit = None if group == "all" else 1 << lmp.available_ids("group").index(group)
-        self.row_fields = row_fields
+        self.row_fields = minimizer.row_fields()
         self.etol, self.ftol, self.maxiter, self.maxeval, self.norm = etol, ftol, maxiter, maxeval, norm
         self.dtype, self.device = dtype, device
-        self.scalars: dict[str, Tensor] | None = None  # per-structure part of the state
+        self.per_structure: dict | None = None  # the state without its per-atom fields (those live in LAMMPS)
         self.energies: list[float] = []
         self.norms: list[_Norms] = []
         self.iterations = 0
@@ -153,6 +153,7 @@ class _Run:
         forces = lmp.numpy.extract_atom("f")[:nlocal][rows]
         energy = float(lmp.extract_compute("thermo_pe", 0, 0))
         norms = self._force_norms(forces)
+        # tested on the global count so that every rank raises together (the core's check is per rank)
         if norms.non_finite:
             raise NonFiniteForcesError(
                 f"{norms.non_finite} non-finite force components (NaN or inf) at step {self.iterations}; "
@@ -218,33 +219,18 @@ class _Run:
         return self.lmp.numpy.extract_atom(f"d2_{_PREFIX}_{name}")[:nlocal]
 
     def _load_state(self, nlocal: int, rows: Any, gradient: Tensor, layout: Layout) -> dict:
-        if self.scalars is None:  # first step
-            state = self.minimizer.init(gradient, layout)
-            self.scalars = {}
-            return state
+        if self.per_structure is None:  # first step
+            return self.minimizer.init(gradient, layout)
         per_row = {
             name: torch.as_tensor(self._array(name, nlocal)[rows], dtype=self.dtype, device=self.device)
             for name in self.row_fields
         }
-        state = {k: v for k, v in self.scalars.items() if not k.startswith("rule.")}
-        state["last_step"] = per_row.pop("last_step")
-        state["rule"] = per_row | {k[5:]: v for k, v in self.scalars.items() if k.startswith("rule.")}
-        return state
+        return self.minimizer.join_rows(per_row, self.per_structure)
 
     def _store_state(self, nlocal: int, rows: Any, state: dict) -> None:
-        structure_fields = self.minimizer.rule.structure_fields
-        self.scalars = {k: v for k, v in state.items() if k not in ("rule", "last_step")}
-        self.scalars |= {f"rule.{k}": v for k, v in state["rule"].items() if k in structure_fields}
-        per_row = {k: v for k, v in state["rule"].items() if k not in structure_fields}
-        per_row["last_step"] = state["last_step"]
+        per_row, self.per_structure = self.minimizer.split_rows(state)
         for name, value in per_row.items():
             self._array(name, nlocal)[rows] = value.detach().cpu().numpy()
-
-
-def row_fields(minimizer: Minimizer) -> list[str]:
-    """Names of the per-atom state fields of ``minimizer`` (stored as ``d2_atomopt_<name>``)."""
-    probe = minimizer.rule.init(torch.zeros(1, 3, dtype=torch.float64), Layout.single(1), torch.ones(1, dtype=torch.float64))
-    return [k for k in probe if k not in minimizer.rule.structure_fields] + ["last_step"]
 
 
 def fix_styles(lmp: Any, comm: Any) -> list[str]:
@@ -252,7 +238,7 @@ def fix_styles(lmp: Any, comm: Any) -> list[str]:
     path = None
     if comm.rank == 0:
         handle, path = tempfile.mkstemp(prefix="atomopt-info-", suffix=".txt")
-        Path(path).unlink()
+        os.close(handle)
     path = comm.bcast(path, root=0)
     lmp.command(f"info fixes out overwrite {path}")
     styles = None
@@ -322,16 +308,14 @@ def minimize(
     if etol < 0 or ftol < 0:
         raise ValueError(f"etol and ftol must be >= 0, got {etol} and {ftol}")
     import_lammps()
-    retain_freed_memory()
     comm = world_comm(lmp.extract_setting("world_size")) if comm is None else comm
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
     if minimizer.auto_eps is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     check_supported(lmp, comm, group)
-    fields = row_fields(minimizer)
-    run = _Run(lmp, minimizer, comm, group, fields, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
+    run = _Run(lmp, minimizer, comm, group, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
                norm=norm, dtype=dtype, device=torch.device(device))  # fmt: skip
-    arrays = " ".join(f"d2_{_PREFIX}_{name} 3" for name in fields)
+    arrays = " ".join(f"d2_{_PREFIX}_{name} 3" for name in run.row_fields)
     setup = [
         f"fix {_PREFIX}_state all property/atom {arrays} ghost no",
         f"fix {_PREFIX}_step all external pf/callback 1 1",

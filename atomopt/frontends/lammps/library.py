@@ -52,9 +52,6 @@ class SerialComm:
     rank = 0
     size = 1
 
-    def allreduce(self, value: Any, op: str = "sum") -> Any:
-        return value
-
     def bcast(self, value: Any, root: int = 0) -> Any:
         return value
 
