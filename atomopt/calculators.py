@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 
@@ -47,3 +48,22 @@ def make_calculator(name: str) -> Calculator:
     if key == "lj":
         return ClusterLennardJones()
     raise ValueError(f"unknown calculator {name!r}; choose from ['emt', 'lj']")
+
+
+def cluster_lj_tensor(
+    positions: torch.Tensor, n_atoms: int, epsilon: float = 1.0, sigma: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched all-pairs Lennard-Jones of equal-size free clusters, on torch tensors.
+
+    ``positions`` is ``(n_clusters · n_atoms, 3)`` (clusters stacked); returns energies ``(n_clusters,)`` and
+    forces ``(n_clusters · n_atoms, 3)``, the same numbers as :class:`ClusterLennardJones`.
+    """
+    pos = positions.reshape(-1, n_atoms, 3)
+    diff = pos[:, :, None, :] - pos[:, None, :, :]
+    r2 = (diff * diff).sum(-1)
+    r2.diagonal(dim1=1, dim2=2).fill_(torch.inf)
+    s6 = (sigma * sigma / r2) ** 3
+    energy = 2.0 * epsilon * (s6 * s6 - s6).sum(dim=(1, 2))
+    scalar = 24.0 * epsilon * (2.0 * s6 * s6 - s6) / r2
+    forces = (scalar[..., None] * diff).sum(dim=2)
+    return energy, forces.reshape(-1, 3)

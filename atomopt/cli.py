@@ -126,7 +126,13 @@ def bench_command(args: argparse.Namespace) -> int:
     from atomopt.bench.report import run_lj38
 
     names = args.methods or list(lj38.DEFAULT_METHODS)
-    payload = run_lj38(args.n, names, args.workers, Path(args.out), tag=args.tag)
+    limits = {}
+    for item in args.limit or []:
+        method, _, count = item.partition("=")
+        if not count.isdigit():
+            raise ValueError(f"--limit takes METHOD=N, got {item!r}")
+        limits[method] = int(count)
+    payload = run_lj38(args.n, names, args.workers, Path(args.out), tag=args.tag, engine=args.engine, limits=limits)
     print((Path(args.out) / f"{args.tag}.md").read_text())
     return 0 if payload else 1
 
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     lj.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
     lj.add_argument("--out", default="benchmarks/results", help="output folder")
     lj.add_argument("--tag", default="lj38", help="file name stem of the results")
+    lj.add_argument("--engine", choices=("batch", "ase"), default="batch",
+                    help="run the atomopt methods batched on tensors (default) or through the ASE optimizers")
+    lj.add_argument("--limit", nargs="+", metavar="METHOD=N", help="run METHOD on its first N starts only")
     lj.set_defaults(handler=bench_command)
     return parser
 

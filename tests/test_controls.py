@@ -1,11 +1,12 @@
 """Step controls and the gradient-histogram ε rule, against hand-computed values."""
 
+import pytest
 import torch
 
 from atomopt.core.epsilon import AutoEpsilon, epsilon_range, segment_quantile
 from atomopt.core.layout import Layout
-from atomopt.core.minimizer import FireControl, Minimizer
-from atomopt.rules import AdamNXRule, FrankensteinRule
+from atomopt.core.minimizer import FireControl, Minimizer, SecantControl
+from atomopt.rules import AdamNXRule, FrankensteinRule, make_minimizer
 
 LAYOUT = Layout.from_sizes([2, 1])
 # Structure 0 holds 1..6; structure 1 holds 0.002, 0.003, 700.
@@ -69,3 +70,38 @@ def test_fire_control_restarts_and_halves_lr_on_uphill_steps():
     assert torch.allclose(state["lr"], torch.tensor([0.15, 0.05], dtype=torch.float64))
     _, state = minimizer.step(state, g2, layout)
     assert torch.allclose(state["lr"][0], torch.tensor(0.2, dtype=torch.float64))  # capped at 2 × 0.1
+
+
+def test_secant_control_rescales_lr_by_the_quadratic_step_fraction():
+    # AdamNX first step with eps ≈ 0: Δ = −lr·g/|g| = −0.1 along x for g = (1, 0, 0).
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, fire=None, secant=SecantControl(max_factor=4.0))
+    layout = Layout.from_sizes([1, 1])
+    g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    state = minimizer.init(g, layout)
+    _, state = minimizer.step(state, g, layout)
+    assert torch.allclose(state["last_slope"], torch.tensor([-0.1, -0.1], dtype=torch.float64))  # s·g
+    # Structure 0: slope after = −0.05 → curvature 0.05, r = 0.1/0.05 = 2 (stopped halfway): lr → 0.2.
+    # Structure 1: slope after = +0.3 → curvature 0.4, r = 0.25 (overshot 4×): lr → 0.025.
+    g2 = torch.tensor([[0.5, 0.0, 0.0], [-3.0, 0.0, 0.0]], dtype=torch.float64)
+    _, state = minimizer.step(state, g2, layout)
+    assert torch.allclose(state["lr"], torch.tensor([0.2, 0.025], dtype=torch.float64))
+
+
+def test_secant_control_grows_lr_without_positive_curvature():
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, fire=None, secant=SecantControl(max_factor=2.0))
+    layout = Layout.single(1)
+    g = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    state = minimizer.init(g, layout)
+    _, state = minimizer.step(state, g, layout)
+    _, state = minimizer.step(state, 2.0 * g, layout)  # steeper after the step: negative curvature
+    assert torch.allclose(state["lr"], torch.tensor([0.2], dtype=torch.float64))  # grown by max_factor
+    with pytest.raises(ValueError, match="max_factor"):
+        SecantControl(max_factor=0.5)
+
+
+def test_atomistic_rule_defaults_apply_unless_paper_exact_or_overridden():
+    assert make_minimizer("frankenstein").rule.base_lr == 0.01
+    assert make_minimizer("frankenstein", base_lr=0.5).rule.base_lr == 0.5
+    assert make_minimizer("frankenstein", paper_exact=True).rule.base_lr == 1e-3  # Eq. (3)'s α = 10⁻³
+    assert make_minimizer("adan").rule.beta1 == 0.1 and make_minimizer("adan", paper_exact=True).rule.beta1 == 0.02
+    assert make_minimizer("frankenstein").fire == FireControl(f_dec=0.9, f_inc=1.02)

@@ -167,14 +167,20 @@ ATOMOPT_NAMES = ("frankenstein", "adan", "adamnx", "innaprop")
 PAPER_LR = 0.01
 
 
+def atomopt_methods() -> dict[str, tuple[str, dict]]:
+    """atomopt methods: name -> (optimizer, options of :func:`atomopt.rules.make_minimizer`)."""
+    table: dict[str, tuple[str, dict]] = {name: (name, {}) for name in ATOMOPT_NAMES}
+    for name in ATOMOPT_NAMES:
+        table[f"{name}-paper"] = (name, {"paper_exact": True, "lr": PAPER_LR})
+    for form in ("appendix_b", "released"):
+        table[f"frankenstein-{form}-paper"] = ("frankenstein", {"paper_exact": True, "lr": PAPER_LR, "form": form})
+    return table
+
+
 def methods() -> dict[str, Callable[[Atoms], None]]:
-    table: dict[str, Callable[[Atoms], None]] = {}
-    for name in ATOMOPT_NAMES:
-        table[name] = _atomopt(name)
-    for name in ATOMOPT_NAMES:
-        table[f"{name}-paper"] = _atomopt(name, paper_exact=True, lr=PAPER_LR)
-    table["frankenstein-appendix_b-paper"] = _atomopt("frankenstein", paper_exact=True, lr=PAPER_LR, form="appendix_b")
-    table["frankenstein-released-paper"] = _atomopt("frankenstein", paper_exact=True, lr=PAPER_LR, form="released")
+    table: dict[str, Callable[[Atoms], None]] = {
+        name: _atomopt(optimizer, **options) for name, (optimizer, options) in atomopt_methods().items()
+    }
     for cls_name in ("FIRE", "FIRE2", "BFGS", "LBFGS", "BFGSLineSearch", "MDMin", "SciPyFminCG"):
         table[f"ase-{cls_name}"] = _ase(cls_name)
     table["scipy-L-BFGS-B"] = _scipy_lbfgsb
@@ -182,6 +188,50 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
 
 
 DEFAULT_METHODS = tuple(m for m in methods() if not m.startswith("frankenstein-") or m == "frankenstein-paper")
+
+
+def run_batched(method: str, starts: list[Atoms], first_index: int = 0, progress=None, **overrides) -> list[RunResult]:
+    """Run an atomopt method on all ``starts`` at once through the batched tensor engine.
+
+    The minimizer is the one the ASE optimizer builds, so each start follows the trajectory it follows
+    alone (up to round-off); force calls are counted per start in the same way. ``overrides`` replace
+    options of :func:`atomopt.rules.make_minimizer` (used for tuning).
+    """
+    import torch
+
+    from atomopt.calculators import cluster_lj_tensor
+    from atomopt.core.layout import Layout
+    from atomopt.frontends.batch import relax_tensors
+    from atomopt.rules import make_minimizer
+
+    optimizer, options = atomopt_methods().get(method, (method, {}))
+    minimizer = make_minimizer(optimizer, **(options | overrides))
+    positions = torch.as_tensor(np.concatenate([s.positions for s in starts]), dtype=torch.float64)
+    layout = Layout.from_sizes([len(s) for s in starts])
+    t0 = time.perf_counter()
+    n_atoms = len(starts[0])
+    if any(len(s) != n_atoms for s in starts):
+        raise ValueError("run_batched needs starts of equal size")
+    out = relax_tensors(lambda x, _: cluster_lj_tensor(x, n_atoms), positions, layout, minimizer,
+                        fmax=FMAX, max_force_calls=MAX_FORCE_CALLS, observer=progress)
+    seconds = time.perf_counter() - t0
+    final = out.positions.numpy().reshape(len(starts), -1, 3)
+    calls = out.force_calls.numpy()
+    share = calls / calls.sum()  # the batch's wall time, attributed to starts by their force calls
+    results = []
+    for i, start in enumerate(starts):
+        atoms = start.copy()
+        atoms.positions = final[i]
+        atoms.calc = ClusterLennardJones()
+        energy, fmax = float(atoms.get_potential_energy()), max_force(atoms)
+        failure = ""
+        if fmax > FMAX:
+            failure = "budget" if calls[i] >= MAX_FORCE_CALLS else "not converged"
+        elif not cluster_intact(atoms, energy):
+            failure = "broken cluster"
+        results.append(RunResult(method, first_index + i, failure == "", int(calls[i]), energy, fmax,
+                                 seconds * share[i], out.force_seconds * share[i], failure))
+    return results
 
 
 def run_one(method: str, index: int, start: Atoms) -> RunResult:

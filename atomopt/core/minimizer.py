@@ -20,6 +20,8 @@ each optional, make them usable; ``paper_exact`` switches all of them off.
 * ``auto_eps`` (:class:`~atomopt.core.epsilon.AutoEpsilon`): sets ε from the
   gradient-histogram rule after a warm-up; a large ε turns the adaptive step
   α·g/√v into the force-proportional α·g/ε that converges to small fmax.
+* ``secant`` (:class:`SecantControl`, off by default): lr rescaled by the
+  secant estimate of where the last step should have stopped (docs/controls.md).
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ class FireControl:
 
 
 @dataclass(frozen=True)
+class SecantControl:
+    """Learning rate from the secant curvature along the last step (no extra force call).
+
+    With s the last displacement and g, g' the gradients before and after it,
+    the 1-D quadratic through the slopes s·g and s·g' has its minimum at the
+    fraction r = −s·g / (s·g' − s·g) of s. A step that stopped short (r > 1)
+    or overshot (r < 1) rescales lr by r, clipped to [1/max_factor, max_factor];
+    without positive curvature along s, lr grows by max_factor.
+    """
+
+    max_factor: float = 2.0
+    fire_scaling: bool = False  # also apply FIRE's f_dec/f_inc when a FireControl is set
+    lr_max_factor: float = 10.0  # ceiling as in FireControl (a FireControl's own ceiling wins when set)
+
+    def __post_init__(self) -> None:
+        if not self.max_factor >= 1.0:
+            raise ValueError(f"SecantControl: max_factor must be >= 1, got {self.max_factor}")
+        if not self.lr_max_factor >= 1.0:
+            raise ValueError(f"SecantControl: lr_max_factor must be >= 1, got {self.lr_max_factor}")
+
+
+@dataclass(frozen=True)
 class Minimizer:
     """An update rule with its learning rate, ε and step controls.
 
@@ -76,6 +100,7 @@ class Minimizer:
     max_step: float | None = 0.2
     fire: FireControl | None = field(default_factory=FireControl)
     auto_eps: AutoEpsilon | None = None
+    secant: SecantControl | None = None
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -88,10 +113,11 @@ class Minimizer:
 
     @property
     def lr_max(self) -> float:
-        """Ceiling of the FIRE-grown learning rate: lr_max_factor × lr, within the rule's limit."""
-        if self.fire is None:
+        """Ceiling of the grown learning rate: lr_max_factor × lr, within the rule's limit."""
+        control = self.fire or self.secant
+        if control is None:
             return self.lr
-        return max(self.lr, min(self.lr * self.fire.lr_max_factor, self.rule.lr_limit))
+        return max(self.lr, min(self.lr * control.lr_max_factor, self.rule.lr_limit))
 
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
@@ -106,6 +132,7 @@ class Minimizer:
             "downhill": torch.zeros_like(per_structure),
             "steps": torch.zeros_like(per_structure),
             "last_step": torch.zeros_like(gradient),
+            "last_slope": torch.zeros_like(per_structure),
         }
 
     def step(self, state: MinimizerState, gradient: Tensor, layout: Layout) -> tuple[Tensor, MinimizerState]:
@@ -114,14 +141,22 @@ class Minimizer:
         rule_state: State = state["rule"]
         lr, eps, downhill = state["lr"], state["eps"], state["downhill"]
         steps = state["steps"]
+        if self.secant is not None:
+            slope_before, slope_after = state["last_slope"], layout.sum(gradient * state["last_step"])
+            curvature = slope_after - slope_before
+            measured = (slope_before < 0) & (curvature > 0) & (steps > 0)
+            ratio = torch.where(measured, -slope_before / torch.where(measured, curvature, 1.0), self.secant.max_factor)
+            ratio = torch.clamp(ratio, 1.0 / self.secant.max_factor, self.secant.max_factor)
+            lr = torch.where(steps > 0, torch.clamp(lr * ratio, max=self.lr_max), lr)
         if self.fire is not None:
             power = layout.sum(-gradient * state["last_step"])
             uphill = (power < 0) & (steps > 0)
             rule_state = self.rule.reset(rule_state, gradient, layout, lr, uphill)
             downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
             grow = (~uphill) & (downhill > self.fire.n_min)
-            lr = torch.where(uphill, lr * self.fire.f_dec, lr)
-            lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
+            if self.secant is None or self.secant.fire_scaling:
+                lr = torch.where(uphill, lr * self.fire.f_dec, lr)
+                lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
         displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
         if self.max_step is not None:
             displacement = limit_step(displacement, layout, self.max_step)
@@ -132,7 +167,8 @@ class Minimizer:
             if bool(ready.any()):
                 picked = self.auto_eps.pick(self.rule.adaptive_term(rule_state, layout), layout, self.rule)
                 eps = torch.where(ready, picked, eps)
-        new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
+        new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps,
+                     "last_step": displacement, "last_slope": layout.sum(gradient * displacement)}
         return displacement, new_state
 
 

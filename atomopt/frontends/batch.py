@@ -10,6 +10,7 @@ constraints work as in ASE.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from atomopt.core.layout import Layout
+from atomopt.core.layout import Layout, row_sum
+from atomopt.core.minimizer import Minimizer
 from atomopt.frontends.ase_optimizer import check_structure
 from atomopt.rules import make_minimizer
 
@@ -107,3 +109,79 @@ def _result(index: int, converged: bool, steps: int, optimizable, gradient: np.n
         energy=float(optimizable.get_value()),
         fmax=float(optimizable.gradient_norm(gradient.ravel())),
     )
+
+
+@dataclass
+class TensorRelaxation:
+    """Outcome of :func:`relax_tensors`, one entry per structure."""
+
+    positions: torch.Tensor  # (n_rows, 3), Å
+    converged: torch.Tensor  # (n_structures,) bool
+    force_calls: torch.Tensor  # (n_structures,) long: energy/force evaluations of each structure
+    energy: torch.Tensor  # (n_structures,) eV, at the final positions
+    fmax: torch.Tensor  # (n_structures,) eV/Å, largest row force at the final positions
+    force_seconds: float  # wall time spent inside ``energy_forces``
+
+
+EnergyForces = Callable[[torch.Tensor, Layout], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def relax_tensors(
+    energy_forces: EnergyForces,
+    positions: torch.Tensor,
+    layout: Layout,
+    minimizer: Minimizer,
+    fmax: float = 0.05,
+    max_force_calls: int = 1000,
+    observer: Callable[[int, int], None] | None = None,
+) -> TensorRelaxation:
+    """Relax a batch whose forces come from one batched model, all on tensors (no ASE in the loop).
+
+    ``energy_forces(positions, layout)`` returns per-structure energies ``(n_structures,)`` (eV) and forces
+    ``(n_rows, 3)`` (eV/Å) for the structures of ``layout``: a batched MLIP, or the cluster LJ of the
+    benchmarks. Every structure gets at most ``max_force_calls`` evaluations (the first one included) and
+    leaves the batch once its largest row force is ≤ ``fmax``, so it follows the trajectory it would follow
+    alone. ``observer(force_calls_so_far, n_active)`` is called after every evaluation.
+    """
+    if max_force_calls < 1:
+        raise ValueError(f"max_force_calls must be at least 1, got {max_force_calls}")
+    if positions.shape != (layout.n_rows, 3):
+        raise ValueError(f"positions must have shape ({layout.n_rows}, 3), got {tuple(positions.shape)}")
+    positions = positions.clone()
+    n = layout.n_structures
+    device = positions.device
+    active = torch.arange(n, device=device)
+    active_rows = torch.arange(layout.n_rows, device=device)
+    calls = torch.zeros(n, dtype=torch.long, device=device)
+    converged = torch.zeros(n, dtype=torch.bool, device=device)
+    energy = torch.zeros(n, dtype=positions.dtype, device=device)
+    final_fmax = torch.zeros(n, dtype=positions.dtype, device=device)
+    state = None
+    force_seconds = 0.0
+    for evaluation in range(1, max_force_calls + 1):
+        start = time.perf_counter()
+        e, forces = energy_forces(positions[active_rows], layout)
+        force_seconds += time.perf_counter() - start
+        calls[active] += 1
+        largest = torch.sqrt(layout.max(row_sum(forces * forces)))
+        energy[active], final_fmax[active] = e.to(energy.dtype), largest.to(energy.dtype)
+        done = largest <= fmax
+        converged[active] = done
+        if observer is not None:
+            observer(evaluation, int(active.numel()))
+        keep = ~done
+        if evaluation == max_force_calls or not bool(keep.any()):
+            break
+        if not bool(keep.all()):
+            rows = keep[layout.structure]
+            active, active_rows, forces = active[keep], active_rows[rows], forces[rows]
+            if state is None:
+                layout = Layout.from_sizes(torch.bincount(layout.structure, minlength=layout.n_structures)[keep].tolist(), device=device)
+            else:
+                state, layout = minimizer.select(state, layout, keep)
+        gradient = -forces.to(positions.dtype)
+        if state is None:
+            state = minimizer.init(gradient, layout)
+        displacement, state = minimizer.step(state, gradient, layout)
+        positions[active_rows] += displacement
+    return TensorRelaxation(positions, converged, calls, energy, final_fmax, force_seconds)
