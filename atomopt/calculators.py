@@ -56,14 +56,20 @@ def cluster_lj_tensor(
     """Batched all-pairs Lennard-Jones of equal-size free clusters, on torch tensors.
 
     ``positions`` is ``(n_clusters · n_atoms, 3)`` (clusters stacked); returns energies ``(n_clusters,)`` and
-    forces ``(n_clusters · n_atoms, 3)``, the same numbers as :class:`ClusterLennardJones`.
+    forces ``(n_clusters · n_atoms, 3)``, the same numbers as :class:`ClusterLennardJones` to round-off.
+    Only ``(n_clusters, n_atoms, n_atoms)`` pair tensors are formed: r² from |x_i|² + |x_j|² − 2 x_i·x_j
+    (coordinates are centred first, so the cancellation stays at round-off) and F_i = Σ_j c_ij (x_i − x_j)
+    as x_i Σ_j c_ij − (C x)_i, both batched matrix products.
     """
-    pos = positions.reshape(-1, n_atoms, 3)
-    diff = pos[:, :, None, :] - pos[:, None, :, :]
-    r2 = (diff * diff).sum(-1)
+    pos = positions.reshape(-1, n_atoms, 3) / sigma  # reduced units; few full-size temporaries (memory bound)
+    pos = pos - pos.mean(dim=1, keepdim=True)
+    square = (pos * pos).sum(-1)
+    r2 = torch.baddbmm(square[:, :, None] + square[:, None, :], pos, pos.transpose(1, 2), alpha=-2.0)
     r2.diagonal(dim1=1, dim2=2).fill_(torch.inf)
-    s6 = (sigma * sigma / r2) ** 3
-    energy = 2.0 * epsilon * (s6 * s6 - s6).sum(dim=(1, 2))
-    scalar = 24.0 * epsilon * (2.0 * s6 * s6 - s6) / r2
-    forces = (scalar[..., None] * diff).sum(dim=2)
+    inverse = r2.reciprocal_()  # (σ/r)²
+    s6 = torch.pow(inverse, 3)
+    pair_energy = (s6 - 1.0).mul_(s6)  # (σ/r)¹² − (σ/r)⁶
+    energy = (2.0 * epsilon) * pair_energy.sum(dim=(1, 2))  # each pair counted twice
+    pair = torch.add(s6, pair_energy, alpha=2.0).mul_(inverse)  # (2(σ/r)¹² − (σ/r)⁶)(σ/r)²
+    forces = (24.0 * epsilon / sigma) * (pos * pair.sum(-1, keepdim=True) - torch.bmm(pair, pos))
     return energy, forces.reshape(-1, 3)
