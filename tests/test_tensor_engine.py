@@ -17,13 +17,16 @@ def lj38_batch(starts):
     return positions, Layout.from_sizes([len(s) for s in starts])
 
 
-def test_batched_lj_matches_the_ase_calculator():
-    starts = lj38.load_starts(3)
+@pytest.mark.parametrize("epsilon, sigma", [(1.0, 1.0), (0.0104, 3.4)])
+def test_batched_lj_matches_the_ase_calculator(epsilon, sigma):
+    starts = [s.copy() for s in lj38.load_starts(3)]
+    for atoms in starts:
+        atoms.positions *= sigma
     positions, _ = lj38_batch(starts)
-    energy, forces = cluster_lj_tensor(positions, 38)
+    energy, forces = cluster_lj_tensor(positions, 38, epsilon=epsilon, sigma=sigma)
     for i, atoms in enumerate(starts):
         atoms = atoms.copy()
-        atoms.calc = ClusterLennardJones()
+        atoms.calc = ClusterLennardJones(epsilon=epsilon, sigma=sigma)
         assert energy[i].item() == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
         np.testing.assert_allclose(forces[38 * i : 38 * (i + 1)].numpy(), atoms.get_forces(), rtol=1e-10, atol=1e-6)
 
