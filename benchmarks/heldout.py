@@ -7,7 +7,7 @@
    structure; fmax 0.01 eV/Å, ≤ 2,000 force calls, positions only (eV/Å forces, Å steps: checks that
    learning rates chosen in σ units carry over to a metal in Å).
 
-atomopt methods run at their defaults and at the stop-5 defaults (before the LJ38 search); ASE FIRE and
+atomopt methods run at their defaults and at the previous defaults (before the LJ38 search); ASE FIRE and
 SciPy L-BFGS-B are the references. Results: benchmarks/results/heldout.{json,md}.
 
     python benchmarks/heldout.py [--n-lj 200] [--n-cu 10]
@@ -56,7 +56,7 @@ def lj55(n: int) -> dict:
     starts = [lj38.random_start(rng, 55) for _ in range(n)]
     rows = {}
     for name in lj38.ATOMOPT_NAMES:
-        for label, overrides in ((name, {}), (f"{name} (stop-5 defaults)", OLD_DEFAULTS[name])):
+        for label, overrides in ((name, {}), (f"{name} (previous defaults)", OLD_DEFAULTS[name])):
             results = lj38.run_batched(name, starts, **overrides)
             rows[label] = summarize([r.force_calls for r in results], [r.energy for r in results],
                                     [r.converged for r in results], LJ55_GLOBAL_MINIMUM)
@@ -119,7 +119,7 @@ def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
         ok = np.linalg.norm(atoms.get_forces(), axis=1).max() <= fmax
         return calls, float(atoms.get_potential_energy()), bool(ok)
 
-    methods = [m for name in lj38.ATOMOPT_NAMES for m in (name, f"{name} (stop-5 defaults)")]
+    methods = [m for name in lj38.ATOMOPT_NAMES for m in (name, f"{name} (previous defaults)")]
     rows = {}
     for method in methods + ["ase-FIRE", "scipy-L-BFGS-B"]:
         runs = [run(method, cu_structure(seed)) for seed in range(n)]

@@ -52,7 +52,7 @@ def configurations() -> list[tuple[str, str, Minimizer, int | None]]:
     new_frank = make_minimizer("frankenstein")
     keep_v = dataclasses.replace(new_frank, rule=FrankensteinKeepV(base_lr=0.01))
     return [
-        ("frankenstein, stop-5 defaults (lr .05, ε 1, β₁ ref 1e-3, FIRE 0.5/1.1)", "start",
+        ("frankenstein, previous defaults (lr .05, ε 1, β₁ ref 1e-3, FIRE 0.5/1.1)", "start",
          make_minimizer("frankenstein", **old_frank), None),
         ("frankenstein, β₁ reference α₀ = 0.01 Å", "momentum", make_minimizer("frankenstein", **old_frank | {"base_lr": 0.01}), None),
         ("frankenstein, β₁ ref 0.01 + ε 0.1", "ε switch", make_minimizer("frankenstein", **old_frank | {"base_lr": 0.01, "eps": 0.1}), None),
@@ -65,13 +65,13 @@ def configurations() -> list[tuple[str, str, Minimizer, int | None]]:
         ("frankenstein, new default, restart keeps v", "keep v", keep_v, 200),
         ("frankenstein, new default + auto ε (upper)", "auto ε", make_minimizer("frankenstein", auto_eps=AutoEpsilon()), None),
         ("frankenstein, new default + auto ε (geometric)", "auto ε", make_minimizer("frankenstein", auto_eps=AutoEpsilon(choose="geometric")), None),
-        ("adan, stop-5 defaults (lr .1, ε 1, β₁ 0.02, FIRE 0.5/1.1)", "start", make_minimizer("adan", beta1=0.02, fire=OLD_FIRE), None),
+        ("adan, previous defaults (lr .1, ε 1, β₁ 0.02, FIRE 0.5/1.1)", "start", make_minimizer("adan", beta1=0.02, fire=OLD_FIRE), None),
         ("adan, β₁ 0.1", "momentum", make_minimizer("adan", fire=OLD_FIRE), None),
         ("adan, β₁ 0.1 + FIRE 0.9/1.02 (new default)", "FIRE rates", make_minimizer("adan"), None),
-        ("adamnx, stop-5 defaults (lr .1, ε 1)", "start", make_minimizer("adamnx", eps=1.0), None),
+        ("adamnx, previous defaults (lr .1, ε 1)", "start", make_minimizer("adamnx", eps=1.0), None),
         ("adamnx, ε 0.1 (new default)", "ε switch", make_minimizer("adamnx"), None),
         ("adamnx, ε 0.1 + FIRE 0.9/1.02", "FIRE rates", make_minimizer("adamnx", fire=GENTLE_FIRE), None),
-        ("innaprop, stop-5 defaults (lr .1, ε 1)", "start", make_minimizer("innaprop", lr=0.1, eps=1.0), None),
+        ("innaprop, previous defaults (lr .1, ε 1)", "start", make_minimizer("innaprop", lr=0.1, eps=1.0), None),
         ("innaprop, ε 10", "ε switch", make_minimizer("innaprop", lr=0.1, eps=10.0), None),
         ("innaprop, ε 100", "ε switch", make_minimizer("innaprop", lr=0.1, eps=100.0), None),
         ("innaprop, ε 100, lr 0.3 (new default)", "ε switch", make_minimizer("innaprop"), None),

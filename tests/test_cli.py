@@ -1,5 +1,7 @@
 """The atomopt command line."""
 
+import json
+
 from ase.build import bulk
 from ase.io import read, write
 
@@ -31,3 +33,15 @@ def test_relax_reports_errors_without_writing(tmp_path, capsys):
 
 def test_unconverged_run_exits_nonzero(tmp_path):
     assert main(["relax", "--steps", "3", "-q"]) == 1
+
+
+def test_bench_lj38_writes_results_with_limits(tmp_path):
+    assert main(["bench", "lj38", "--n", "2", "--methods", "frankenstein", "ase-FIRE", "--limit", "ase-FIRE=1",
+                 "--workers", "1", "--out", str(tmp_path), "--tag", "t"]) == 0
+    payload = json.loads((tmp_path / "t.json").read_text())
+    assert payload["summary"]["frankenstein"]["runs"] == 2 and payload["summary"]["ase-FIRE"]["runs"] == 1
+    assert payload["summary"]["frankenstein"]["failures"] == 0
+    assert payload["protocol"]["atomopt_engine"] == "batch"
+    assert (tmp_path / "t.md").read_text().count("| frankenstein | 2 | 0 |") == 1
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert main(["bench", "lj38", "--n", "1", "--methods", "adan", "--limit", "adan=x", "--out", str(tmp_path)]) == 2

@@ -151,10 +151,10 @@ def plot(payload: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2), sharey=True)
     calls = [np.array([r["force_calls"] for r in by_method[n]]) for n in names]
     energies = [np.array([r["energy"] for r in by_method[n]]) for n in names]
-    ax1.boxplot(calls, vert=False, tick_labels=names, showfliers=True)
+    ax1.boxplot(calls, orientation="horizontal", tick_labels=names, showfliers=True)
     ax1.set_xscale("log")
     ax1.set_xlabel("force calls (log)")
-    ax2.boxplot([np.clip(e, -175, -140) for e in energies], vert=False, tick_labels=names, showfliers=True)
+    ax2.boxplot([np.clip(e, -175, -140) for e in energies], orientation="horizontal", tick_labels=names, showfliers=True)
     ax2.tick_params(labelleft=False)
     ax2.axvline(payload["protocol"]["global_minimum"], color="k", lw=0.8, ls="--")
     ax2.set_xlabel("final energy (ε), clipped to [−175, −140]; dashed: global minimum")
