@@ -190,12 +190,15 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
 DEFAULT_METHODS = tuple(m for m in methods() if not m.startswith("frankenstein-") or m == "frankenstein-paper")
 
 
-def run_batched(method: str, starts: list[Atoms], first_index: int = 0, progress=None, **overrides) -> list[RunResult]:
+def run_batched(
+    method: str, starts: list[Atoms], progress: Callable[[int, int], None] | None = None, **overrides
+) -> list[RunResult]:
     """Run an atomopt method on all ``starts`` at once through the batched tensor engine.
 
     The minimizer is the one the ASE optimizer builds, so each start follows the trajectory it follows
     alone (up to round-off); force calls are counted per start in the same way. ``overrides`` replace
-    options of :func:`atomopt.rules.make_minimizer` (used for tuning).
+    options of :func:`atomopt.rules.make_minimizer` (used for tuning); ``progress(calls, n_active)`` is called
+    after every force evaluation.
     """
     import torch
 
@@ -229,7 +232,7 @@ def run_batched(method: str, starts: list[Atoms], first_index: int = 0, progress
             failure = "budget" if calls[i] >= MAX_FORCE_CALLS else "not converged"
         elif not cluster_intact(atoms, energy):
             failure = "broken cluster"
-        results.append(RunResult(method, first_index + i, failure == "", int(calls[i]), energy, fmax,
+        results.append(RunResult(method, i, failure == "", int(calls[i]), energy, fmax,
                                  seconds * share[i], out.force_seconds * share[i], failure))
     return results
 
