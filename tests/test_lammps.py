@@ -214,6 +214,7 @@ def test_input_runner_runs_an_example_and_leaves_positions(tmp_path):
     text = log.read_text()
     assert "Minimization stats (atomopt adan):" in text
     assert "Stopping criterion = force tolerance" in text
+    assert "info fixes" not in text and "fix atomopt_" not in text  # the driver's own commands stay out of the log
     formation = float(text.split("Vacancy formation energy:")[-1].split()[0])
     assert 1.0 < formation < 1.5  # Cu_u3: 1.28 eV (relaxed), computed after the minimization
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -233,14 +233,14 @@ class _Run:
             self._array(name, nlocal)[rows] = value.detach().cpu().numpy()
 
 
-def fix_styles(lmp: Any, comm: Any) -> list[str]:
-    """Styles of the fixes defined in ``lmp`` (read from LAMMPS's ``info fixes``)."""
+def fix_styles(lmp: Any, comm: Any, quiet: Sequence[str] = (), loud: Sequence[str] = ()) -> list[str]:
+    """Styles of the fixes defined in ``lmp`` (read from LAMMPS's ``info fixes``, run between ``quiet`` and ``loud``)."""
     path = None
     if comm.rank == 0:
         handle, path = tempfile.mkstemp(prefix="atomopt-info-", suffix=".txt")
         os.close(handle)
     path = comm.bcast(path, root=0)
-    lmp.command(f"info fixes out overwrite {path}")
+    lmp.commands_list([*quiet, f"info fixes out overwrite {path}", *loud])
     styles = None
     if comm.rank == 0:
         text = Path(path).read_text()
@@ -249,13 +249,13 @@ def fix_styles(lmp: Any, comm: Any) -> list[str]:
     return comm.bcast(styles, root=0)
 
 
-def check_supported(lmp: Any, comm: Any, group: str) -> None:
+def check_supported(lmp: Any, comm: Any, group: str, quiet: Sequence[str] = (), loud: Sequence[str] = ()) -> None:
     """Raise a clear error for a system or set-up the driver cannot minimize."""
     if lmp.get_natoms() == 0:
         raise ValueError("cannot minimize: the LAMMPS system has no atoms")
     if group not in lmp.available_ids("group"):
         raise ValueError(f"group {group!r} does not exist; define it with the group command first")
-    for style in fix_styles(lmp, comm):
+    for style in fix_styles(lmp, comm, quiet, loud):
         if style.startswith(UNSUPPORTED_FIX_STYLES):
             hint = "cell relaxation is not supported" if style == "box/relax" else "unfix it before minimizing"
             raise UnsupportedFixError(f"fix style {style!r} moves atoms or the box during a run: {hint}")
@@ -312,7 +312,8 @@ def minimize(
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
     if minimizer.auto_eps is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
-    check_supported(lmp, comm, group)
+    quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
+    check_supported(lmp, comm, group, quiet, loud)
     run = _Run(lmp, minimizer, comm, group, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
                norm=norm, dtype=dtype, device=torch.device(device))  # fmt: skip
     arrays = " ".join(f"d2_{_PREFIX}_{name} 3" for name in run.row_fields)
@@ -327,7 +328,6 @@ def minimize(
                f"variable {_PREFIX}_stop delete"]  # fmt: skip
     if not keep_state:
         cleanup.append(f"unfix {_PREFIX}_state")
-    quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
     lmp.commands_list(quiet + setup + loud)
     lmp.set_fix_external_callback(f"{_PREFIX}_step", run.callback)
     start = time.perf_counter()
