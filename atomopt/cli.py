@@ -132,7 +132,8 @@ def bench_command(args: argparse.Namespace) -> int:
         if not count.isdigit():
             raise ValueError(f"--limit takes METHOD=N, got {item!r}")
         limits[method] = int(count)
-    payload = run_lj38(args.n, names, args.workers, Path(args.out), tag=args.tag, engine=args.engine, limits=limits)
+    payload = run_lj38(args.n, names, args.workers, Path(args.out), tag=args.tag, engine=args.engine, limits=limits,
+                       reuse=Path(args.reuse) if args.reuse else None, rerun=args.rerun or ())
     print((Path(args.out) / f"{args.tag}.md").read_text())
     return 0 if payload else 1
 
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     lj.add_argument("--engine", choices=("batch", "ase"), default="batch",
                     help="run the atomopt methods batched on tensors (default) or through the ASE optimizers")
     lj.add_argument("--limit", nargs="+", metavar="METHOD=N", help="run METHOD on its first N starts only")
+    lj.add_argument("--reuse", metavar="JSON", help="keep the runs of an earlier results file (same protocol) "
+                    "instead of running those methods again")
+    lj.add_argument("--rerun", nargs="+", metavar="METHOD", help="with --reuse: methods to run again anyway")
     lj.set_defaults(handler=bench_command)
     return parser
 

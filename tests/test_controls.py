@@ -105,3 +105,23 @@ def test_atomistic_rule_defaults_apply_unless_paper_exact_or_overridden():
     assert make_minimizer("frankenstein", paper_exact=True).rule.base_lr == 1e-3  # Eq. (3)'s α = 10⁻³
     assert make_minimizer("adan").rule.beta1 == 0.1 and make_minimizer("adan", paper_exact=True).rule.beta1 == 0.02
     assert make_minimizer("frankenstein").fire == FireControl(f_dec=0.9, f_inc=1.02)
+
+
+def test_fire_control_on_eps_scales_the_gain_and_leaves_lr():
+    fire = FireControl(n_min=1, f_inc=2.0, f_dec=0.5, lr_max_factor=4.0, acts_on="eps")
+    g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    g2 = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)  # structure 1 overshot
+    layout = Layout.from_sizes([1, 1])
+    for rule, power in ((AdamNXRule(), 1), (FrankensteinRule(), 2)):  # ε outside / under the root
+        minimizer = Minimizer(rule, lr=0.1, eps=1.0, max_step=None, fire=fire)
+        state = minimizer.init(g, layout)
+        _, state = minimizer.step(state, g, layout)
+        _, state = minimizer.step(state, g2, layout)
+        # Structure 0: second downhill step (> n_min) → gain ×2, ε ÷ 2^power; structure 1: gain ÷ 2, ε × 2^power.
+        expected = torch.tensor([0.5**power, 2.0**power], dtype=torch.float64)
+        assert torch.allclose(state["eps"], expected) and torch.allclose(state["lr"], torch.full((2,), 0.1, dtype=torch.float64))
+        for _ in range(3):
+            _, state = minimizer.step(state, g, layout)
+        assert state["eps"][0].item() == pytest.approx(1.0 / 4.0**power)  # gain capped at lr_max_factor × the start
+    with pytest.raises(ValueError, match="acts_on"):
+        FireControl(acts_on="dt")

@@ -10,6 +10,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Sequence
 
 from atomopt.bench import lj38
 
@@ -33,12 +34,16 @@ def run_lj38(
     tag: str = "lj38",
     engine: str = "batch",
     limits: dict[str, int] | None = None,
+    reuse: Path | None = None,
+    rerun: Sequence[str] = (),
 ) -> dict:
     """Run every method on the first ``n_starts`` starts; write ``{tag}.json``, ``.md``, ``.png``.
 
     ``engine="batch"`` runs the atomopt methods on all starts at once through the batched tensor engine
     (same minimizer, same force-call count as the ASE optimizers, far less overhead); ``"ase"`` runs them
     through the ASE optimizers like the baselines. ``limits`` runs a method on its first N starts only.
+    ``reuse`` names an earlier results JSON of the same protocol: its runs of the listed methods are kept
+    instead of being run again, except for the methods in ``rerun`` (e.g. after changing their defaults).
     Baselines run in ``workers`` single-threaded processes (several BLAS threads per process on few
     cores slow the quasi-Newton baselines down several times).
     """
@@ -52,8 +57,20 @@ def run_lj38(
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {sorted(known)}")
     starts = lj38.load_starts(n_starts)
-    batched = [m for m in method_names if engine == "batch" and m in lj38.atomopt_methods()]
     results: list[lj38.RunResult] = []
+    reused: dict[str, str] = {}
+    if reuse is not None:
+        earlier = json.loads(Path(reuse).read_text())
+        same = {"starts": n_starts, "seed": lj38.DEFAULT_SEED, "fmax": lj38.FMAX, "max_force_calls": lj38.MAX_FORCE_CALLS}
+        if any(earlier["protocol"].get(k) != v for k, v in same.items()):
+            raise ValueError(f"{reuse} was run with a different protocol: {earlier['protocol']}")
+        for method in method_names:
+            runs = [r for r in earlier["runs"] if r["method"] == method]
+            if method not in rerun and len(runs) == limits.get(method, n_starts):
+                results += [lj38.RunResult(**r) for r in runs]
+                reused[method] = earlier.get("reused", {}).get(method, earlier["command"])
+    todo = [m for m in method_names if m not in reused]
+    batched = [m for m in todo if engine == "batch" and m in lj38.atomopt_methods()]
     t0 = time.perf_counter()
     for method in batched:
         with tqdm(total=lj38.MAX_FORCE_CALLS, desc=method, unit="call", file=sys.stderr, disable=None) as bar:
@@ -62,7 +79,7 @@ def run_lj38(
                 bar.set_postfix(active=active, refresh=False)
 
             results += lj38.run_batched(method, starts[: limits.get(method, n_starts)], progress=progress)
-    tasks = [(m, i, s) for m in method_names if m not in batched for i, s in enumerate(starts[: limits.get(m, n_starts)])]
+    tasks = [(m, i, s) for m in todo if m not in batched for i, s in enumerate(starts[: limits.get(m, n_starts)])]
     if tasks:
         saved = {k: os.environ.get(k) for k in _ONE_THREAD}
         os.environ.update({k: "1" for k in _ONE_THREAD})  # read by numpy's BLAS when a spawned worker imports it
@@ -95,6 +112,7 @@ def run_lj38(
                     "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
                     "ase": ase.__version__, "torch": torch.__version__},
         "elapsed_seconds": elapsed,
+        "reused": reused,
         "summary": summary,
         "runs": [lj38.as_dict(r) for r in results],
     }
@@ -127,6 +145,11 @@ def markdown(payload: dict) -> str:
             f"{s['global_minimum_hits']} | {s['optimizer_share']:.0%} |"
         )
     engine = payload["protocol"].get("atomopt_engine", "ase")
+    reused = payload.get("reused", {})
+    if reused:
+        sources = sorted(set(reused.values()))
+        lines += ["", "Rows reused from an earlier run on the same starts and machine (unchanged methods): "
+                  + ", ".join(sorted(reused)) + ". Their command: " + "; ".join(f"`{c}`" for c in sources) + "."]
     lines += [
         "",
         "Mean/median/min/max count every run, failures at the calls they used (≤ the budget). "

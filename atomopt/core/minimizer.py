@@ -14,7 +14,8 @@ each optional, make them usable; ``paper_exact`` switches all of them off.
   overshot a minimum along its direction: that structure's optimizer state is
   restarted from the current gradient and its learning rate multiplied by
   ``f_dec``; after ``n_min`` downhill steps in a row the learning rate grows
-  by ``f_inc`` up to ``lr_max``. Restarting also forgets the huge early
+  by ``f_inc`` up to ``lr_max``. With ``acts_on="eps"`` the same factors act
+  on the force-proportional gain through ε instead of lr. Restarting also forgets the huge early
   gradients that would otherwise keep v (and so the step) tiny for thousands
   of steps.
 * ``auto_eps`` (:class:`~atomopt.core.epsilon.AutoEpsilon`): sets ε from the
@@ -47,8 +48,13 @@ class FireControl:
     f_inc: float = 1.1
     f_dec: float = 0.5
     lr_max_factor: float = 10.0  # lr_max = lr_max_factor × initial lr (capped by the rule's lr_limit)
+    #: "lr" scales the learning rate; "eps" scales the force-proportional gain lr/ε (lr/√ε where ε sits under the
+    #: root) through ε and leaves lr alone — for rules whose lr is bounded or also sets their dynamics (INNAprop).
+    acts_on: str = "lr"
 
     def __post_init__(self) -> None:
+        if self.acts_on not in ("lr", "eps"):
+            raise ValueError(f"FireControl: acts_on must be 'lr' or 'eps', got {self.acts_on!r}")
         if self.n_min < 0:
             raise ValueError(f"FireControl: n_min must be >= 0, got {self.n_min}")
         if not self.f_inc >= 1.0:
@@ -154,7 +160,12 @@ class Minimizer:
             rule_state = self.rule.reset(rule_state, gradient, layout, lr, uphill)
             downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
             grow = (~uphill) & (downhill > self.fire.n_min)
-            if self.secant is None or self.secant.fire_scaling:
+            if self.fire.acts_on == "eps":
+                power_of_eps = 2.0 if self.rule.eps_inside_sqrt else 1.0  # the gain goes as ε^(−1/power)
+                eps_min = self.eps / self.fire.lr_max_factor**power_of_eps
+                eps = torch.where(uphill, eps / self.fire.f_dec**power_of_eps, eps)
+                eps = torch.where(grow, torch.clamp(eps / self.fire.f_inc**power_of_eps, min=eps_min), eps)
+            elif self.secant is None or self.secant.fire_scaling:
                 lr = torch.where(uphill, lr * self.fire.f_dec, lr)
                 lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
         displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
