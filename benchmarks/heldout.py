@@ -37,7 +37,7 @@ OLD_DEFAULTS = {
     "frankenstein": {"lr": 0.05, "eps": 1.0, "base_lr": 1e-3, "fire": FireControl()},
     "adan": {"lr": 0.1, "eps": 1.0, "beta1": 0.02, "fire": FireControl()},
     "adamnx": {"lr": 0.1, "eps": 1.0},
-    "innaprop": {"lr": 0.1, "eps": 1.0},
+    "innaprop": {"lr": 0.1, "eps": 1.0, "fire": FireControl()},
 }
 
 

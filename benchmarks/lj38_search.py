@@ -84,11 +84,14 @@ def configurations() -> list[tuple[str, str, Minimizer, int | None]]:
         ("adamnx, previous defaults (lr .1, ε 1)", "start", make_minimizer("adamnx", eps=1.0), None),
         ("adamnx, ε 0.1 (new default)", "ε switch", make_minimizer("adamnx"), None),
         ("adamnx, ε 0.1 + FIRE 0.9/1.02", "FIRE rates", make_minimizer("adamnx", fire=GENTLE_FIRE), None),
-        ("innaprop, previous defaults (lr .1, ε 1)", "start", make_minimizer("innaprop", lr=0.1, eps=1.0), None),
-        ("innaprop, ε 10", "ε switch", make_minimizer("innaprop", lr=0.1, eps=10.0), None),
-        ("innaprop, ε 100", "ε switch", make_minimizer("innaprop", lr=0.1, eps=100.0), None),
-        ("innaprop, ε 100, lr 0.3 (new default)", "ε switch", make_minimizer("innaprop"), None),
-        ("innaprop, new default + FIRE 0.9/1.02", "FIRE rates", make_minimizer("innaprop", fire=GENTLE_FIRE), None),
+        ("innaprop, previous defaults (lr .1, ε 1)", "start", make_minimizer("innaprop", lr=0.1, eps=1.0, fire=OLD_FIRE), None),
+        ("innaprop, ε 10", "ε switch", make_minimizer("innaprop", lr=0.1, eps=10.0, fire=OLD_FIRE), None),
+        ("innaprop, ε 100", "ε switch", make_minimizer("innaprop", lr=0.1, eps=100.0, fire=OLD_FIRE), None),
+        ("innaprop, ε 100, lr 0.3", "ε switch", make_minimizer("innaprop", eps=100.0, fire=OLD_FIRE), None),
+        ("innaprop, ε 100, lr 0.3 + FIRE 0.9/1.02", "FIRE rates", make_minimizer("innaprop", eps=100.0, fire=GENTLE_FIRE), None),
+        ("innaprop, lr 0.3, ε 1, FIRE 0.5/1.1 on the gain (via ε)", "FIRE on ε", make_minimizer("innaprop", fire=FireControl(acts_on="eps")), None),
+        ("innaprop, lr 0.3, ε 1, FIRE 0.7/1.1 on the gain (via ε)", "FIRE on ε", make_minimizer("innaprop", fire=FireControl(f_dec=0.7, acts_on="eps")), None),
+        ("innaprop, lr 0.3, ε 1, FIRE 0.9/1.02 on the gain (new default)", "FIRE on ε", make_minimizer("innaprop"), None),
     ]
 
 
