@@ -19,10 +19,11 @@ RULES: dict[str, type[UpdateRule]] = {
     "innaprop": INNApropRule,
 }
 
-# Atomistic defaults, chosen on the OptBench LJ38 benchmark and checked on held-out LJ55 starts
-# (docs/defaults.md gives the measurements and the reasoning). lr is a length (Å): the adaptive rules
+# Atomistic defaults, chosen on the OptBench LJ38 benchmark and checked on held-out LJ55 starts and Cu EMT
+# cells (docs/defaults.md gives the measurements and the reasoning). lr is a length (Å): the adaptive rules
 # step about lr per coordinate; eps is in the rule's own units (under the root: (eV/Å)², else eV/Å).
-# "rule" holds update-rule hyperparameters that differ from the paper's; "fire" the FIRE control.
+# "rule" holds update-rule hyperparameters that differ from the paper's; "fire" the FIRE control (INNAprop's
+# acts on the gain through ε: its lr is capped at β/2 and sets its damping).
 _GENTLE_FIRE = FireControl(f_dec=0.9, f_inc=1.02)
 ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "frankenstein": {"lr": 0.05, "eps": 0.1, "rule": {"base_lr": 0.01}, "fire": _GENTLE_FIRE},
