@@ -73,11 +73,11 @@ class SecantControl:
     the 1-D quadratic through the slopes s·g and s·g' has its minimum at the
     fraction r = −s·g / (s·g' − s·g) of s. A step that stopped short (r > 1)
     or overshot (r < 1) rescales lr by r, clipped to [1/max_factor, max_factor];
-    without positive curvature along s, lr grows by max_factor.
+    without positive curvature along s, lr grows by max_factor. With a
+    FireControl as well, FIRE only restarts: the secant sets lr alone.
     """
 
     max_factor: float = 2.0
-    fire_scaling: bool = False  # also apply FIRE's f_dec/f_inc when a FireControl is set
     lr_max_factor: float = 10.0  # ceiling as in FireControl (a FireControl's own ceiling wins when set)
 
     def __post_init__(self) -> None:
@@ -131,15 +131,17 @@ class Minimizer:
         retain_freed_memory()  # the step's temporaries reuse heap memory (atomopt.core.allocator)
         per_structure = torch.ones(layout.n_structures, dtype=gradient.dtype, device=gradient.device)
         lr = per_structure * self.lr
-        return {
+        state = {
             "rule": self.rule.init(gradient, layout, lr),
             "lr": lr,
             "eps": per_structure * self.eps,
             "downhill": torch.zeros_like(per_structure),
             "steps": torch.zeros_like(per_structure),
             "last_step": torch.zeros_like(gradient),
-            "last_slope": torch.zeros_like(per_structure),
         }
+        if self.secant is not None:
+            state["last_slope"] = torch.zeros_like(per_structure)  # s·g before the last step s
+        return state
 
     def step(self, state: MinimizerState, gradient: Tensor, layout: Layout) -> tuple[Tensor, MinimizerState]:
         """The displacement (Å) for the current ``gradient`` and the new state."""
@@ -147,16 +149,17 @@ class Minimizer:
         rule_state: State = state["rule"]
         lr, eps, downhill = state["lr"], state["eps"], state["downhill"]
         steps = state["steps"]
+        if self.fire is not None or self.secant is not None:
+            slope = layout.sum(gradient * state["last_step"])  # s·g after the last step s: −FIRE's power
         if self.secant is not None:
-            slope_before, slope_after = state["last_slope"], layout.sum(gradient * state["last_step"])
-            curvature = slope_after - slope_before
+            slope_before = state["last_slope"]
+            curvature = slope - slope_before
             measured = (slope_before < 0) & (curvature > 0) & (steps > 0)
             ratio = torch.where(measured, -slope_before / torch.where(measured, curvature, 1.0), self.secant.max_factor)
             ratio = torch.clamp(ratio, 1.0 / self.secant.max_factor, self.secant.max_factor)
             lr = torch.where(steps > 0, torch.clamp(lr * ratio, max=self.lr_max), lr)
         if self.fire is not None:
-            power = layout.sum(-gradient * state["last_step"])
-            uphill = (power < 0) & (steps > 0)
+            uphill = (slope > 0) & (steps > 0)
             rule_state = self.rule.reset(rule_state, gradient, layout, lr, uphill)
             downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
             grow = (~uphill) & (downhill > self.fire.n_min)
@@ -165,7 +168,7 @@ class Minimizer:
                 eps_min = self.eps / self.fire.lr_max_factor**power_of_eps
                 eps = torch.where(uphill, eps / self.fire.f_dec**power_of_eps, eps)
                 eps = torch.where(grow, torch.clamp(eps / self.fire.f_inc**power_of_eps, min=eps_min), eps)
-            elif self.secant is None or self.secant.fire_scaling:
+            elif self.secant is None:
                 lr = torch.where(uphill, lr * self.fire.f_dec, lr)
                 lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
         displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
@@ -178,8 +181,9 @@ class Minimizer:
             if bool(ready.any()):
                 picked = self.auto_eps.pick(self.rule.adaptive_term(rule_state, layout), layout, self.rule)
                 eps = torch.where(ready, picked, eps)
-        new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps,
-                     "last_step": displacement, "last_slope": layout.sum(gradient * displacement)}
+        new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
+        if self.secant is not None:
+            new_state["last_slope"] = layout.sum(gradient * displacement)
         return displacement, new_state
 
 
