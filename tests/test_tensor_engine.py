@@ -67,6 +67,6 @@ def test_tensor_engine_rejects_bad_input():
         relax_tensors(lj, positions[:10], layout, make_minimizer("adan"))
     with pytest.raises(ValueError, match="max_force_calls"):
         relax_tensors(lj, positions, layout, make_minimizer("adan"), max_force_calls=0)
-    nan = lambda x, layout: (torch.zeros(layout.n_structures), torch.full_like(x, float("nan")))  # noqa: E731
+    nan = lambda x, active: (torch.zeros(active.numel()), torch.full_like(x, float("nan")))  # noqa: E731
     with pytest.raises(FloatingPointError, match="non-finite"):
         relax_tensors(nan, positions, layout, make_minimizer("adan"), fmax=0.01)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from ase import Atoms
 
 from atomopt.calculators import ClusterLennardJones
@@ -191,17 +192,15 @@ DEFAULT_METHODS = tuple(m for m in methods() if not m.startswith("frankenstein-"
 
 
 def run_batched(
-    method: str, starts: list[Atoms], progress: Callable[[int, int], None] | None = None, **overrides
+    method: str, starts: list[Atoms], progress: Callable[[int, torch.Tensor], None] | None = None, **overrides
 ) -> list[RunResult]:
     """Run an atomopt method on all ``starts`` at once through the batched tensor engine.
 
     The minimizer is the one the ASE optimizer builds, so each start follows the trajectory it follows
     alone (up to round-off); force calls are counted per start in the same way. ``overrides`` replace
-    options of :func:`atomopt.rules.make_minimizer` (used for tuning); ``progress(calls, n_active)`` is called
-    after every force evaluation.
+    options of :func:`atomopt.rules.make_minimizer` (used for tuning); ``progress(calls, active)`` is called
+    after every force evaluation with the indices of the starts evaluated.
     """
-    import torch
-
     from atomopt.calculators import cluster_lj_tensor
     from atomopt.core.layout import Layout
     from atomopt.frontends.batch import relax_tensors

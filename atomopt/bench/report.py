@@ -74,9 +74,9 @@ def run_lj38(
     t0 = time.perf_counter()
     for method in batched:
         with tqdm(total=lj38.MAX_FORCE_CALLS, desc=method, unit="call", file=sys.stderr, disable=None) as bar:
-            def progress(calls: int, active: int) -> None:
+            def progress(calls: int, active) -> None:
                 bar.update(1)
-                bar.set_postfix(active=active, refresh=False)
+                bar.set_postfix(active=int(active.numel()), refresh=False)
 
             results += lj38.run_batched(method, starts[: limits.get(method, n_starts)], progress=progress)
     tasks = [(m, i, s) for m in todo if m not in batched for i, s in enumerate(starts[: limits.get(m, n_starts)])]

@@ -54,7 +54,7 @@ def relax_batch(
         fmax: convergence threshold on the largest row force, eV/Å.
         steps: maximum number of optimizer steps per structure.
         dtype, device: torch dtype and device of the optimizer math.
-        observer: called as ``observer(step, active_indices)`` after every step.
+        observer: called as ``observer(step, indices)`` after every step, with the indices of the structures that took it.
         **options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, max_step, paper_exact, ...).
 
     Returns:
@@ -64,51 +64,36 @@ def relax_batch(
         raise ValueError("relax_batch needs at least one structure")
     for atoms in structures:
         check_structure(atoms)
-    minimizer = make_minimizer(optimizer, **options)
     optimizables = [atoms.__ase_optimizable__() for atoms in structures]
-    active = list(range(len(structures)))
-    done: dict[int, BatchResult] = {}
-    state = None
-    layout = Layout.from_sizes([len(optimizables[i].get_x()) // 3 for i in active], device=device)
+    x0 = [optimizable.get_x().reshape(-1, 3) for optimizable in optimizables]
+    sizes = [len(x) for x in x0]
 
-    for step in range(steps + 1):
-        gradients = [optimizables[i].get_gradient().reshape(-1, 3) for i in active]
-        converged = [bool(optimizables[i].converged(g.ravel(), fmax)) for i, g in zip(active, gradients)]
-        for i, g, ok in zip(active, gradients, converged):
-            if ok or step == steps:
-                done[i] = _result(i, ok, step, optimizables[i], g)
-        keep = [not ok and step < steps for ok in converged]
-        if not any(keep):
-            break
-        if not all(keep):
-            keep_mask = torch.as_tensor(keep, device=device)
-            if state is not None:
-                state, layout = minimizer.select(state, layout, keep_mask)
-            else:
-                layout = Layout.from_sizes([len(g) for g, k in zip(gradients, keep) if k], device=device)
-            active = [i for i, k in zip(active, keep) if k]
-            gradients = [g for g, k in zip(gradients, keep) if k]
-        g = torch.as_tensor(np.concatenate(gradients), dtype=dtype, device=device)
-        if state is None:
-            state = minimizer.init(g, layout)
-        displacement, state = minimizer.step(state, g, layout)
-        moves = torch.split(displacement.detach().cpu(), [len(x) for x in gradients])
-        for i, move in zip(active, moves):
-            x = optimizables[i].get_x()
-            optimizables[i].set_x(x + move.numpy().ravel().astype(x.dtype))
-        if observer is not None:
-            observer(step + 1, list(active))
-    return [done[i] for i in range(len(structures))]
+    def energy_forces(positions: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        energies, gradients = [], []
+        for i, x in zip(active.tolist(), torch.split(positions.cpu(), [sizes[i] for i in active.tolist()])):
+            optimizables[i].set_x(x.numpy().ravel())
+            gradients.append(optimizables[i].get_gradient().reshape(-1, 3))
+            energies.append(optimizables[i].get_value())
+        return torch.tensor(energies, dtype=torch.float64), torch.as_tensor(-np.concatenate(gradients))
 
+    def every_step(evaluation: int, active: torch.Tensor) -> None:
+        if observer is not None and evaluation > 1:  # structures evaluated now are those that took the step
+            observer(evaluation - 1, active.tolist())
 
-def _result(index: int, converged: bool, steps: int, optimizable, gradient: np.ndarray) -> BatchResult:
-    return BatchResult(
-        index=index,
-        converged=converged,
-        steps=steps,
-        energy=float(optimizable.get_value()),
-        fmax=float(optimizable.gradient_norm(gradient.ravel())),
+    out = relax_tensors(
+        energy_forces,
+        torch.as_tensor(np.concatenate(x0), dtype=torch.float64, device=device),
+        Layout.from_sizes(sizes, device=device),
+        make_minimizer(optimizer, **options),
+        fmax=fmax,
+        max_force_calls=steps + 1,
+        observer=every_step,
+        dtype=dtype,
     )
+    return [
+        BatchResult(i, bool(out.converged[i]), int(out.force_calls[i]) - 1, float(out.energy[i]), float(out.fmax[i]))
+        for i in range(len(structures))
+    ]
 
 
 @dataclass
@@ -123,7 +108,7 @@ class TensorRelaxation:
     force_seconds: float  # wall time spent inside ``energy_forces``
 
 
-EnergyForces = Callable[[torch.Tensor, Layout], "tuple[torch.Tensor, torch.Tensor]"]
+EnergyForces = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def relax_tensors(
@@ -133,21 +118,25 @@ def relax_tensors(
     minimizer: Minimizer,
     fmax: float = 0.05,
     max_force_calls: int = 1000,
-    observer: Callable[[int, int], None] | None = None,
+    observer: Callable[[int, torch.Tensor], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> TensorRelaxation:
     """Relax a batch whose forces come from one batched model, all on tensors (no ASE in the loop).
 
-    ``energy_forces(positions, layout)`` returns per-structure energies ``(n_structures,)`` (eV) and forces
-    ``(n_rows, 3)`` (eV/Å) for the structures of ``layout``: a batched MLIP, or the cluster LJ of the
-    benchmarks. Every structure gets at most ``max_force_calls`` evaluations (the first one included) and
-    leaves the batch once its largest row force is ≤ ``fmax``, so it follows the trajectory it would follow
-    alone. ``observer(force_calls_so_far, n_active)`` is called after every evaluation.
+    ``energy_forces(positions, active)`` returns energies ``(n_active,)`` (eV) and forces (eV/Å) for the rows
+    ``positions`` of the structures whose indices (into ``layout``) are ``active``, stacked in that order: a
+    batched MLIP, the cluster LJ of the benchmarks, or ASE calculators (:func:`relax_batch`). Every structure
+    gets at most ``max_force_calls`` evaluations (the first one included) and leaves the batch once its largest
+    row force is ≤ ``fmax``, so it follows the trajectory it would follow alone. ``observer(evaluation,
+    active)`` is called after every evaluation. Positions keep their dtype; the optimizer math runs in
+    ``dtype`` (default: that of ``positions``).
     """
     if max_force_calls < 1:
         raise ValueError(f"max_force_calls must be at least 1, got {max_force_calls}")
     if positions.shape != (layout.n_rows, 3):
         raise ValueError(f"positions must have shape ({layout.n_rows}, 3), got {tuple(positions.shape)}")
     positions = positions.clone()
+    dtype = positions.dtype if dtype is None else dtype
     n = layout.n_structures
     device = positions.device
     active = torch.arange(n, device=device)
@@ -160,28 +149,26 @@ def relax_tensors(
     force_seconds = 0.0
     for evaluation in range(1, max_force_calls + 1):
         start = time.perf_counter()
-        e, forces = energy_forces(positions[active_rows], layout)
+        e, forces = energy_forces(positions[active_rows], active)
         force_seconds += time.perf_counter() - start
         calls[active] += 1
+        forces = forces.to(device)
         largest = torch.sqrt(layout.max(row_sum(forces * forces)))
-        energy[active], final_fmax[active] = e.to(energy.dtype), largest.to(energy.dtype)
+        energy[active], final_fmax[active] = e.to(energy), largest.to(energy)
         done = largest <= fmax
         converged[active] = done
         if observer is not None:
-            observer(evaluation, int(active.numel()))
+            observer(evaluation, active)
+        gradient = -forces.to(dtype)
+        if state is None:
+            state = minimizer.init(gradient, layout)
         keep = ~done
         if evaluation == max_force_calls or not bool(keep.any()):
             break
         if not bool(keep.all()):
             rows = keep[layout.structure]
-            active, active_rows, forces = active[keep], active_rows[rows], forces[rows]
-            if state is None:
-                layout = Layout.from_sizes(torch.bincount(layout.structure, minlength=layout.n_structures)[keep].tolist(), device=device)
-            else:
-                state, layout = minimizer.select(state, layout, keep)
-        gradient = -forces.to(positions.dtype)
-        if state is None:
-            state = minimizer.init(gradient, layout)
+            active, active_rows, gradient = active[keep], active_rows[rows], gradient[rows]
+            state, layout = minimizer.select(state, layout, keep)
         displacement, state = minimizer.step(state, gradient, layout)
-        positions[active_rows] += displacement
+        positions[active_rows] += displacement.to(positions.dtype)
     return TensorRelaxation(positions, converged, calls, energy, final_fmax, force_seconds)
