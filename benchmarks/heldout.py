@@ -67,16 +67,8 @@ def lj55(n: int) -> dict:
     return rows
 
 
-class CountingEMT(EMT):
-    def __init__(self, budget: int):
-        super().__init__()
-        self.calls, self.budget = 0, budget
-
-    def calculate(self, *args, **kwargs):
-        if self.calls >= self.budget:
-            raise lj38.BudgetExceeded
-        self.calls += 1
-        super().calculate(*args, **kwargs)
+class CountingEMT(lj38.CountingCalculator, EMT):
+    """EMT with the benchmark's force-call count and budget."""
 
 
 def cu_structure(seed: int):
@@ -90,23 +82,13 @@ def cu_structure(seed: int):
 
 def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
     import ase.optimize as optimize
-    from scipy.optimize import minimize
 
     def run(method: str, atoms) -> tuple[int, float, bool]:
-        calc = CountingEMT(budget)
+        calc = CountingEMT(budget=budget)
         atoms.calc = calc
         try:
             if method == "scipy-L-BFGS-B":
-                def fun(x):
-                    atoms.positions = x.reshape(-1, 3)
-                    return atoms.get_potential_energy(), -atoms.get_forces().ravel()
-
-                def stop(_):
-                    if np.linalg.norm(atoms.get_forces(), axis=1).max() <= fmax:
-                        raise StopIteration
-
-                minimize(fun, atoms.positions.ravel(), jac=True, method="L-BFGS-B", callback=stop,
-                         options={"maxfun": budget, "maxiter": budget, "gtol": 0.0, "ftol": 0.0})
+                lj38.scipy_lbfgsb(atoms, fmax=fmax, budget=budget)
             elif method == "ase-FIRE":
                 optimize.FIRE(atoms, logfile=None).run(fmax=fmax, steps=budget)
             else:

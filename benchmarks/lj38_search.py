@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,26 +94,8 @@ def configurations() -> list[tuple[str, str, Minimizer, int | None]]:
     ]
 
 
-def run(minimizer: Minimizer, starts) -> dict:
-    positions = torch.as_tensor(np.concatenate([s.positions for s in starts]), dtype=torch.float64)
-    layout = Layout.from_sizes([len(s) for s in starts])
-    t0 = time.perf_counter()
-    out = relax_tensors(lambda x, _: cluster_lj_tensor(x, lj38.N_ATOMS), positions, layout, minimizer,
-                        fmax=lj38.FMAX, max_force_calls=lj38.MAX_FORCE_CALLS)
-    seconds = time.perf_counter() - t0
-    calls = out.force_calls.numpy()
-    final = out.positions.numpy().reshape(len(starts), -1, 3)
-    energies, ok = [], []
-    for i, start in enumerate(starts):
-        atoms = start.copy()
-        atoms.positions = final[i]
-        energy = float(out.energy[i])
-        energies.append(energy)
-        ok.append(bool(out.converged[i]) and lj38.cluster_intact(atoms, energy))
-    ok = np.array(ok)
-    return {"runs": len(starts), "failures": int((~ok).sum()), "mean_force_calls": float(calls.mean()),
-            "median_force_calls": float(np.median(calls)), "max_force_calls": int(calls.max()),
-            "mean_final_energy": float(np.mean(energies)), "seconds": seconds}
+def run(minimizer: Minimizer, starts, label: str) -> dict:
+    return lj38.summarize(lj38.relax_starts(minimizer, starts, label))
 
 
 def hessian_spectrum(starts, fmax: float = 1e-6) -> dict:
@@ -144,7 +125,7 @@ def main() -> int:
     rows = []
     for label, approach, minimizer, limit in configurations():
         subset = starts[: min(limit or args.n, args.n)]
-        row = {"configuration": label, "approach": approach} | run(minimizer, subset)
+        row = {"configuration": label, "approach": approach} | run(minimizer, subset, label)
         rows.append(row)
         print(f"{label}: {row['failures']} failed, mean {row['mean_force_calls']:.0f}, max {row['max_force_calls']}", flush=True)
     spectrum = hessian_spectrum(starts[:20])

@@ -76,11 +76,11 @@ class BudgetExceeded(RuntimeError):
     pass
 
 
-class CountingLJ(ClusterLennardJones):
-    """Cluster LJ that counts evaluations, times them and stops at the force-call budget."""
+class CountingCalculator:
+    """Mixin for an ASE calculator class: counts evaluations, times them and stops at the force-call budget."""
 
-    def __init__(self, budget: int = MAX_FORCE_CALLS):
-        super().__init__()
+    def __init__(self, budget: int = MAX_FORCE_CALLS, **kwargs):
+        super().__init__(**kwargs)
         self.calls = 0
         self.seconds = 0.0
         self.budget = budget
@@ -92,6 +92,10 @@ class CountingLJ(ClusterLennardJones):
         start = time.perf_counter()
         super().calculate(atoms, properties, system_changes or ["positions", "numbers", "cell", "pbc"])
         self.seconds += time.perf_counter() - start
+
+
+class CountingLJ(CountingCalculator, ClusterLennardJones):
+    """Cluster LJ with the benchmark's force-call count and budget."""
 
 
 def max_force(atoms: Atoms) -> float:
@@ -147,8 +151,8 @@ def _ase(cls_name: str, **options) -> Callable[[Atoms], None]:
     return _ase_method(lambda atoms: cls(atoms, logfile=None, **options))
 
 
-def _scipy_lbfgsb(atoms: Atoms) -> None:
-    """SciPy's L-BFGS-B, stopped by the benchmark's own criterion (max per-atom force ≤ 0.01)."""
+def scipy_lbfgsb(atoms: Atoms, fmax: float = FMAX, budget: int = MAX_FORCE_CALLS) -> None:
+    """SciPy's L-BFGS-B, stopped by the benchmark's own criterion (max per-atom force ≤ ``fmax``)."""
     from scipy.optimize import minimize
 
     def fun(x):
@@ -156,11 +160,11 @@ def _scipy_lbfgsb(atoms: Atoms) -> None:
         return atoms.get_potential_energy(), -atoms.get_forces().ravel()
 
     def callback(intermediate_result):
-        if max_force(atoms) <= FMAX:
+        if max_force(atoms) <= fmax:
             raise StopIteration
 
     minimize(fun, atoms.positions.ravel(), jac=True, method="L-BFGS-B", callback=callback,
-             options={"maxfun": MAX_FORCE_CALLS, "maxiter": MAX_FORCE_CALLS, "gtol": 0.0, "ftol": 0.0})
+             options={"maxfun": budget, "maxiter": budget, "gtol": 0.0, "ftol": 0.0})
 
 
 ATOMOPT_NAMES = ("frankenstein", "adan", "adamnx", "innaprop")
@@ -184,7 +188,7 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
     }
     for cls_name in ("FIRE", "FIRE2", "BFGS", "LBFGS", "BFGSLineSearch", "MDMin", "SciPyFminCG"):
         table[f"ase-{cls_name}"] = _ase(cls_name)
-    table["scipy-L-BFGS-B"] = _scipy_lbfgsb
+    table["scipy-L-BFGS-B"] = scipy_lbfgsb
     return table
 
 
@@ -201,19 +205,27 @@ def run_batched(
     options of :func:`atomopt.rules.make_minimizer` (used for tuning); ``progress(calls, active)`` is called
     after every force evaluation with the indices of the starts evaluated.
     """
-    from atomopt.calculators import cluster_lj_tensor
-    from atomopt.core.layout import Layout
-    from atomopt.frontends.batch import relax_tensors
     from atomopt.rules import make_minimizer
 
     optimizer, options = atomopt_methods().get(method, (method, {}))
-    minimizer = make_minimizer(optimizer, **(options | overrides))
+    return relax_starts(make_minimizer(optimizer, **(options | overrides)), starts, method, progress)
+
+
+def relax_starts(
+    minimizer, starts: list[Atoms], label: str, progress: Callable[[int, torch.Tensor], None] | None = None
+) -> list[RunResult]:
+    """Relax equal-size ``starts`` with ``minimizer`` (a :class:`~atomopt.core.minimizer.Minimizer`) in one
+    batch under the benchmark's protocol; results are labelled ``label``."""
+    from atomopt.calculators import cluster_lj_tensor
+    from atomopt.core.layout import Layout
+    from atomopt.frontends.batch import relax_tensors
+
     positions = torch.as_tensor(np.concatenate([s.positions for s in starts]), dtype=torch.float64)
     layout = Layout.from_sizes([len(s) for s in starts])
-    t0 = time.perf_counter()
     n_atoms = len(starts[0])
     if any(len(s) != n_atoms for s in starts):
-        raise ValueError("run_batched needs starts of equal size")
+        raise ValueError("relax_starts needs starts of equal size")
+    t0 = time.perf_counter()
     out = relax_tensors(lambda x, _: cluster_lj_tensor(x, n_atoms), positions, layout, minimizer,
                         fmax=FMAX, max_force_calls=MAX_FORCE_CALLS, observer=progress)
     seconds = time.perf_counter() - t0
@@ -231,7 +243,7 @@ def run_batched(
             failure = "budget" if calls[i] >= MAX_FORCE_CALLS else "not converged"
         elif not cluster_intact(atoms, energy):
             failure = "broken cluster"
-        results.append(RunResult(method, i, failure == "", int(calls[i]), energy, fmax,
+        results.append(RunResult(label, i, failure == "", int(calls[i]), energy, fmax,
                                  seconds * share[i], out.force_seconds * share[i], failure))
     return results
 
