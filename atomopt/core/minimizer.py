@@ -186,6 +186,13 @@ class Minimizer:
             new_state["last_slope"] = layout.sum(gradient * displacement)
         return displacement, new_state
 
+    def merge(self, first: MinimizerState, second: MinimizerState) -> MinimizerState:
+        """Two batches' states side by side: the rows and structures of ``second`` follow those of ``first``.
+
+        Every field, per row or per structure, stacks along its first dimension, so structures that join a
+        running batch (in-flight batching) start from their own :meth:`init` state.
+        """
+        return {k: self.merge(v, second[k]) if isinstance(v, dict) else torch.cat([v, second[k]]) for k, v in first.items()}
 
     def select(self, state: MinimizerState, layout: Layout, keep: Tensor) -> tuple[MinimizerState, Layout]:
         """Keep only the structures where ``keep`` (``(n_structures,)`` bool) is true, e.g. to drop converged ones."""

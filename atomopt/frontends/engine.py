@@ -1,0 +1,604 @@
+"""In-flight batched relaxation with a batched model: the engine discovery pipelines run on.
+
+Structures stream in; the batch holds as many as its capacity allows (atoms, or
+neighbour pairs within the model's cutoff); one model call evaluates them all
+and one :class:`~atomopt.core.minimizer.Minimizer` step moves them all. A
+structure leaves the moment it converges, fails or spends its step budget, and
+the next one enters with a fresh optimizer state, so its trajectory does not
+depend on what else is in the batch. A free cell is three more rows per
+structure (:mod:`atomopt.core.cell`, ASE's FrechetCellFilter). Each structure
+ends as a :class:`RelaxRecord`; one bad structure never stops the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+from ase.units import GPa
+from torch import Tensor
+
+from atomopt.core import cell as cellmath
+from atomopt.core.cell import CellFilter
+from atomopt.core.layout import Layout, row_sum
+from atomopt.core.minimizer import Minimizer
+from atomopt.frontends.ase_optimizer import OVERLAP_DISTANCE, closest_pair
+from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
+from atomopt.rules import make_minimizer
+
+#: How a structure's relaxation ended.
+STATUSES = ("converged", "max_steps", "non_finite", "cell_collapsed", "cell_exploded", "model_error", "invalid")
+
+#: Default capacity on a CPU, atoms: larger batches gain little there (the model's cost is per atom).
+CPU_CAPACITY_ATOMS = 2048
+
+
+@dataclass
+class RelaxRecord:
+    """The outcome of one structure.
+
+    Attributes:
+        index: position of the structure in the input.
+        status: one of :data:`STATUSES`.
+        message: why it failed (empty when it did not).
+        force_calls: model evaluations of this structure.
+        energy: final energy, eV (the model's, without the pV term of a target pressure).
+        fmax: largest row force at the end, eV/Å, over atoms and cell rows (as ASE's FrechetCellFilter counts).
+        max_stress: largest |σ_ij| at the end, GPa.
+        volume: final cell volume, Å³.
+        atoms: the final structure with its energy, forces and stress attached, ``status``, ``converged`` and
+            ``force_calls`` in ``atoms.info`` (``None`` only when the input itself could not be read).
+    """
+
+    index: int
+    status: str
+    message: str = ""
+    force_calls: int = 0
+    energy: float = math.nan
+    fmax: float = math.nan
+    max_stress: float = math.nan
+    volume: float = math.nan
+    atoms: Atoms | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "converged"
+
+    def summary(self) -> dict[str, Any]:
+        """The record without the structure, as plain values (for JSON and tables)."""
+        return {k: v for k, v in self.__dict__.items() if k != "atoms"}
+
+
+@dataclass
+class EngineStats:
+    """Counters of a run; ``packing`` is the share of the capacity that held structures."""
+
+    capacity: float = 0.0
+    evaluations: int = 0  # batched model calls
+    structure_evaluations: int = 0  # force calls summed over structures
+    load_sum: float = 0.0  # load (atoms or pairs) in the batch, summed over evaluations
+    capacity_sum: float = 0.0
+    model_seconds: float = 0.0
+    optimizer_seconds: float = 0.0  # optimizer and cell-filter math, bookkeeping
+    finished: int = 0
+    failed: int = 0
+    in_batch: int = 0
+    out_of_memory: int = 0
+
+    @property
+    def packing(self) -> float:
+        return self.load_sum / self.capacity_sum if self.capacity_sum else 0.0
+
+
+@dataclass
+class _Member:
+    """Host-side facts of a structure in the batch."""
+
+    index: int
+    atoms: Atoms
+    load: float
+    fixed: np.ndarray  # atoms that FixAtoms holds
+
+
+@dataclass
+class _Batch:
+    """The structures in flight and their rows (see the module docstring)."""
+
+    members: list[_Member] = field(default_factory=list)
+    rows: Tensor | None = None  # (n_rows, 3): positions in the reference cell, then N·log F per structure
+    reference_cell: Tensor | None = None  # (S, 3, 3)
+    numbers: Tensor | None = None
+    pbc: Tensor | None = None
+    fixed: Tensor | None = None  # (N,) bool
+    calls: Tensor | None = None  # (S,) long
+    state: dict | None = None  # minimizer state of the first ``n_started`` structures
+    n_started: int = 0
+
+    @property
+    def load(self) -> float:
+        return sum(m.load for m in self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+class InFlightRelaxer:
+    """Relaxes a stream of structures with a batched model, holding as many as fit in its capacity.
+
+    Args:
+        model: a :class:`~atomopt.models.BatchedModel`, a name (``sevennet-0``, ``chgnet``, ``mace:PATH``,
+            ``emt``, ``lj``), an ASE calculator or a TorchSim-style model (:func:`atomopt.models.load_model`).
+        optimizer: ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
+        fmax: convergence threshold on the largest row force, eV/Å (atoms and cell rows).
+        steps: step budget per structure (at most ``steps + 1`` force calls, as ASE's ``run(steps=...)``).
+        cell: ``True`` (a :class:`CellFilter` with ASE's defaults), a :class:`CellFilter`, or ``False``/``None``
+            for fixed cells.
+        capacity: the most load a batch holds (atoms, or neighbour pairs with ``capacity_metric="pairs"``);
+            default: :data:`CPU_CAPACITY_ATOMS` on a CPU, derived from free memory on a GPU. A structure
+            larger than the capacity still runs, alone.
+        capacity_metric: ``"atoms"`` or ``"pairs"`` (pairs within the model's cutoff, counted once on entry).
+        dtype: dtype of the optimizer state and cell math (the model keeps its own).
+        device: device of the optimizer math (default: the model's).
+        **optimizer_options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, paper_exact, ...).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: str | Minimizer = "frankenstein",
+        *,
+        fmax: float = 0.05,
+        steps: int = 500,
+        cell: CellFilter | bool | None = True,
+        capacity: float | None = None,
+        capacity_metric: str = "atoms",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        **optimizer_options: Any,
+    ):
+        if not fmax > 0:
+            raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps}")
+        if capacity_metric not in ("atoms", "pairs"):
+            raise ValueError(f"capacity_metric must be 'atoms' or 'pairs', got {capacity_metric!r}")
+        if capacity is not None and not capacity > 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.model: BatchedModel = load_model(model, device=device or "cpu")
+        self.minimizer = optimizer if isinstance(optimizer, Minimizer) else make_minimizer(optimizer, **optimizer_options)
+        self.fmax = float(fmax)
+        self.steps = int(steps)
+        self.cell = CellFilter() if cell is True else (cell or None)
+        self.capacity_metric = capacity_metric
+        if capacity_metric == "pairs" and self.model.cutoff is None:
+            raise ValueError(f"capacity_metric='pairs' needs a model with a cutoff; {self.model.name} has none")
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else self.model.device
+        self.capacity = float(capacity) if capacity is not None else self._default_capacity()
+        self._calibrate = capacity is None and self.device.type == "cuda"
+        self.stats = EngineStats(capacity=self.capacity)
+
+    # ------------------------------------------------------------------ capacity
+
+    def _default_capacity(self) -> float:
+        if self.device.type != "cuda":
+            return float(CPU_CAPACITY_ATOMS)
+        # A first batch of modest size; after its first evaluation the capacity is set from the memory it used.
+        return 512.0
+
+    def _calibrate_capacity(self, peak_bytes: int, load: float) -> None:
+        """Set a GPU capacity from the memory one evaluation of ``load`` took (70 % of the free memory)."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_unit = max(peak_bytes, 1) / max(load, 1.0)
+        self.capacity = max(self.capacity, 0.7 * (free + peak_bytes) / per_unit)
+        self.stats.capacity = self.capacity
+        self._calibrate = False
+
+    def load_of(self, atoms: Atoms) -> float:
+        """The capacity a structure takes: its atoms, or its neighbour pairs within the model's cutoff."""
+        if self.capacity_metric == "atoms":
+            return float(len(atoms))
+        from vesin import NeighborList
+
+        box = atoms.cell[:] if atoms.pbc.any() else np.zeros((3, 3))
+        i, _ = NeighborList(cutoff=float(self.model.cutoff), full_list=True).compute(
+            points=atoms.positions, box=box, periodic=bool(atoms.pbc.any()), quantities="ij")
+        return float(max(len(i), len(atoms)))
+
+    # ------------------------------------------------------------------ entry checks
+
+    def _check(self, atoms: Atoms) -> tuple[str, str] | None:
+        """(status, message) for a structure that cannot enter the batch, else ``None``."""
+        if len(atoms) == 0:
+            return "invalid", "empty structure (no atoms)"
+        if not np.isfinite(atoms.positions).all() or not np.isfinite(atoms.cell[:]).all():
+            return "invalid", "positions or cell contain NaN or inf"
+        others = [c for c in atoms.constraints if not isinstance(c, FixAtoms)]
+        if others:
+            return "invalid", f"constraint {type(others[0]).__name__} is not supported by the batched engine (FixAtoms is)"
+        if self.cell is not None:
+            if not atoms.pbc.all():
+                return "invalid", "cell relaxation needs a structure periodic in all three directions (use cell=False)"
+            if abs(atoms.cell.volume) < 1e-6:
+                return "invalid", "the cell has no volume"
+        close = closest_pair(atoms)
+        if close is not None:
+            i, j, d = close
+            return "invalid", f"atoms {i} and {j} overlap ({d:.3g} Å apart, below {OVERLAP_DISTANCE} Å)"
+        try:
+            self.model.check(atoms)
+        except UnsupportedStructureError as err:
+            return "model_error", str(err)
+        return None
+
+    # ------------------------------------------------------------------ batch membership
+
+    def _admit(self, batch: _Batch, new: list[_Member]) -> None:
+        """Append ``new`` structures at the end of the batch (their optimizer state starts at their first evaluation)."""
+        f64 = dict(dtype=self.dtype, device=self.device)
+        rows, cells, numbers, pbc, fixed = [], [], [], [], []
+        for member in new:
+            atoms = member.atoms
+            rows.append(torch.as_tensor(atoms.positions, **f64))
+            if self.cell is not None:
+                rows.append(torch.zeros(3, 3, **f64))  # log F = 0: the starting cell is the reference
+            cells.append(torch.as_tensor(atoms.cell[:], **f64))
+            numbers.append(torch.as_tensor(atoms.numbers, device=self.device))
+            pbc.append(torch.as_tensor(atoms.pbc, device=self.device))
+            fixed.append(torch.as_tensor(member.fixed, device=self.device))
+        parts = [(batch.rows, torch.cat(rows)), (batch.reference_cell, torch.stack(cells)), (batch.numbers, torch.cat(numbers)),
+                 (batch.pbc, torch.stack(pbc)), (batch.fixed, torch.cat(fixed)),
+                 (batch.calls, torch.zeros(len(new), dtype=torch.long, device=self.device))]
+        joined = [added if old is None else torch.cat([old, added]) for old, added in parts]
+        batch.rows, batch.reference_cell, batch.numbers, batch.pbc, batch.fixed, batch.calls = joined
+        batch.members.extend(new)
+
+    def _keep(self, batch: _Batch, keep: Tensor, index: "_Index") -> None:
+        """Drop the structures where ``keep`` is false."""
+        keep_list = keep.tolist()
+        batch.members = [m for m, k in zip(batch.members, keep_list) if k]
+        atom_keep = keep[index.atom_structure]
+        batch.rows = batch.rows[keep[index.layout.structure]]
+        batch.reference_cell, batch.pbc, batch.calls = batch.reference_cell[keep], batch.pbc[keep], batch.calls[keep]
+        batch.numbers, batch.fixed = batch.numbers[atom_keep], batch.fixed[atom_keep]
+        if batch.state is not None:
+            batch.state, _ = self.minimizer.select(batch.state, index.layout, keep)
+        batch.n_started = len(batch.members)
+
+    # ------------------------------------------------------------------ model calls
+
+    def _call_model(self, structures: StructureBatch, loads: list[float]) -> ModelOutput:
+        """One model call, in consecutive chunks of at most the capacity; CUDA out-of-memory shrinks the capacity and retries."""
+        while True:
+            chunks, start, used = [], 0, 0.0
+            for i, load in enumerate(loads):
+                if i > start and used + load > self.capacity:
+                    chunks.append((start, i))
+                    start, used = i, 0.0
+                used += load
+            chunks.append((start, len(loads)))
+            try:
+                outputs = [self.model(structures if len(chunks) == 1 else structures.slice(a, b)) for a, b in chunks]
+            except torch.cuda.OutOfMemoryError:
+                if max(b - a for a, b in chunks) == 1:
+                    raise
+                self.stats.out_of_memory += 1
+                torch.cuda.empty_cache()
+                self.capacity = max(max(loads), 0.7 * min(self.capacity, sum(loads)))
+                self.stats.capacity = self.capacity
+                continue
+            if len(outputs) == 1:
+                return outputs[0]
+            stresses = [o.stress for o in outputs]
+            return ModelOutput(
+                energy=torch.cat([o.energy.reshape(-1) for o in outputs]),
+                forces=torch.cat([o.forces for o in outputs]),
+                stress=None if any(s is None for s in stresses) else torch.cat(stresses),
+            )
+
+    def _evaluate(self, structures: StructureBatch, loads: list[float]) -> tuple[ModelOutput, dict[int, str]]:
+        """Model output for every structure; a structure whose evaluation raises gets NaN and an error message.
+
+        When the batched call raises, each structure is evaluated alone to find the one at fault.
+        """
+        try:
+            return self._cast(self._call_model(structures, loads), structures), {}
+        except Exception as err:  # noqa: BLE001 - any model failure becomes a record, never a crash of the run
+            if structures.n_structures == 1:
+                sizes = structures.sizes
+                nan = torch.full((1,), math.nan, dtype=self.dtype, device=self.device)
+                return (ModelOutput(nan, torch.full((sizes[0], 3), math.nan, dtype=self.dtype, device=self.device),
+                                    torch.full((1, 3, 3), math.nan, dtype=self.dtype, device=self.device)),
+                        {0: f"{type(err).__name__}: {err}"})
+        outputs, errors = [], {}
+        for i in range(structures.n_structures):
+            out, failed = self._evaluate(structures.slice(i, i + 1), loads[i : i + 1])
+            outputs.append(out)
+            if failed:
+                errors[i] = failed[0]
+        return ModelOutput(torch.cat([o.energy for o in outputs]), torch.cat([o.forces for o in outputs]),
+                           torch.cat([o.stress for o in outputs])), errors
+
+    def _cast(self, out: ModelOutput, structures: StructureBatch) -> ModelOutput:
+        if out.energy.shape != (structures.n_structures,) or out.forces.shape != structures.positions.shape:
+            raise ValueError(f"{self.model.name} returned energy {tuple(out.energy.shape)} and forces {tuple(out.forces.shape)} "
+                             f"for {structures.n_structures} structures of {structures.positions.shape[0]} atoms")
+        stress = out.stress
+        if stress is None:
+            if self.cell is not None:
+                raise ValueError(f"{self.model.name} computes no stress: relax with a fixed cell")
+            stress = torch.zeros(structures.n_structures, 3, 3)
+        to = dict(dtype=self.dtype, device=self.device)
+        return ModelOutput(out.energy.to(**to), out.forces.to(**to), stress.reshape(-1, 3, 3).to(**to))
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, structures: Iterable[Atoms | tuple[int, Atoms]]) -> Iterator[RelaxRecord]:
+        """Relax ``structures`` and yield one record per structure as it finishes (not in input order).
+
+        Items are ``Atoms`` (numbered from 0 in order) or ``(index, Atoms)`` pairs; an item that is not a
+        structure yields an ``invalid`` record. The input structures are not modified.
+        """
+        source = iter(structures)
+        batch = _Batch()
+        waiting: _Member | None = None
+        counter = 0
+        exhausted = False
+        while True:
+            new: list[_Member] = []
+            while not exhausted:
+                if waiting is None:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    index, atoms = item if isinstance(item, tuple) else (counter, item)
+                    counter = index + 1
+                    if not isinstance(atoms, Atoms):
+                        yield self._finish_early(index, None, "invalid", f"not a structure: {type(atoms).__name__}")
+                        continue
+                    problem = self._check(atoms)
+                    if problem is not None:
+                        yield self._finish_early(index, atoms, *problem)
+                        continue
+                    fixed = np.zeros(len(atoms), bool)
+                    for constraint in atoms.constraints:
+                        fixed[constraint.get_indices()] = True
+                    waiting = _Member(index, atoms.copy(), self.load_of(atoms), fixed)
+                if len(batch) + len(new) > 0 and batch.load + sum(m.load for m in new) + waiting.load > self.capacity:
+                    break
+                new.append(waiting)
+                waiting = None
+            if new:
+                self._admit(batch, new)
+            if len(batch) == 0:
+                if exhausted:
+                    return
+                continue
+            yield from self._iterate(batch)
+
+    def _iterate(self, batch: _Batch) -> Iterator[RelaxRecord]:
+        """One model evaluation of the whole batch, the records of the structures that end, one step for the rest."""
+        clock = time.perf_counter()
+        index = _Index.build(batch, self.cell is not None, self.device)
+        rows, n = batch.rows, index.n_atoms.to(self.dtype)
+        if self.cell is not None:
+            log_f = rows[index.cell_rows] / n[:, None, None]
+            F = cellmath.deformation(log_f)
+            positions, cell = cellmath.deformed(rows[index.atom_rows], batch.reference_cell, F, index.atom_structure)
+            volume_ratio = torch.exp(log_f.diagonal(dim1=1, dim2=2).sum(-1))  # det F = exp(tr log F)
+        else:
+            positions, cell = rows, batch.reference_cell
+            volume_ratio = torch.ones(len(batch), dtype=self.dtype, device=self.device)
+        structures = StructureBatch(positions, cell, batch.numbers, batch.pbc, index.atom_structure)
+        loads = [m.load for m in batch.members]
+        self._sync()
+        self.stats.optimizer_seconds += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        if self._calibrate:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            baseline = torch.cuda.memory_allocated(self.device)
+        out, errors = self._evaluate(structures, loads)
+        self._sync()
+        if self._calibrate:
+            self._calibrate_capacity(torch.cuda.max_memory_allocated(self.device) - baseline, sum(loads))
+        self.stats.model_seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
+        self.stats.evaluations += 1
+        self.stats.structure_evaluations += len(batch)
+        self.stats.load_sum += sum(loads)
+        self.stats.capacity_sum += max(self.capacity, sum(loads))
+        batch.calls += 1
+
+        energy, forces, stress = out.energy, out.forces, out.stress
+        per_atom_bad = ~torch.isfinite(forces).all(dim=1)
+        bad = torch.zeros(len(batch), dtype=torch.long, device=self.device).index_add_(
+            0, index.atom_structure, per_atom_bad.long()) > 0
+        bad |= ~torch.isfinite(energy)
+        if self.cell is not None:
+            bad |= ~torch.isfinite(stress).all(dim=2).all(dim=1)
+        failed = torch.zeros_like(bad)
+        if errors:
+            failed[list(errors)] = True
+        bad &= ~failed
+        zero_rows = (bad | failed)
+        if bool(zero_rows.any()):  # keep NaN out of the optimizer math: these structures leave the batch now
+            forces = torch.where(zero_rows[index.atom_structure, None], 0.0, forces)
+            stress = torch.where(zero_rows[:, None, None], 0.0, stress)
+
+        row_forces = torch.zeros_like(rows)
+        if self.cell is not None:
+            atom_forces, log_forces = cellmath.cell_forces(forces, stress, cell, log_f, F, index.atom_structure, self.cell)
+            row_forces[index.atom_rows] = atom_forces
+            row_forces[index.cell_rows] = log_forces / n[:, None, None]
+        else:
+            row_forces[index.atom_rows] = forces
+        if bool(batch.fixed.any()):
+            row_forces[index.atom_rows[batch.fixed]] = 0.0
+        gradient = -row_forces
+        largest = torch.sqrt(index.layout.max(row_sum(row_forces * row_forces)))
+
+        if batch.n_started < len(batch):  # structures evaluated for the first time start their optimizer state
+            first_row = int(index.row_offsets[batch.n_started])
+            fresh = self.minimizer.init(gradient[first_row:], Layout.from_sizes(index.row_sizes[batch.n_started:], device=self.device))
+            batch.state = fresh if batch.state is None else self.minimizer.merge(batch.state, fresh)
+            batch.n_started = len(batch)
+
+        lower, upper = self.cell.volume_bounds if self.cell is not None else (0.0, math.inf)
+        status = [""] * len(batch)
+        converged = (largest <= self.fmax).tolist()
+        out_of_budget = (batch.calls >= self.steps + 1).tolist()
+        ratio = volume_ratio.tolist()
+        for i, bad_i in enumerate(bad.tolist()):
+            if i in errors:
+                status[i] = "model_error"
+            elif bad_i:
+                status[i] = "non_finite"
+            elif ratio[i] < lower:
+                status[i] = "cell_collapsed"
+            elif ratio[i] > upper:
+                status[i] = "cell_exploded"
+            elif converged[i]:
+                status[i] = "converged"
+            elif out_of_budget[i]:
+                status[i] = "max_steps"
+        ending = [i for i, s in enumerate(status) if s]
+        records = []
+        if ending:
+            messages = {
+                "non_finite": "the model returned NaN or inf energy, forces or stress",
+                "cell_collapsed": f"the cell volume fell below {lower:g} × its starting volume",
+                "cell_exploded": f"the cell volume grew above {upper:g} × its starting volume",
+            }
+            atoms_at = index.atom_offsets.tolist()
+            for i in ending:
+                member = batch.members[i]
+                a, b = atoms_at[i], atoms_at[i] + len(member.atoms)
+                records.append(self._record(
+                    member, status[i], errors.get(i, messages.get(status[i], "")), int(batch.calls[i]),
+                    positions[a:b], cell[i], out.energy[i], out.forces[a:b], out.stress[i], float(largest[i])))
+            keep = torch.ones(len(batch), dtype=torch.bool, device=self.device)
+            keep[ending] = False
+            self.stats.finished += len(ending)
+            self.stats.failed += sum(s not in ("converged", "max_steps") for s in (status[i] for i in ending))
+            if not bool(keep.any()):
+                batch.members, batch.n_started, batch.state = [], 0, None
+                batch.rows = batch.reference_cell = batch.numbers = batch.pbc = batch.fixed = batch.calls = None
+            else:
+                gradient = gradient[keep[index.layout.structure]]
+                self._keep(batch, keep, index)
+                index = _Index.build(batch, self.cell is not None, self.device)
+        if len(batch):
+            displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout)
+            if self.cell is not None:
+                displacement[index.cell_rows] = cellmath.constrain_cell_step(displacement[index.cell_rows], self.cell)
+            if bool(batch.fixed.any()):
+                displacement[index.atom_rows[batch.fixed]] = 0.0
+            batch.rows = batch.rows + displacement
+        self.stats.in_batch = len(batch)
+        self._sync()
+        self.stats.optimizer_seconds += time.perf_counter() - clock
+        yield from records
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, member: _Member, status: str, message: str, calls: int, positions: Tensor, cell: Tensor,
+                energy: Tensor, forces: Tensor, stress: Tensor, fmax: float) -> RelaxRecord:
+        atoms = member.atoms.copy()
+        atoms.positions = positions.detach().cpu().numpy()
+        atoms.cell = cell.detach().cpu().numpy()
+        stress_np = stress.detach().cpu().numpy()
+        voigt = stress_np[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        results = {"energy": float(energy), "forces": forces.detach().cpu().numpy()}
+        if self.cell is not None or np.isfinite(voigt).all() and atoms.pbc.all():
+            results["stress"] = voigt
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        record = RelaxRecord(
+            index=member.index, status=status, message=message, force_calls=calls, energy=float(energy), fmax=fmax,
+            max_stress=float(np.abs(stress_np).max() / GPa) if atoms.pbc.all() else math.nan,
+            volume=float(abs(np.linalg.det(atoms.cell[:]))) if atoms.pbc.all() else math.nan, atoms=atoms,
+        )
+        _tag(atoms, record)
+        return record
+
+    def _finish_early(self, index: int, atoms: Atoms | None, status: str, message: str) -> RelaxRecord:
+        """Record of a structure that never entered the batch."""
+        self.stats.finished += 1
+        self.stats.failed += 1
+        copy = atoms.copy() if atoms is not None else None
+        record = RelaxRecord(index=index, status=status, message=message, atoms=copy)
+        if copy is not None:
+            _tag(copy, record)
+        return record
+
+
+def _tag(atoms: Atoms, record: RelaxRecord) -> None:
+    atoms.info.update(status=record.status, converged=record.converged, force_calls=record.force_calls,
+                      index=record.index)
+    if record.message:
+        atoms.info["message"] = record.message
+
+
+@dataclass
+class _Index:
+    """Where each structure's atoms and cell rows sit in the row tensor."""
+
+    layout: Layout
+    n_atoms: Tensor  # (S,)
+    atom_structure: Tensor  # (N,)
+    atom_offsets: Tensor  # (S,) first atom of each structure
+    atom_rows: Tensor  # (N,) row of each atom
+    cell_rows: Tensor  # (S, 3) rows of the log-deformation, when the cell is free
+    row_offsets: Tensor  # (S,)
+    row_sizes: list[int]
+
+    @classmethod
+    def build(cls, batch: _Batch, free_cell: bool, device: torch.device) -> "_Index":
+        sizes = [len(m.atoms) for m in batch.members]
+        n_atoms = torch.as_tensor(sizes, device=device)
+        extra = 3 if free_cell else 0
+        row_sizes = [s + extra for s in sizes]
+        rows = n_atoms + extra
+        row_offsets = torch.cumsum(rows, 0) - rows
+        atom_offsets = torch.cumsum(n_atoms, 0) - n_atoms
+        atom_structure = torch.repeat_interleave(torch.arange(len(sizes), device=device), n_atoms)
+        local = torch.arange(int(n_atoms.sum()), device=device) - atom_offsets[atom_structure]
+        atom_rows = row_offsets[atom_structure] + local
+        cell_rows = (row_offsets + n_atoms)[:, None] + torch.arange(3, device=device)
+        layout = Layout.from_sizes(row_sizes, device=device)
+        return cls(layout, n_atoms, atom_structure, atom_offsets, atom_rows, cell_rows, row_offsets, row_sizes)
+
+
+def relax_iter(structures: Iterable[Atoms | tuple[int, Atoms]], model: Any, optimizer: str = "frankenstein",
+               **options: Any) -> Iterator[RelaxRecord]:
+    """Relax a stream of structures; records are yielded as structures finish (see :class:`InFlightRelaxer`)."""
+    return InFlightRelaxer(model, optimizer, **options).run(structures)
+
+
+def relax_many(structures: Iterable[Atoms], model: Any, optimizer: str = "frankenstein",
+               progress: Callable[[RelaxRecord, EngineStats], None] | None = None, **options: Any) -> list[RelaxRecord]:
+    """Relax ``structures`` with a batched model; one :class:`RelaxRecord` per structure, in input order.
+
+    Options as :class:`InFlightRelaxer` (fmax, steps, cell, capacity, capacity_metric, dtype, device and the
+    optimizer's own). ``progress(record, stats)`` is called as each structure finishes.
+    """
+    relaxer = InFlightRelaxer(model, optimizer, **options)
+    records = []
+    for record in relaxer.run(structures):
+        records.append(record)
+        if progress is not None:
+            progress(record, relaxer.stats)
+    return sorted(records, key=lambda r: r.index)
