@@ -36,6 +36,10 @@ from atomopt.rules import make_minimizer
 #: How a structure's relaxation ended.
 STATUSES = ("converged", "max_steps", "non_finite", "cell_collapsed", "cell_exploded", "model_error", "invalid")
 
+#: What a structure's load in the batch counts: its atoms, its neighbour pairs within the model's cutoff
+#: (what graph models' memory grows with), or 1 per structure.
+CAPACITY_METRICS = ("atoms", "pairs", "structures")
+
 #: Default capacity on a CPU, atoms: larger batches gain little there (the model's cost is per atom).
 CPU_CAPACITY_ATOMS = 2048
 
@@ -141,9 +145,10 @@ class InFlightRelaxer:
         cell: ``True`` (a :class:`CellFilter` with ASE's defaults), a :class:`CellFilter`, or ``False``/``None``
             for fixed cells.
         capacity: the most load a batch holds (atoms, or neighbour pairs with ``capacity_metric="pairs"``);
-            default: :data:`CPU_CAPACITY_ATOMS` on a CPU, derived from free memory on a GPU. A structure
+            default: :data:`CPU_CAPACITY_ATOMS` atoms on a CPU, derived from free memory on a GPU. A structure
             larger than the capacity still runs, alone.
-        capacity_metric: ``"atoms"`` or ``"pairs"`` (pairs within the model's cutoff, counted once on entry).
+        capacity_metric: ``"atoms"``, ``"pairs"`` (pairs within the model's cutoff, counted once on entry) or
+            ``"structures"``.
         dtype: dtype of the optimizer state and cell math (the model keeps its own).
         device: device of the optimizer math (default: the model's).
         **optimizer_options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, paper_exact, ...).
@@ -167,8 +172,8 @@ class InFlightRelaxer:
             raise ValueError(f"fmax must be positive (eV/Å), got {fmax}")
         if steps < 0:
             raise ValueError(f"steps must be non-negative, got {steps}")
-        if capacity_metric not in ("atoms", "pairs"):
-            raise ValueError(f"capacity_metric must be 'atoms' or 'pairs', got {capacity_metric!r}")
+        if capacity_metric not in CAPACITY_METRICS:
+            raise ValueError(f"capacity_metric must be one of {CAPACITY_METRICS}, got {capacity_metric!r}")
         if capacity is not None and not capacity > 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.model: BatchedModel = load_model(model, device=device or "cpu")
@@ -188,8 +193,10 @@ class InFlightRelaxer:
     # ------------------------------------------------------------------ capacity
 
     def _default_capacity(self) -> float:
-        if self.device.type != "cuda":
-            return float(CPU_CAPACITY_ATOMS)
+        if self.capacity_metric == "structures":
+            return 64.0
+        if self.device.type != "cuda":  # pairs: ~50 neighbours per atom within a 5 Å cutoff
+            return float(CPU_CAPACITY_ATOMS) * (50.0 if self.capacity_metric == "pairs" else 1.0)
         # A first batch of modest size; after its first evaluation the capacity is set from the memory it used.
         return 512.0
 
@@ -205,6 +212,8 @@ class InFlightRelaxer:
         """The capacity a structure takes: its atoms, or its neighbour pairs within the model's cutoff."""
         if self.capacity_metric == "atoms":
             return float(len(atoms))
+        if self.capacity_metric == "structures":
+            return 1.0
         from vesin import NeighborList
 
         box = atoms.cell[:] if atoms.pbc.any() else np.zeros((3, 3))
@@ -446,6 +455,7 @@ class InFlightRelaxer:
             row_forces[index.atom_rows[batch.fixed]] = 0.0
         gradient = -row_forces
         largest = torch.sqrt(index.layout.max(row_sum(row_forces * row_forces)))
+        largest = torch.where(zero_rows, math.nan, largest)  # unknown where the model failed
 
         if batch.n_started < len(batch):  # structures evaluated for the first time start their optimizer state
             first_row = int(index.row_offsets[batch.n_started])

@@ -1,0 +1,185 @@
+"""Batched MLIP relaxation against sequential ASE, on the same mixed crystals (cell free).
+
+    python benchmarks/batched_relax.py [--n 24] [--fmax 0.05] [--steps 500] [--capacities 1 8 32 128]
+                                       [--model sevennet-0] [--device cpu] [--tag batched_relax]
+
+Methods, each on the same structures with the same model:
+  ase-fire          ASE FIRE + FrechetCellFilter, one structure after the other (the Matbench Discovery protocol)
+  ase-frankenstein  atomopt's Frankenstein through its ASE front end + FrechetCellFilter, sequential
+  batched-K         atomopt's in-flight engine, Frankenstein, at most K structures per model call
+
+Reported: force calls (total and per structure), converged count, wall time, structures/s, and the share of
+the time spent outside the model (optimizer, cell filter, bookkeeping). Results go to
+benchmarks/results/{tag}.json and .md with the command, machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomopt.bench.crystals import mixed_crystals
+
+
+class Counting:
+    """Wraps an ASE calculator's ``calculate``: counts force calls and the time spent in them."""
+
+    def __init__(self, calc):
+        self.calls, self.seconds, inner = 0, 0.0, calc.calculate
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        calc.calculate = counted
+
+
+def ase_calculator(model: str, device: str):
+    if model in ("sevennet-0", "7net-0"):
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator("7net-0", device=device)
+    if model == "chgnet":
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(use_device=device)
+    if model == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    raise ValueError(f"no ASE calculator for {model!r}")
+
+
+def run_sequential(method: str, structures, model: str, device: str, fmax: float, steps: int) -> dict:
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    from atomopt import Frankenstein
+
+    calc = ase_calculator(model, device)
+    counter = Counting(calc)
+    per_structure, converged = [], 0
+    start = time.perf_counter()
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        before = counter.calls
+        optimizer = (FIRE if method == "ase-fire" else Frankenstein)(FrechetCellFilter(atoms), logfile=None)
+        converged += bool(optimizer.run(fmax=fmax, steps=steps))
+        per_structure.append(counter.calls - before)
+    wall = time.perf_counter() - start
+    return {"method": method, "force_calls": int(sum(per_structure)), "per_structure": per_structure,
+            "converged": converged, "wall_seconds": wall, "model_seconds": counter.seconds,
+            "outside_model_share": (wall - counter.seconds) / wall}
+
+
+def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int) -> dict:
+    from atomopt.frontends.engine import InFlightRelaxer
+
+    relaxer = InFlightRelaxer(model_obj, "frankenstein", fmax=fmax, steps=steps, capacity=capacity,
+                              capacity_metric="structures")
+    start = time.perf_counter()
+    records = sorted(relaxer.run(structures), key=lambda r: r.index)
+    wall = time.perf_counter() - start
+    stats = relaxer.stats
+    return {"method": f"batched-{capacity}", "force_calls": int(sum(r.force_calls for r in records)),
+            "per_structure": [r.force_calls for r in records], "converged": sum(r.converged for r in records),
+            "statuses": [r.status for r in records], "wall_seconds": wall, "model_seconds": stats.model_seconds,
+            "optimizer_seconds": stats.optimizer_seconds, "outside_model_share": (wall - stats.model_seconds) / wall,
+            "model_calls": stats.evaluations, "packing": stats.packing}
+
+
+def markdown(payload: dict) -> str:
+    rows = payload["results"]
+    fire = next((r for r in rows if r["method"] == "ase-fire"), None)
+    lines = [
+        f"# Batched relaxation: {payload['protocol']['model']}, {payload['protocol']['n']} mixed crystals, cell free",
+        "",
+        f"fmax {payload['protocol']['fmax']} eV/Å (atoms and cell rows), at most {payload['protocol']['steps']} steps; "
+        f"device {payload['protocol']['device']}; machine: {payload['machine']['platform']}, "
+        f"{payload['machine']['cpus']} CPUs, torch threads {payload['machine']['torch_threads']}.",
+        f"Command: `{payload['command']}`",
+        "",
+        "| method | converged | force calls | vs ASE FIRE | model calls | wall s | structures/s | outside-model share | packing |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['force_calls'] / fire['force_calls']:.2f}×" if fire else "–"
+        lines.append(
+            f"| {r['method']} | {r['converged']}/{len(r['per_structure'])} | {r['force_calls']} | {ratio} | "
+            f"{r.get('model_calls', r['force_calls'])} | {r['wall_seconds']:.1f} | "
+            f"{len(r['per_structure']) / r['wall_seconds']:.3f} | {100 * r['outside_model_share']:.1f} % | "
+            f"{r.get('packing', 1.0):.2f} |")
+    lines += ["", "Outside-model share: wall time not spent in the model's forward and backward pass (optimizer, cell "
+              "filter, graph collation outside the model call, bookkeeping), over the wall time.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fmax", type=float, default=0.05)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--capacities", type=int, nargs="*", default=[1, 8, 32, 128])
+    parser.add_argument("--methods", nargs="*", default=["ase-fire", "ase-frankenstein"])
+    parser.add_argument("--model", default="sevennet-0")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="batched_relax")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from atomopt.models import load_model
+
+    structures = mixed_crystals(args.n, seed=args.seed)
+    model_obj = load_model(args.model, device=args.device)
+    results = []
+    for method in args.methods:
+        results.append(run_sequential(method, structures, args.model, args.device, args.fmax, args.steps))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "per_structure"}), file=sys.stderr)
+    for capacity in args.capacities:
+        results.append(run_batched(capacity, structures, model_obj, args.fmax, args.steps))
+        print(json.dumps({k: v for k, v in results[-1].items() if k not in ("per_structure", "statuses")}), file=sys.stderr)
+
+    import ase
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "ase": ase.__version__,
+                "numpy": np.__version__}
+    for package in ("sevenn", "chgnet"):
+        try:
+            versions[package] = __import__(package).__version__
+        except (ImportError, AttributeError):
+            pass
+    payload = {
+        "benchmark": "batched relaxation",
+        "command": "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "protocol": {"model": args.model, "n": args.n, "seed": args.seed, "fmax": args.fmax, "steps": args.steps,
+                     "device": args.device, "structures": [a.info["name"] for a in structures]},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **versions},
+        "results": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.tag}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / f"{args.tag}.md").write_text(markdown(payload))
+    print(markdown(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
