@@ -1,4 +1,4 @@
-"""Calculators the command line knows by name, and a fast Lennard-Jones for free clusters."""
+"""A fast Lennard-Jones for free clusters (OptBench), as an ASE calculator and on batched tensors."""
 
 from __future__ import annotations
 
@@ -36,18 +36,6 @@ class ClusterLennardJones(Calculator):
         scalar = 24.0 * self.epsilon * (2.0 * s6 * s6 - s6) / r2
         forces = np.einsum("ij,ijk->ik", scalar, diff)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
-
-
-def make_calculator(name: str) -> Calculator:
-    """A calculator by name: ``emt``, ``lj`` (cluster Lennard-Jones, σ = ε = 1)."""
-    key = name.lower()
-    if key == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    if key == "lj":
-        return ClusterLennardJones()
-    raise ValueError(f"unknown calculator {name!r}; choose from ['emt', 'lj']")
 
 
 def cluster_lj_tensor(

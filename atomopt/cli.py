@@ -1,9 +1,12 @@
 """The ``atomopt`` command.
 
-    atomopt relax [INPUT] -o OUTPUT --optimizer frankenstein --fmax 0.05 --steps 1000 --calculator emt
+    atomopt relax [STRUCTURES] -o OUT.extxyz --model sevennet-0 --optimizer frankenstein --fmax 0.05 --steps 500
+                  [--cell/--no-cell] [--device cuda] [--batch-atoms N] [--resume] [--shard I/N] [--workers N]
 
-Without INPUT it relaxes the built-in example: a 4×4×4 fcc Cu supercell
+Without STRUCTURES it relaxes the built-in example: a 4×4×4 fcc Cu supercell
 (256 atoms), strained 3 % and rattled by 0.05 Å, with EMT and its cell free.
+Exit status: 0 all converged, 1 some did not, 2 an input or the model could
+not be used (or bad arguments), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,13 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from ase import Atoms
 
-from atomopt.calculators import make_calculator
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
 
@@ -31,94 +31,97 @@ def example_structure() -> Atoms:
     return atoms
 
 
-class ForceCallCounter:
-    """Counts the calculator's evaluations by wrapping its ``calculate``."""
-
-    def __init__(self, calc):
-        self.count = 0
-        inner = calc.calculate
-
-        def counted(*args, **kwargs):
-            self.count += 1
-            return inner(*args, **kwargs)
-
-        calc.calculate = counted
-
-
-def write_atomically(path: Path, atoms: Atoms) -> None:
-    """Write ``atoms`` to ``path`` through a temporary file, so no half-written file is ever left."""
-    from ase.io import write
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".atomopt-", suffix=path.suffix, dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        write(tmp, atoms)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def relax_command(args: argparse.Namespace) -> int:
-    from ase.io import read
+    from atomopt.core.cell import CellFilter
+    from atomopt.frontends.pipeline import relax_file
 
     if args.input is None:
-        atoms = example_structure()
+        source: object = [example_structure()]
         cell = True if args.cell is None else args.cell
-        source = "built-in example (256-atom Cu, strained 3 %, rattled)"
+        label = "built-in example (256-atom Cu, strained 3 %, rattled)"
     else:
-        atoms = read(args.input)
-        cell = bool(args.cell)
-        source = args.input
-    atoms.calc = make_calculator(args.calculator)
-    counter = ForceCallCounter(atoms.calc)
-    target = atoms
-    if cell:
-        from ase.filters import FrechetCellFilter
-
-        target = FrechetCellFilter(atoms)
+        source, cell, label = args.input, bool(args.cell), args.input
     options = {"paper_exact": args.paper_exact}
     if args.lr is not None:
         options["lr"] = args.lr
-    optimizer = OPTIMIZERS[args.optimizer](target, logfile=None, trajectory=args.trajectory, **options)
-
-    print(f"atomopt relax: {source}, {len(atoms)} atoms, {args.optimizer}, {args.calculator}, "
-          f"fmax {args.fmax} eV/Å, cell {'free' if cell else 'fixed'}", file=sys.stderr)
-    start = time.perf_counter()
-    converged = False
-    progress = _progress(args.steps, args.quiet)
-    for converged in optimizer.irun(fmax=args.fmax, steps=args.steps):
-        fmax_now = optimizer.optimizable.gradient_norm(optimizer.optimizable.get_gradient())
-        progress.set_postfix_str(f"E={atoms.get_potential_energy():.6f} eV fmax={fmax_now:.4f} eV/Å")
-        progress.update(1)
-    progress.close()
-    elapsed = time.perf_counter() - start
-
-    fmax_final = optimizer.optimizable.gradient_norm(optimizer.optimizable.get_gradient())
-    energy = atoms.get_potential_energy()
-    if args.output is not None:
-        write_atomically(Path(args.output), atoms)
-    print(
-        "\n".join(
-            [
-                f"converged:    {'yes' if converged else 'no'}",
-                f"steps:        {optimizer.nsteps}",
-                f"force calls:  {counter.count}",
-                f"energy:       {energy:.6f} eV",
-                f"max force:    {fmax_final:.6f} eV/Å",
-                f"wall time:    {elapsed:.2f} s",
-            ]
-            + ([f"written:      {args.output}"] if args.output else [])
-        )
-    )
-    return 0 if converged else 1
+    capacity = {}
+    if args.batch_atoms is not None:
+        capacity = {"capacity": args.batch_atoms, "capacity_metric": "atoms"}
+    elif args.batch_pairs is not None:
+        capacity = {"capacity": args.batch_pairs, "capacity_metric": "pairs"}
+    shard = _parse_shard(args.shard) if args.shard else None
+    print(f"atomopt relax: {label}, {args.optimizer}, model {args.model}, fmax {args.fmax} eV/Å, "
+          f"at most {args.steps} steps, cell {'free' if cell else 'fixed'}", file=sys.stderr)
+    progress = _Progress(args.quiet)
+    try:
+        summary = relax_file(source, args.output, args.model, args.optimizer, resume=args.resume, shard=shard,
+                             workers=args.workers, on_record=progress.update, fmax=args.fmax, steps=args.steps,
+                             cell=CellFilter() if cell else None, device=args.device, **capacity, **options)
+    finally:
+        progress.close()
+    print(summary_text(summary))
+    failures = [r for r in summary.records if not r.converged]
+    for r in failures[:20]:
+        print(f"atomopt: structure {r.index}: {r.status}" + (f" ({r.message})" if r.message else ""), file=sys.stderr)
+    if len(failures) > 20:
+        print(f"atomopt: ... and {len(failures) - 20} more (status and message in each frame's atoms.info)", file=sys.stderr)
+    return summary.exit_code
 
 
-def _progress(total: int, quiet: bool):
-    from tqdm import tqdm
+def _parse_shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise ValueError(f"--shard takes I/N with 0 ≤ I < N (e.g. 3/16), got {text!r}")
+    return int(index), int(count)
 
-    return tqdm(total=total + 1, disable=True if quiet else None, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+class _Progress:
+    """Progress bar of finished structures: done, in the batch, failed, structures/s and ETA (tqdm)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.failed = quiet, None, 0
+
+    def update(self, record, done: int, stats) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(unit="structure", disable=True if self.quiet else None, file=sys.stderr,
+                            dynamic_ncols=True, leave=False)
+        self.failed += record.status not in ("converged", "max_steps")
+        self.bar.update(1)
+        self.bar.set_postfix(in_batch=stats.in_batch if stats else "-", failed=self.failed, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary_text(summary) -> str:
+    """The end-of-run table: counts by status, force calls, speed."""
+    records = summary.records
+    lines = []
+    if len(records) == 1:
+        r = records[0]
+        lines += [f"converged:    {'yes' if r.converged else 'no'} ({r.status})",
+                  f"steps:        {max(r.force_calls - 1, 0)}",
+                  f"force calls:  {r.force_calls}",
+                  f"energy:       {r.energy:.6f} eV",
+                  f"max force:    {r.fmax:.6f} eV/Å"]
+    else:
+        lines += [f"structures:   {len(records)}" + (f" ({summary.resumed} from an earlier run)" if summary.resumed else ""),
+                  "status:       " + ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())),
+                  f"force calls:  {sum(r.force_calls for r in records)}"]
+    done_now = len(records) - summary.resumed
+    rate = done_now / summary.wall_seconds if summary.wall_seconds > 0 else float("nan")
+    lines.append(f"wall time:    {summary.wall_seconds:.2f} s ({rate:.3g} structures/s)")
+    if summary.stats is not None and summary.stats.evaluations:
+        stats = summary.stats
+        share = stats.optimizer_seconds / max(stats.optimizer_seconds + stats.model_seconds, 1e-12)
+        lines.append(f"batches:      {stats.evaluations} model calls, packing {stats.packing:.2f}, "
+                     f"optimizer share {100 * share:.1f} %")
+    if summary.output is not None:
+        lines.append(f"written:      {summary.output}")
+    return "\n".join(lines)
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -141,18 +144,27 @@ def bench_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    relax = sub.add_parser("relax", help="relax one structure")
-    relax.add_argument("input", nargs="?", help="structure file ASE can read (default: built-in Cu example)")
-    relax.add_argument("-o", "--output", help="where to write the relaxed structure")
-    relax.add_argument("--optimizer", default="frankenstein", choices=sorted(OPTIMIZERS))
-    relax.add_argument("--fmax", type=float, default=0.05, help="force threshold, eV/Å (default 0.05)")
-    relax.add_argument("--steps", type=int, default=1000, help="maximum optimizer steps (default 1000)")
-    relax.add_argument("--calculator", default="emt", help="emt or lj (default emt)")
+    relax = sub.add_parser("relax", help="relax structures (one or many) with a model, batched and resumable")
+    relax.add_argument("input", nargs="?", metavar="STRUCTURES",
+                       help="file ASE reads (all frames: extxyz, traj, db, ...) or a folder of CIF/POSCAR/... files "
+                       "(default: built-in Cu example)")
+    relax.add_argument("-o", "--output", help="output .extxyz/.xyz/.traj/.db, one frame per input structure in input order")
+    relax.add_argument("--model", "--calculator", dest="model", default="emt",
+                       help="sevennet-0, chgnet, mace:PATH, emt or lj (default emt)")
+    relax.add_argument("--optimizer", default="frankenstein", type=str.lower, choices=sorted(OPTIMIZERS))
+    relax.add_argument("--fmax", type=_positive, default=0.05, help="force threshold, eV/Å (default 0.05)")
+    relax.add_argument("--steps", type=int, default=500, help="step budget per structure (default 500)")
     relax.add_argument("--cell", action=argparse.BooleanOptionalAction, default=None,
                        help="relax the cell too (FrechetCellFilter); default: on for the example, off for files")
-    relax.add_argument("--lr", type=float, help="learning rate, Å")
+    relax.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    batch = relax.add_mutually_exclusive_group()
+    batch.add_argument("--batch-atoms", type=_positive, help="batch capacity in atoms (default: 2048 on CPU, from memory on GPU)")
+    batch.add_argument("--batch-pairs", type=_positive, help="batch capacity in neighbour pairs within the model's cutoff")
+    relax.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT's journal")
+    relax.add_argument("--shard", metavar="I/N", help="relax only shard I (0-based) of N atom-balanced shards")
+    relax.add_argument("--workers", type=int, default=1, help="Ray workers (default 1: this process)")
+    relax.add_argument("--lr", type=_positive, help="learning rate, Å")
     relax.add_argument("--paper-exact", action="store_true", help="the paper's update with no step control")
-    relax.add_argument("--trajectory", help="ASE trajectory file to write")
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)
 
@@ -179,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lammps"]:  # LAMMPS-style arguments (-in, -var NAME VALUE, -log): parsed by the runner
@@ -191,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be non-negative")
     try:
         return args.handler(args)
-    except (ValueError, RuntimeError, FloatingPointError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        where = "; finished structures are kept: run again with --resume" if getattr(args, "output", None) else ""
+        print(f"atomopt: interrupted{where}", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FloatingPointError, OSError, TypeError) as err:
         print(f"atomopt: error: {err}", file=sys.stderr)
         return 2
 

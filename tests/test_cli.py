@@ -21,14 +21,16 @@ def test_relax_file_writes_converged_structure(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".atomopt-")] == []
 
 
-def test_relax_reports_errors_without_writing(tmp_path, capsys):
+def test_relax_reports_a_bad_structure_and_keeps_its_record(tmp_path, capsys):
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
     atoms.positions[1] = atoms.positions[0]
     source, target = tmp_path / "in.xyz", tmp_path / "out.xyz"
     write(source, atoms)
     status = main(["relax", str(source), "-o", str(target), "-q"])
-    assert status == 2 and "overlap" in capsys.readouterr().err
-    assert not target.exists()
+    assert status == 2 and "structure 0: invalid (atoms 0 and 1 overlap" in capsys.readouterr().err
+    [written] = read(target, ":")
+    assert written.info["status"] == "invalid" and "overlap" in written.info["message"]
+    assert not written.info["converged"] and len(written) == 32
 
 
 def test_unconverged_run_exits_nonzero(tmp_path):

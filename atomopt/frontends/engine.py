@@ -353,7 +353,7 @@ class InFlightRelaxer:
         """Relax ``structures`` and yield one record per structure as it finishes (not in input order).
 
         Items are ``Atoms`` (numbered from 0 in order) or ``(index, Atoms)`` pairs; an item that is not a
-        structure yields an ``invalid`` record. The input structures are not modified.
+        structure (e.g. the message of a file that could not be read) yields an ``invalid`` record. The input structures are not modified.
         """
         source = iter(structures)
         batch = _Batch()
@@ -371,8 +371,9 @@ class InFlightRelaxer:
                         break
                     index, atoms = item if isinstance(item, tuple) else (counter, item)
                     counter = index + 1
-                    if not isinstance(atoms, Atoms):
-                        yield self._finish_early(index, None, "invalid", f"not a structure: {type(atoms).__name__}")
+                    if not isinstance(atoms, Atoms):  # a string is why the input could not be read
+                        why = atoms if isinstance(atoms, str) else f"not a structure: {type(atoms).__name__}"
+                        yield self._finish_early(index, None, "invalid", why)
                         continue
                     problem = self._check(atoms)
                     if problem is not None:

@@ -15,7 +15,7 @@ def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel
     """A :class:`BatchedModel` from a name, a model object or an ASE calculator.
 
     ``spec`` may be ``"sevennet-0"`` (or ``"7net-0"``), ``"chgnet"``, ``"mace:PATH"`` (a MACE model file),
-    ``"emt"``, ``"lj"`` (ASE's Lennard-Jones), a :class:`BatchedModel` (returned as it is), an ASE calculator
+    ``"emt"``, ``"lj"`` (all-pairs Lennard-Jones of free clusters, σ = ε = 1), a :class:`BatchedModel` (returned as it is), an ASE calculator
     (evaluated structure by structure), or a model following TorchSim's ``ModelInterface``.
     """
     from ase.calculators.calculator import BaseCalculator
@@ -47,11 +47,11 @@ def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel
             return MACEModel(Path(key.split(":", 1)[1]), device=device)
         if lower in ("emt", "lj"):
             from ase.calculators.emt import EMT
-            from ase.calculators.lj import LennardJones
 
+            from atomopt.calculators import ClusterLennardJones
             from atomopt.models.ase_calculator import ASECalculatorModel
 
-            return ASECalculatorModel(EMT() if lower == "emt" else LennardJones(), name=lower)
+            return ASECalculatorModel(EMT() if lower == "emt" else ClusterLennardJones(), name=lower)
         raise ValueError(f"unknown model {spec!r}; choose from {list(MODEL_NAMES)} (or pass a model object)")
     if callable(spec) and hasattr(spec, "forward"):
         from atomopt.models.torchsim import TorchSimModel
