@@ -1,0 +1,101 @@
+"""Batched model adapters against their own ASE calculators, on mixed crystals."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from atomopt.bench.crystals import mixed_crystals
+from atomopt.frontends.engine import relax_many
+from atomopt.models import StructureBatch, UnsupportedStructureError, load_model
+
+# float32 models (SevenNet, CHGNet) still meet the float64 tolerances of the comparison
+ENERGY_PER_ATOM, FORCE, STRESS = 1e-6, 1e-5, 1e-6  # eV/atom, eV/Å, eV/Å³
+
+
+def compare_with_calculator(model, calculator, structures):
+    out = model(StructureBatch.from_atoms(structures))
+    start = 0
+    for i, atoms in enumerate(structures):
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        n = len(atoms)
+        assert abs(float(out.energy[i]) - atoms.get_potential_energy()) / n < ENERGY_PER_ATOM
+        np.testing.assert_allclose(out.forces[start : start + n].double().numpy(), atoms.get_forces(), rtol=0, atol=FORCE)
+        np.testing.assert_allclose(out.stress[i].double().numpy(), atoms.get_stress(voigt=False), rtol=0, atol=STRESS)
+        start += n
+    assert start == out.forces.shape[0]
+
+
+@pytest.fixture(scope="module")
+def sevennet():
+    pytest.importorskip("sevenn")
+    return load_model("sevennet-0")
+
+
+def test_sevennet_batch_equals_its_calculator(sevennet):
+    from sevenn.calculator import SevenNetCalculator
+
+    compare_with_calculator(sevennet, SevenNetCalculator("7net-0", device="cpu"), mixed_crystals(10, seed=3))
+
+
+def test_sevennet_refuses_elements_it_does_not_know(sevennet):
+    with pytest.raises(UnsupportedStructureError, match="Po"):
+        sevennet.check(Atoms("CuPo", positions=[(0, 0, 0), (1.5, 1.5, 1.5)], cell=[3, 3, 3], pbc=True))
+    [record] = relax_many([Atoms("CuPo", positions=[(0, 0, 0), (1.5, 1.5, 1.5)], cell=[3, 3, 3], pbc=True)], sevennet)
+    assert record.status == "model_error" and "Po" in record.message
+
+
+def test_sevennet_relaxation_ends_at_the_model_energy(sevennet):
+    from sevenn.calculator import SevenNetCalculator
+
+    structures = mixed_crystals(3, seed=5)
+    records = relax_many(structures, sevennet, fmax=0.05, steps=300)
+    calculator = SevenNetCalculator("7net-0", device="cpu")
+    for record in records:
+        assert record.converged and record.fmax <= 0.05
+        atoms = record.atoms.copy()
+        atoms.calc = calculator
+        assert atoms.get_potential_energy() == pytest.approx(record.energy, abs=1e-5)
+
+
+def test_chgnet_batch_equals_its_calculator():
+    pytest.importorskip("chgnet")
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    model = load_model("chgnet")
+    compare_with_calculator(model, CHGNetCalculator(model=model.network, use_device="cpu"), mixed_crystals(10, seed=3))
+    with pytest.raises(UnsupportedStructureError, match="Am"):
+        model.check(Atoms("Am", cell=[3, 3, 3], pbc=True))
+
+
+def test_mace_batch_equals_its_calculator(tmp_path):
+    pytest.importorskip("mace")  # mace-torch pins e3nn 0.4.4: CI runs this in its own environment
+    import torch
+    from e3nn import o3
+    from mace import modules
+    from mace.calculators import MACECalculator
+
+    elements = [3, 8, 9, 11, 12, 13, 17, 20, 29, 79]
+    torch.manual_seed(0)
+    model = modules.MACE(
+        r_max=4.5, num_bessel=6, num_polynomial_cutoff=5, max_ell=2,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        num_interactions=2, num_elements=len(elements), hidden_irreps=o3.Irreps("8x0e+8x1o"),
+        MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.linspace(-3.0, -1.0, len(elements)), avg_num_neighbors=10.0,
+        atomic_numbers=elements, correlation=2, gate=torch.nn.functional.silu,
+    )
+    path = tmp_path / "small.model"
+    torch.save(model, path)
+    mace = load_model(f"mace:{path}")
+    structures = [bulk("NaCl", "rocksalt", a=5.5), bulk("MgO", "rocksalt", a=4.3), bulk("Cu", cubic=True),
+                  bulk("Al", cubic=True) * (1, 1, 2), bulk("LiF", "rocksalt", a=4.1), bulk("CaF2", "fluorite", a=5.5)]
+    for i, atoms in enumerate(structures):
+        atoms.rattle(0.05, seed=i)
+    calculator = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    compare_with_calculator(mace, calculator, structures)
+    with pytest.raises(UnsupportedStructureError, match="Fe"):
+        mace.check(bulk("Fe"))
+    records = relax_many(structures[:3], mace, fmax=0.05, steps=200)
+    assert all(r.status in ("converged", "max_steps") for r in records)
