@@ -81,12 +81,12 @@ class _Progress:
     def __init__(self, quiet: bool):
         self.quiet, self.bar, self.failed = quiet, None, 0
 
-    def update(self, record, done: int, stats) -> None:
+    def update(self, record, done: int, total: int, stats) -> None:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(unit="structure", disable=True if self.quiet else None, file=sys.stderr,
-                            dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=total, initial=done - 1, unit="structure", disable=True if self.quiet else None,
+                            file=sys.stderr, dynamic_ncols=True, leave=False)
         self.failed += record.status not in ("converged", "max_steps")
         self.bar.update(1)
         self.bar.set_postfix(in_batch=stats.in_batch if stats else "-", failed=self.failed, refresh=False)

@@ -404,10 +404,8 @@ class InFlightRelaxer:
             log_f = rows[index.cell_rows] / n[:, None, None]
             F = cellmath.deformation(log_f)
             positions, cell = cellmath.deformed(rows[index.atom_rows], batch.reference_cell, F, index.atom_structure)
-            volume_ratio = torch.exp(log_f.diagonal(dim1=1, dim2=2).sum(-1))  # det F = exp(tr log F)
         else:
             positions, cell = rows, batch.reference_cell
-            volume_ratio = torch.ones(len(batch), dtype=self.dtype, device=self.device)
         structures = StructureBatch(positions, cell, batch.numbers, batch.pbc, index.atom_structure)
         loads = [m.load for m in batch.members]
         self._sync()
@@ -464,61 +462,72 @@ class InFlightRelaxer:
             batch.state = fresh if batch.state is None else self.minimizer.merge(batch.state, fresh)
             batch.n_started = len(batch)
 
-        lower, upper = self.cell.volume_bounds if self.cell is not None else (0.0, math.inf)
         status = [""] * len(batch)
         converged = (largest <= self.fmax).tolist()
         out_of_budget = (batch.calls >= self.steps + 1).tolist()
-        ratio = volume_ratio.tolist()
         for i, bad_i in enumerate(bad.tolist()):
             if i in errors:
                 status[i] = "model_error"
             elif bad_i:
                 status[i] = "non_finite"
-            elif ratio[i] < lower:
-                status[i] = "cell_collapsed"
-            elif ratio[i] > upper:
-                status[i] = "cell_exploded"
             elif converged[i]:
                 status[i] = "converged"
             elif out_of_budget[i]:
                 status[i] = "max_steps"
-        ending = [i for i, s in enumerate(status) if s]
-        records = []
-        if ending:
-            messages = {
-                "non_finite": "the model returned NaN or inf energy, forces or stress",
-                "cell_collapsed": f"the cell volume fell below {lower:g} × its starting volume",
-                "cell_exploded": f"the cell volume grew above {upper:g} × its starting volume",
-            }
-            atoms_at = index.atom_offsets.tolist()
-            for i in ending:
-                member = batch.members[i]
-                a, b = atoms_at[i], atoms_at[i] + len(member.atoms)
-                records.append(self._record(
-                    member, status[i], errors.get(i, messages.get(status[i], "")), int(batch.calls[i]),
-                    positions[a:b], cell[i], out.energy[i], out.forces[a:b], out.stress[i], float(largest[i])))
-            keep = torch.ones(len(batch), dtype=torch.bool, device=self.device)
-            keep[ending] = False
-            self.stats.finished += len(ending)
-            self.stats.failed += sum(s not in ("converged", "max_steps") for s in (status[i] for i in ending))
-            if not bool(keep.any()):
-                batch.members, batch.n_started, batch.state = [], 0, None
-                batch.rows = batch.reference_cell = batch.numbers = batch.pbc = batch.fixed = batch.calls = None
-            else:
-                gradient = gradient[keep[index.layout.structure]]
-                self._keep(batch, keep, index)
-                index = _Index.build(batch, self.cell is not None, self.device)
+        messages = {i: errors.get(i, "the model returned NaN or inf energy, forces or stress" if s == "non_finite" else "")
+                    for i, s in enumerate(status) if s}
+        evaluated = _Evaluated(list(range(len(batch))), index.atom_offsets.tolist(), positions, cell, out, largest)
+        records = self._end(batch, index, {i: (status[i], messages[i]) for i in messages}, evaluated)
         if len(batch):
+            if records:
+                still = torch.zeros(len(evaluated.atom_offsets), dtype=torch.bool, device=self.device)
+                still[evaluated.slot] = True
+                gradient = gradient[still[index.layout.structure]]
+                index = _Index.build(batch, self.cell is not None, self.device)
             displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout)
             if self.cell is not None:
                 displacement[index.cell_rows] = cellmath.constrain_cell_step(displacement[index.cell_rows], self.cell)
             if bool(batch.fixed.any()):
                 displacement[index.atom_rows[batch.fixed]] = 0.0
             batch.rows = batch.rows + displacement
+            if self.cell is not None:  # a step that takes a cell out of bounds is not taken: the structure stops
+                lower, upper = self.cell.volume_bounds
+                log_volume = batch.rows[index.cell_rows].diagonal(dim1=1, dim2=2).sum(-1) / index.n_atoms  # tr log F
+                ratio = torch.exp(log_volume).tolist()
+                outside = {i: ("cell_collapsed", f"the next step would shrink the cell below {lower:g} × its starting volume")
+                           if r < lower else ("cell_exploded", f"the next step would grow the cell above {upper:g} × its "
+                                              "starting volume") for i, r in enumerate(ratio) if not lower <= r <= upper}
+                if outside:
+                    records += self._end(batch, index, outside, evaluated)
         self.stats.in_batch = len(batch)
         self._sync()
         self.stats.optimizer_seconds += time.perf_counter() - clock
         yield from records
+
+    def _end(self, batch: _Batch, index: "_Index", ending: dict[int, tuple[str, str]], evaluated: "_Evaluated") -> list[RelaxRecord]:
+        """Records of the structures ``ending`` (batch position → (status, message)) at their last evaluation;
+        they leave the batch."""
+        if not ending:
+            return []
+        records = []
+        for i, (status, message) in ending.items():
+            member, j = batch.members[i], evaluated.slot[i]
+            a = evaluated.atom_offsets[j]
+            b = a + len(member.atoms)
+            records.append(self._record(member, status, message, int(batch.calls[i]), evaluated.positions[a:b],
+                                        evaluated.cell[j], evaluated.out.energy[j], evaluated.out.forces[a:b],
+                                        evaluated.out.stress[j], float(evaluated.fmax[j])))
+        self.stats.finished += len(records)
+        self.stats.failed += sum(r.status not in ("converged", "max_steps") for r in records)
+        keep = torch.ones(len(batch), dtype=torch.bool, device=self.device)
+        keep[list(ending)] = False
+        evaluated.slot = [j for j, k in zip(evaluated.slot, keep.tolist()) if k]
+        if not bool(keep.any()):
+            batch.members, batch.n_started, batch.state = [], 0, None
+            batch.rows = batch.reference_cell = batch.numbers = batch.pbc = batch.fixed = batch.calls = None
+        else:
+            self._keep(batch, keep, index)
+        return records
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -561,6 +570,19 @@ def _tag(atoms: Atoms, record: RelaxRecord) -> None:
                       index=record.index)
     if record.message:
         atoms.info["message"] = record.message
+
+
+@dataclass
+class _Evaluated:
+    """The last evaluation of the batch, for the records of structures that end; ``slot[i]`` is where the
+    structure now at batch position i sits in these tensors (structures leave, the tensors stay)."""
+
+    slot: list[int]
+    atom_offsets: list[int]
+    positions: Tensor
+    cell: Tensor
+    out: ModelOutput
+    fmax: Tensor
 
 
 @dataclass

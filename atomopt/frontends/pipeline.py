@@ -58,7 +58,7 @@ def relax_file(
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     workers: int = 1,
-    on_record: Callable[[RelaxRecord, int, EngineStats | None], None] | None = None,
+    on_record: Callable[[RelaxRecord, int, int, EngineStats | None], None] | None = None,
     **options: Any,
 ) -> RunSummary:
     """Relax every structure of ``source`` (a file, a folder, or a list of Atoms) and write ``output``.
@@ -71,7 +71,7 @@ def relax_file(
         resume: continue from the journal ``OUTPUT.journal.extxyz`` an interrupted run left.
         shard: ``(I, N)``: relax only shard I (0-based) of N atom-balanced shards (for job arrays).
         workers: more than 1 runs on that many Ray workers.
-        on_record: called as ``on_record(record, n_done, stats)`` for every record this run produces.
+        on_record: called as ``on_record(record, n_done, n_total, stats)`` for every record this run produces.
         **options: engine options (fmax, steps, cell, capacity, device, ...; see ``InFlightRelaxer``).
     """
     if output is not None:
@@ -112,7 +112,7 @@ def relax_file(
                 journal.append(record)
             done[record.index] = record
             if on_record is not None:
-                on_record(record, len(done), stats)
+                on_record(record, len(done), len(items), stats)
     records = [done[i] for i, _ in items]
     if output is not None:
         write_records(output, records)
