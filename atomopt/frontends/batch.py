@@ -1,16 +1,14 @@
-"""Relax many structures at once on one tensor: the batched front end.
+"""Batched relaxation of structures that bring their own forces: thin adapters over the in-flight engine.
 
-All structures' rows are concatenated (see :class:`atomopt.core.layout.Layout`)
-and one :class:`~atomopt.core.minimizer.Minimizer` step moves them all; a
-structure leaves the batch as soon as it converges, so every structure
-follows exactly the trajectory it would follow alone. Forces come from each
-structure's own ``atoms.calc`` through its ASE Optimizable, so Filters and
-constraints work as in ASE.
+:func:`relax_batch` takes ASE structures (or Filters) with their own calculators, so Filters and constraints
+work as in ASE; :func:`relax_tensors` takes one batched function of all positions. Both run
+:class:`~atomopt.frontends.engine.InFlightRelaxer` with every structure in the batch from the start: one
+:class:`~atomopt.core.minimizer.Minimizer` step moves them all, and a structure leaves the batch as soon as it
+converges, so it follows the trajectory it would follow alone.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -18,9 +16,11 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from atomopt.core.layout import Layout, row_sum
-from atomopt.core.minimizer import Minimizer
+from atomopt.core.layout import Layout
+from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.ase_optimizer import check_structure
+from atomopt.frontends.engine import InFlightRelaxer
+from atomopt.models import TensorFunctionModel
 from atomopt.rules import make_minimizer
 
 
@@ -121,54 +121,42 @@ def relax_tensors(
     observer: Callable[[int, torch.Tensor], None] | None = None,
     dtype: torch.dtype | None = None,
 ) -> TensorRelaxation:
-    """Relax a batch whose forces come from one batched model, all on tensors (no ASE in the loop).
+    """Relax a batch whose forces come from one batched function of positions (no ASE in the loop).
 
     ``energy_forces(positions, active)`` returns energies ``(n_active,)`` (eV) and forces (eV/Å) for the rows
     ``positions`` of the structures whose indices (into ``layout``) are ``active``, stacked in that order: a
     batched MLIP, the cluster LJ of the benchmarks, or ASE calculators (:func:`relax_batch`). Every structure
     gets at most ``max_force_calls`` evaluations (the first one included) and leaves the batch once its largest
     row force is ≤ ``fmax``, so it follows the trajectory it would follow alone. ``observer(evaluation,
-    active)`` is called after every evaluation. Positions keep their dtype; the optimizer math runs in
-    ``dtype`` (default: that of ``positions``).
+    active)`` is called after every evaluation. The optimizer math and the returned positions are in ``dtype``
+    (default: that of ``positions``). This is the in-flight engine with every structure in the batch from the
+    start and fixed cells; NaN/inf forces raise :class:`NonFiniteForcesError`, an exception of
+    ``energy_forces`` is raised again.
     """
     if max_force_calls < 1:
         raise ValueError(f"max_force_calls must be at least 1, got {max_force_calls}")
     if positions.shape != (layout.n_rows, 3):
         raise ValueError(f"positions must have shape ({layout.n_rows}, 3), got {tuple(positions.shape)}")
-    positions = positions.clone()
     dtype = positions.dtype if dtype is None else dtype
-    n = layout.n_structures
+    sizes = torch.bincount(layout.structure, minlength=layout.n_structures).tolist()
+    rows = torch.split(positions.detach().cpu().to(torch.float64), sizes)
+    structures = [(i, Atoms(numbers=np.zeros(len(x), dtype=int), positions=x.numpy())) for i, x in enumerate(rows)]
+    model = TensorFunctionModel(energy_forces, device=positions.device, dtype=positions.dtype)
+    relaxer = InFlightRelaxer(model, minimizer, fmax=fmax, steps=max_force_calls - 1, cell=None,
+                              capacity=layout.n_structures, capacity_metric="structures", dtype=dtype,
+                              device=positions.device, on_evaluation=observer, check_structures=False)
+    records = sorted(relaxer.run(structures), key=lambda r: r.index)
+    for record in records:
+        if record.status == "non_finite":
+            raise NonFiniteForcesError(f"non-finite forces (NaN or inf) for structure {record.index}; it was not moved")
+        if record.status == "model_error":
+            raise RuntimeError(f"structure {record.index}: {record.message}")
     device = positions.device
-    active = torch.arange(n, device=device)
-    active_rows = torch.arange(layout.n_rows, device=device)
-    calls = torch.zeros(n, dtype=torch.long, device=device)
-    converged = torch.zeros(n, dtype=torch.bool, device=device)
-    energy = torch.zeros(n, dtype=positions.dtype, device=device)
-    final_fmax = torch.zeros(n, dtype=positions.dtype, device=device)
-    state = None
-    force_seconds = 0.0
-    for evaluation in range(1, max_force_calls + 1):
-        start = time.perf_counter()
-        e, forces = energy_forces(positions[active_rows], active)
-        force_seconds += time.perf_counter() - start
-        calls[active] += 1
-        forces = forces.to(device)
-        largest = torch.sqrt(layout.max(row_sum(forces * forces)))
-        energy[active], final_fmax[active] = e.to(energy), largest.to(energy)
-        done = largest <= fmax
-        converged[active] = done
-        if observer is not None:
-            observer(evaluation, active)
-        gradient = -forces.to(dtype)
-        if state is None:
-            state = minimizer.init(gradient, layout)
-        keep = ~done
-        if evaluation == max_force_calls or not bool(keep.any()):
-            break
-        if not bool(keep.all()):
-            rows = keep[layout.structure]
-            active, active_rows, gradient = active[keep], active_rows[rows], gradient[rows]
-            state, layout = minimizer.select(state, layout, keep)
-        displacement, state = minimizer.step(state, gradient, layout)
-        positions[active_rows] += displacement.to(positions.dtype)
-    return TensorRelaxation(positions, converged, calls, energy, final_fmax, force_seconds)
+    return TensorRelaxation(
+        positions=torch.as_tensor(np.concatenate([r.atoms.positions for r in records]), dtype=dtype, device=device),
+        converged=torch.tensor([r.converged for r in records], device=device),
+        force_calls=torch.tensor([r.force_calls for r in records], device=device),
+        energy=torch.tensor([r.energy for r in records], dtype=dtype, device=device),
+        fmax=torch.tensor([r.fmax for r in records], dtype=dtype, device=device),
+        force_seconds=relaxer.stats.model_seconds,
+    )

@@ -151,6 +151,10 @@ class InFlightRelaxer:
             ``"structures"``.
         dtype: dtype of the optimizer state and cell math (the model keeps its own).
         device: device of the optimizer math (default: the model's).
+        on_evaluation: called as ``on_evaluation(n, ids)`` after the n-th model call, ``ids`` the input indices
+            of the structures it evaluated.
+        check_structures: run the entry checks (overlaps, periodicity, model elements); off for rows that are
+            not atoms (e.g. an ASE Filter's cell rows in :func:`~atomopt.frontends.batch.relax_batch`).
         **optimizer_options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, paper_exact, ...).
     """
 
@@ -166,6 +170,8 @@ class InFlightRelaxer:
         capacity_metric: str = "atoms",
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
+        on_evaluation: Callable[[int, Tensor], None] | None = None,
+        check_structures: bool = True,
         **optimizer_options: Any,
     ):
         if not fmax > 0:
@@ -189,6 +195,8 @@ class InFlightRelaxer:
         self.capacity = float(capacity) if capacity is not None else self._default_capacity()
         self._calibrate = capacity is None and self.device.type == "cuda"
         self.stats = EngineStats(capacity=self.capacity)
+        self.on_evaluation = on_evaluation
+        self.check_structures = check_structures
 
     # ------------------------------------------------------------------ capacity
 
@@ -375,7 +383,7 @@ class InFlightRelaxer:
                         why = atoms if isinstance(atoms, str) else f"not a structure: {type(atoms).__name__}"
                         yield self._finish_early(index, None, "invalid", why)
                         continue
-                    problem = self._check(atoms)
+                    problem = self._check(atoms) if self.check_structures else None
                     if problem is not None:
                         yield self._finish_early(index, atoms, *problem)
                         continue
@@ -406,7 +414,8 @@ class InFlightRelaxer:
             positions, cell = cellmath.deformed(rows[index.atom_rows], batch.reference_cell, F, index.atom_structure)
         else:
             positions, cell = rows, batch.reference_cell
-        structures = StructureBatch(positions, cell, batch.numbers, batch.pbc, index.atom_structure)
+        ids = torch.as_tensor([m.index for m in batch.members], device=self.device)
+        structures = StructureBatch(positions, cell, batch.numbers, batch.pbc, index.atom_structure, ids)
         loads = [m.load for m in batch.members]
         self._sync()
         self.stats.optimizer_seconds += time.perf_counter() - clock
@@ -426,6 +435,8 @@ class InFlightRelaxer:
         self.stats.load_sum += sum(loads)
         self.stats.capacity_sum += max(self.capacity, sum(loads))
         batch.calls += 1
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.stats.evaluations, ids)
 
         energy, forces, stress = out.energy, out.forces, out.stress
         per_atom_bad = ~torch.isfinite(forces).all(dim=1)

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import Tensor
 
 from atomopt.models.base import BatchedModel, ModelError, ModelOutput, StructureBatch, UnsupportedStructureError
 
 MODEL_NAMES = ("sevennet-0", "chgnet", "mace:PATH", "emt", "lj")
+
+
+class TensorFunctionModel(BatchedModel):
+    """A function of all positions as a model: ``energy_forces(positions (N, 3), ids (S,)) -> (energies, forces)``.
+
+    ``ids`` are the input indices of the structures in the batch (in the order their rows are stacked); no stress,
+    so fixed cells only. The benchmarks' batched cluster LJ and :func:`atomopt.frontends.batch.relax_tensors` use it.
+    """
+
+    def __init__(self, energy_forces: Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"], name: str = "function",
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64):
+        self.energy_forces, self.name, self.device, self.dtype = energy_forces, name, torch.device(device), dtype
+
+    def __call__(self, batch: StructureBatch) -> ModelOutput:
+        energy, forces = self.energy_forces(batch.positions, batch.ids)
+        return ModelOutput(energy=energy, forces=forces)
 
 
 def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel:
@@ -61,4 +79,5 @@ def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel
                     "an ASE calculator or a TorchSim-style model")
 
 
-__all__ = ["BatchedModel", "ModelError", "ModelOutput", "StructureBatch", "UnsupportedStructureError", "load_model", "MODEL_NAMES"]
+__all__ = ["BatchedModel", "ModelError", "ModelOutput", "StructureBatch", "TensorFunctionModel", "UnsupportedStructureError",
+           "load_model", "MODEL_NAMES"]

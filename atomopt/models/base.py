@@ -37,6 +37,7 @@ class StructureBatch:
         numbers: ``(N,)`` atomic numbers.
         pbc: ``(S, 3)`` periodic directions.
         structure: ``(N,)`` index of each atom's structure (0 … S−1, non-decreasing).
+        ids: ``(S,)`` the structures' indices in the caller's input (the engine sets them), or ``None``.
     """
 
     positions: Tensor
@@ -44,6 +45,7 @@ class StructureBatch:
     numbers: Tensor
     pbc: Tensor
     structure: Tensor
+    ids: Tensor | None = None
 
     @property
     def n_structures(self) -> int:
@@ -79,7 +81,8 @@ class StructureBatch:
         first = int(torch.searchsorted(self.structure, torch.tensor(start, device=self.structure.device)))
         last = int(torch.searchsorted(self.structure, torch.tensor(stop, device=self.structure.device)))
         return StructureBatch(self.positions[first:last], self.cell[start:stop], self.numbers[first:last],
-                              self.pbc[start:stop], self.structure[first:last] - start)
+                              self.pbc[start:stop], self.structure[first:last] - start,
+                              None if self.ids is None else self.ids[start:stop])
 
 
 @dataclass
