@@ -70,7 +70,7 @@ def relax_file(
             nothing can be resumed).
         resume: continue from the journal ``OUTPUT.journal.extxyz`` an interrupted run left.
         shard: ``(I, N)``: relax only shard I (0-based) of N atom-balanced shards (for job arrays).
-        workers: more than 1 runs on that many Ray workers.
+        workers: more than 1 runs on that many Ray workers (one GPU each when ``device`` is CUDA).
         on_record: called as ``on_record(record, n_done, n_total, stats)`` for every record this run produces.
         **options: engine options (fmax, steps, cell, capacity, device, ...; see ``InFlightRelaxer``).
     """
@@ -102,7 +102,8 @@ def relax_file(
         if workers > 1:
             from atomopt.frontends.distributed import relax_on_ray
 
-            stream = relax_on_ray(todo, model, optimizer, workers=workers, **options)
+            on_gpu = str(options.get("device") or "cpu").startswith("cuda")  # then one GPU per worker
+            stream = relax_on_ray(todo, model, optimizer, workers=workers, gpus_per_worker=1.0 if on_gpu else 0.0, **options)
         else:
             relaxer = InFlightRelaxer(model, optimizer, **options)
             stats = relaxer.stats
