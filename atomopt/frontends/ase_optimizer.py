@@ -19,7 +19,8 @@ from typing import IO, Any, ClassVar
 import numpy as np
 import torch
 from ase import Atoms
-from ase.optimize.optimize import Optimizer
+from ase.cell import Cell
+from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 
 from atomopt.core.epsilon import AutoEpsilon
 from atomopt.core.layout import Layout
@@ -74,7 +75,6 @@ class AtomoptOptimizer(Optimizer):
         device: torch.device | str = "cpu",
         **rule_options: Any,
     ):
-        check_structure(atoms)
         self.minimizer: Minimizer = make_minimizer(
             self.rule_name,
             paper_exact=paper_exact,
@@ -89,8 +89,21 @@ class AtomoptOptimizer(Optimizer):
         self.dtype = dtype
         self.device = torch.device(device)
         self.state: dict | None = None
+        self.target = atoms
         super().__init__(atoms, restart=restart, logfile=logfile, trajectory=trajectory, append_trajectory=append_trajectory)
-        self.layout = Layout.single(len(self.optimizable.get_x()) // 3, device=self.device)
+        # The core works on rows of three; any Optimizable (a NEB, a pure function) is padded to whole rows.
+        self.ndofs = len(self.optimizable.get_x())
+        self.layout = Layout.single(max(-(-self.ndofs // 3), 1), device=self.device)  # empty: refused by run()
+
+    # Structures are checked when a run starts, not when the optimizer is built: ASE allows attaching the
+    # calculator afterwards, and reads the restart file first.
+    def irun(self, fmax: float = 0.05, steps: int = DEFAULT_MAX_STEPS):
+        check_structure(self.target)
+        return super().irun(fmax=fmax, steps=steps)
+
+    def run(self, fmax: float = 0.05, steps: int = DEFAULT_MAX_STEPS) -> bool:
+        check_structure(self.target)
+        return super().run(fmax=fmax, steps=steps)
 
     @property
     def maxstep(self) -> float | None:
@@ -100,7 +113,24 @@ class AtomoptOptimizer(Optimizer):
         self.state = None
 
     def read(self) -> None:
-        self.state = state_from_numpy(self.load(), self.dtype, self.device)
+        data = self.load()
+        reference = data.pop("reference_cell", None)
+        if reference is not None and hasattr(self.target, "orig_cell"):
+            # A cell filter rebuilt from the resumed atoms takes their cell as its reference; the run's own
+            # reference comes back, so the cell rows mean what they meant when the state was saved.
+            self.target.orig_cell = Cell(np.asarray(reference))
+        self.state = state_from_numpy(data, self.dtype, self.device)
+
+    def load(self) -> dict:
+        """The restart file (ASE's ``load`` without its warning that cell filters lose their reference: this one keeps it)."""
+        from ase.io.jsonio import read_json
+        from ase.optimize.optimize import RestartError
+
+        try:
+            with open(self.restart) as fd:
+                return read_json(fd, always_array=False)
+        except Exception as err:
+            raise RestartError(f"Could not decode restart file as JSON. You may need to delete the restart file {self.restart}") from err
 
     def todict(self) -> dict[str, Any]:
         description = super().todict()
@@ -119,21 +149,45 @@ class AtomoptOptimizer(Optimizer):
 
     def step(self, forces: np.ndarray | None = None) -> None:
         optimizable = self.optimizable
-        gradient = -forces.reshape(-1, 3) if forces is not None else optimizable.get_gradient().reshape(-1, 3)
-        g = torch.as_tensor(gradient, dtype=self.dtype, device=self.device)
+        gradient = -forces.ravel() if forces is not None else optimizable.get_gradient().ravel()
+        g = torch.zeros(self.layout.n_rows * 3, dtype=self.dtype, device=self.device)
+        g[: self.ndofs] = torch.as_tensor(gradient, dtype=self.dtype, device=self.device)
+        g = g.reshape(-1, 3)
         if self.state is None:
             self.state = self.minimizer.init(g, self.layout)
         displacement, self.state = self.minimizer.step(self.state, g, self.layout)
-        x = optimizable.get_x().reshape(-1, 3)
-        optimizable.set_x((x + displacement.detach().cpu().numpy().astype(x.dtype)).ravel())
-        self.dump(state_to_numpy(self.state))
+        x = optimizable.get_x()
+        optimizable.set_x(x + displacement.detach().cpu().numpy().ravel()[: self.ndofs].astype(x.dtype))
+        if getattr(self.target, "constant_volume", False) and hasattr(self.target, "orig_cell"):
+            keep_volume(self.target)
+        saved = state_to_numpy(self.state)
+        if hasattr(self.target, "orig_cell"):
+            saved["reference_cell"] = np.asarray(self.target.orig_cell)
+        self.dump(saved)
 
 
-def check_structure(atoms: Atoms) -> None:
-    """Raise a clear error for a structure that cannot be optimized."""
-    base = atoms
-    while hasattr(base, "atoms"):  # unwrap Filters
+def keep_volume(cell_filter: Any) -> None:
+    """Scale the cell of a ``constant_volume`` cell filter back to its reference volume (atoms follow).
+
+    ASE's filters project the trace out of the cell *forces* only; an adaptive step scales each coordinate on
+    its own and leaves that subspace (ExpCellFilter drifted by 5–13 % in volume). Projecting the new cell back
+    onto the constraint after every step, as RATTLE does for bond constraints, keeps the volume exact.
+    """
+    atoms = cell_filter.atoms
+    factor = (abs(np.linalg.det(np.asarray(cell_filter.orig_cell))) / atoms.get_volume()) ** (1.0 / 3.0)
+    atoms.set_cell(atoms.cell[:] * factor, scale_atoms=True)
+
+
+def check_structure(target: Any) -> None:
+    """Raise a clear error for Atoms (or a Filter around them) that cannot be optimized.
+
+    Other Optimizables (a NEB, a function of any number of variables) are left to their own checks.
+    """
+    base = target
+    while not isinstance(base, Atoms) and hasattr(base, "atoms"):  # unwrap Filters
         base = base.atoms
+    if not isinstance(base, Atoms):
+        return
     if len(base) == 0:
         raise ValueError("cannot optimize an empty structure (no atoms)")
     if base.calc is None:

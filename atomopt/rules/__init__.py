@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from atomopt.core.epsilon import AutoEpsilon
@@ -56,6 +57,12 @@ def make_minimizer(
     if key not in RULES:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(RULES)}")
     defaults = ATOMISTIC_DEFAULTS[key]
+    known = {f.name for f in dataclasses.fields(RULES[key])}
+    unknown = sorted(set(rule_options) - known)
+    if unknown:
+        raise TypeError(f"{key} has no option {', '.join(map(repr, unknown))}: its options are lr, eps, max_step "
+                        f"(maxstep in ASE), fire, auto_eps, secant, paper_exact and {sorted(known)} "
+                        "(keywords such as alpha, dt or maxmove belong to ASE's BFGS, FIRE or MDMin)")
     rule = RULES[key](**(rule_options if paper_exact else defaults.get("rule", {}) | rule_options))
     if paper_exact:
         preset = {"eps": rule.paper_eps, "max_step": None, "fire": None, "auto_eps": None, "secant": None}
