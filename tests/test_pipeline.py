@@ -177,3 +177,30 @@ def test_ray_two_workers_give_the_records_of_one_process(tmp_path):
         ray.shutdown()
     assert all(r.converged for r in single.records)
     same_records(read(tmp_path / "two.extxyz", ":"), read(tmp_path / "one.extxyz", ":"), atol=1e-10)
+
+
+def test_nan_positions_are_an_invalid_record(tmp_path, capsys):
+    frames = crystals(2)
+    frames[1].positions[0, 0] = np.nan
+    write(tmp_path / "in.extxyz", frames)
+    assert main(["relax", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "out.extxyz"), "-q"]) == 2
+    assert "structure 1: invalid (positions or cell contain NaN or inf)" in capsys.readouterr().err
+    assert [a.info["status"] for a in read(tmp_path / "out.extxyz", ":")] == ["converged", "invalid"]
+
+
+def test_ctrl_c_exits_with_a_short_message_and_keeps_finished_work(tmp_path):
+    write(tmp_path / "in.extxyz", crystals(12, repeat=(2, 2, 2)))
+    out = tmp_path / "out.extxyz"
+    command = [sys.executable, "-m", "atomopt.cli", "relax", str(tmp_path / "in.extxyz"), "-o", str(out),
+               "--cell", "--fmax", "0.005", "--batch-atoms", "64", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = journal_path(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (journal.exists() and journal.read_bytes().count(b"status=") >= 2):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "atomopt: interrupted; finished structures are kept: run again with --resume"
+    assert "Traceback" not in err and not out.exists()
+    assert len(RecordJournal(journal).read()) >= 2
