@@ -142,10 +142,11 @@ def markdown(payload: dict) -> str:
     for r in rows:
         ratio = f"{r['force_calls'] / fire['force_calls']:.2f}×" if fire else "–"
         share = f"{100 * r['outside_model_share']:.1f} %" if "outside_model_share" in r else "–"
+        packing = f"{r['packing']:.2f}" if "packing" in r else "–"
         lines.append(
             f"| {r['method']} | {r['converged']}/{len(r['per_structure'])} | {r['force_calls']} | {ratio} | "
             f"{r.get('model_calls', '–')} | {r['wall_seconds']:.1f} | {len(r['per_structure']) / r['wall_seconds']:.3f} | "
-            f"{share} | {r['packing']:.2f} |" if "packing" in r else f"{share} | – |")
+            f"{share} | {packing} |")
     lines += ["", "Outside-model share: wall time not spent in the model call (optimizer, cell filter, bookkeeping; for "
               "the ASE rows also ASE's filter and optimizer), over the wall time. Model calls include graph "
               "construction. atomopt-relax: the command line on the same structures written to a file (its "
