@@ -175,7 +175,8 @@ def test_ray_two_workers_give_the_records_of_one_process(tmp_path):
         several = relax_file(structures, tmp_path / "two.extxyz", "emt", workers=2, fmax=0.01, steps=300, cell=True)
     finally:
         ray.shutdown()
-    assert all(r.converged for r in single.records)
+    assert all(r.converged for r in single.records) and all(r.converged for r in several.records)
+    assert [r.force_calls for r in several.records] == [r.force_calls for r in single.records]
     same_records(read(tmp_path / "two.extxyz", ":"), read(tmp_path / "one.extxyz", ":"), atol=1e-10)
 
 
