@@ -188,14 +188,24 @@ def check_structure(target: Any) -> None:
         base = base.atoms
     if not isinstance(base, Atoms):
         return
-    if len(base) == 0:
-        raise ValueError("cannot optimize an empty structure (no atoms)")
+    problem = structure_problem(base)
+    if problem is not None:
+        raise ValueError(problem)
     if base.calc is None:
         raise MissingCalculatorError("the structure has no calculator: set atoms.calc before optimizing")
-    close = closest_pair(base)
+
+
+def structure_problem(atoms: Atoms) -> str | None:
+    """Why ``atoms`` cannot be optimized by any front end (empty, NaN/inf coordinates, overlapping atoms), or ``None``."""
+    if len(atoms) == 0:
+        return "cannot optimize an empty structure (no atoms)"
+    if not np.isfinite(atoms.positions).all() or not np.isfinite(atoms.cell[:]).all():
+        return "positions or cell contain NaN or inf"
+    close = closest_pair(atoms)
     if close is not None:
         i, j, d = close
-        raise ValueError(f"atoms {i} and {j} overlap ({d:.3g} Å apart, below {OVERLAP_DISTANCE} Å)")
+        return f"atoms {i} and {j} overlap ({d:.3g} Å apart, below {OVERLAP_DISTANCE} Å)"
+    return None
 
 
 def closest_pair(atoms: Atoms, cutoff: float = OVERLAP_DISTANCE) -> tuple[int, int, float] | None:

@@ -29,7 +29,7 @@ from atomopt.core import cell as cellmath
 from atomopt.core.cell import CellFilter
 from atomopt.core.layout import Layout, row_sum
 from atomopt.core.minimizer import Minimizer
-from atomopt.frontends.ase_optimizer import OVERLAP_DISTANCE, closest_pair
+from atomopt.frontends.ase_optimizer import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
 from atomopt.rules import make_minimizer
 
@@ -233,10 +233,9 @@ class InFlightRelaxer:
 
     def _check(self, atoms: Atoms) -> tuple[str, str] | None:
         """(status, message) for a structure that cannot enter the batch, else ``None``."""
-        if len(atoms) == 0:
-            return "invalid", "empty structure (no atoms)"
-        if not np.isfinite(atoms.positions).all() or not np.isfinite(atoms.cell[:]).all():
-            return "invalid", "positions or cell contain NaN or inf"
+        problem = structure_problem(atoms)
+        if problem is not None:
+            return "invalid", problem
         others = [c for c in atoms.constraints if not isinstance(c, FixAtoms)]
         if others:
             return "invalid", f"constraint {type(others[0]).__name__} is not supported by the batched engine (FixAtoms is)"
@@ -245,10 +244,6 @@ class InFlightRelaxer:
                 return "invalid", "cell relaxation needs a structure periodic in all three directions (use cell=False)"
             if abs(atoms.cell.volume) < 1e-6:
                 return "invalid", "the cell has no volume"
-        close = closest_pair(atoms)
-        if close is not None:
-            i, j, d = close
-            return "invalid", f"atoms {i} and {j} overlap ({d:.3g} Å apart, below {OVERLAP_DISTANCE} Å)"
         try:
             self.model.check(atoms)
         except UnsupportedStructureError as err:

@@ -37,11 +37,10 @@ class ASECalculatorModel(BatchedModel):
             else:
                 stresses.append(np.full((3, 3), np.nan))
             atoms.calc = None
-        out = ModelOutput(
+        return ModelOutput(
             energy=torch.as_tensor(np.array(energies), dtype=torch.float64),
             forces=torch.as_tensor(np.concatenate(forces), dtype=torch.float64),
             stress=torch.as_tensor(np.stack(stresses), dtype=torch.float64),
         )
-        return out
 
 
