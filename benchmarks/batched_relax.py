@@ -8,6 +8,12 @@ Methods, each on the same structures with the same model:
   ase-frankenstein  atomopt's Frankenstein through its ASE front end + FrechetCellFilter, sequential
   batched-K         atomopt's in-flight engine, Frankenstein, at most K structures per model call
   atomopt-relax     the command line as a user runs it: atomopt relax FILE -o OUT --model M --cell (default capacity)
+  torchsim-fire-K   TorchSim 0.3.0's batched frechet_cell_fire with its InFlightAutoBatcher at the same capacity K
+                    and its own SevenNet wrapper (float32 state, as TorchSim runs it); SevenNet-0 only. TorchSim
+                    needs its own environment on Python 3.11 (see --methods below).
+
+The capacity K is in structures (--capacity-metric structures, the default) or in atoms (--capacity-metric atoms,
+the unit TorchSim's autobatcher takes; needed for the torchsim rows).
 
 Reported: force calls (total and per structure), converged count, wall time, structures/s, and the share of
 the time spent outside the model (optimizer, cell filter, bookkeeping). Results go to
@@ -86,11 +92,11 @@ def run_sequential(method: str, structures, model: str, device: str, fmax: float
             "outside_model_share": (wall - counter.seconds) / wall}
 
 
-def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int) -> dict:
+def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int, metric: str = "structures") -> dict:
     from atomopt.frontends.engine import InFlightRelaxer
 
     relaxer = InFlightRelaxer(model_obj, "frankenstein", fmax=fmax, steps=steps, capacity=capacity,
-                              capacity_metric="structures")
+                              capacity_metric=metric)
     start = time.perf_counter()
     records = sorted(relaxer.run(structures), key=lambda r: r.index)
     wall = time.perf_counter() - start
@@ -100,6 +106,65 @@ def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int) -
             "statuses": [r.status for r in records], "wall_seconds": wall, "model_seconds": stats.model_seconds,
             "optimizer_seconds": stats.optimizer_seconds, "outside_model_share": (wall - stats.model_seconds) / wall,
             "model_calls": stats.evaluations, "packing": stats.packing}
+
+
+def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int, metric: str) -> dict:
+    """TorchSim's batched FIRE on a Frechet cell filter, driven as its autobatching tutorial does.
+
+    TorchSim's ``optimize`` caps all batches together at ``max_steps`` and derives the per-structure cap from it;
+    the loop below keeps TorchSim's own pieces (``frechet_cell_fire``, ``InFlightAutoBatcher``, its force
+    convergence function with cell forces, swaps every 5 steps) with a per-structure cap of ``steps``.
+    """
+    import torch_sim as ts
+    from sevenn.util import load_checkpoint, pretrained_name_to_path
+    from torch_sim.autobatching import InFlightAutoBatcher
+    from torch_sim.models.sevennet import SevenNetModel
+    from torch_sim.optimizers import frechet_cell_fire
+    from torch_sim.runners import generate_force_convergence_fn
+
+    if metric != "atoms":
+        raise SystemExit("torchsim-fire needs --capacity-metric atoms (its autobatcher counts atoms)")
+    model = SevenNetModel(model=load_checkpoint(pretrained_name_to_path("7net-0")).build_model(), device=device)
+    counts = {"calls": 0, "structures": 0, "seconds": 0.0}
+    forward = model.forward
+
+    def counted(state):
+        counts["calls"] += 1
+        counts["structures"] += int(state.n_systems)
+        begin = time.perf_counter()
+        try:
+            return forward(state)
+        finally:
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            counts["seconds"] += time.perf_counter() - begin
+
+    model.forward = counted
+    swap_every = 5
+    init_fn, update_fn = frechet_cell_fire(model=model)
+    is_converged = generate_force_convergence_fn(force_tol=fmax, include_cell_forces=True)
+    start = time.perf_counter()
+    state = ts.initialize_state(structures, model.device, model.dtype)
+    batcher = InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=capacity,
+                                  max_iterations=steps // swap_every, return_indices=True)
+    batcher.load_states(ts.runners._chunked_apply(init_fn, state, model, max_memory_scaler=capacity,
+                                                  memory_scales_with="n_atoms"))
+    finished, convergence = [], None
+    while (result := batcher.next_batch(state, convergence))[0] is not None:
+        state, done, _ = result
+        finished.extend(done)
+        for _ in range(swap_every):
+            state = update_fn(state)
+        convergence = is_converged(state, None)
+    finished.extend(result[1])
+    finished = batcher.restore_original_order(finished)
+    wall = time.perf_counter() - start
+    converged = [bool(is_converged(s, None).item()) for s in finished]
+    per_structure = [1 + swap_every * batcher.swap_attempts[i] for i in range(len(structures))]
+    return {"method": f"torchsim-fire-{capacity}", "force_calls": counts["structures"],
+            "per_structure": per_structure, "converged": sum(converged), "wall_seconds": wall,
+            "model_seconds": counts["seconds"], "outside_model_share": (wall - counts["seconds"]) / wall,
+            "model_calls": counts["calls"]}
 
 
 def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dict:
@@ -132,8 +197,11 @@ def markdown(payload: dict) -> str:
         f"# Batched relaxation: {payload['protocol']['model']}, {payload['protocol']['n']} mixed crystals, cell free",
         "",
         f"fmax {payload['protocol']['fmax']} eV/Å (atoms and cell rows), at most {payload['protocol']['steps']} steps; "
-        f"device {payload['protocol']['device']}; machine: {payload['machine']['platform']}, "
-        f"{payload['machine']['cpus']} CPUs, torch threads {payload['machine']['torch_threads']}.",
+        f"device {payload['protocol']['device']}"
+        + (f" ({payload['machine']['gpu']})" if payload['machine'].get('gpu') else "")
+        + f"; batch capacity in {payload['protocol'].get('capacity_metric', 'structures')}; machine: "
+        f"{payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, torch threads "
+        f"{payload['machine']['torch_threads']}.",
         f"Command: `{payload['command']}`",
         "",
         "| method | converged | force calls | vs ASE FIRE | model calls | wall s | structures/s | outside-model share | packing |",
@@ -147,10 +215,13 @@ def markdown(payload: dict) -> str:
             f"| {r['method']} | {r['converged']}/{len(r['per_structure'])} | {r['force_calls']} | {ratio} | "
             f"{r.get('model_calls', '–')} | {r['wall_seconds']:.1f} | {len(r['per_structure']) / r['wall_seconds']:.3f} | "
             f"{share} | {packing} |")
+    lines += [f"\nFailed to run: {failure}" for failure in payload.get("failed_methods", [])]
     lines += ["", "Outside-model share: wall time not spent in the model call (optimizer, cell filter, bookkeeping; for "
               "the ASE rows also ASE's filter and optimizer), over the wall time. Model calls include graph "
               "construction. atomopt-relax: the command line on the same structures written to a file (its "
-              "wall time includes reading, writing and the journal).", ""]
+              "wall time includes reading, writing and the journal). torchsim-fire-K: force calls are structure "
+              "evaluations (TorchSim checks convergence every 5 steps, so a structure runs up to 4 steps past "
+              "its convergence).", ""]
     return "\n".join(lines)
 
 
@@ -161,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--capacities", type=int, nargs="*", default=[1, 8, 32, 128])
-    parser.add_argument("--methods", nargs="*", default=["ase-fire", "ase-frankenstein", "atomopt-relax"])
+    parser.add_argument("--capacity-metric", choices=["structures", "atoms"], default="structures")
+    parser.add_argument("--methods", nargs="*", default=["ase-fire", "ase-frankenstein", "atomopt-relax"],
+                        help="ase-fire ase-frankenstein atomopt-relax torchsim-fire (batched-K rows always run)")
     parser.add_argument("--model", default="sevennet-0")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -174,15 +247,24 @@ def main(argv: list[str] | None = None) -> int:
 
     structures = mixed_crystals(args.n, seed=args.seed)
     model_obj = load_model(args.model, device=args.device)
-    results = []
+    results, failures = [], []
     for method in args.methods:
-        if method == "atomopt-relax":
+        if method in ("atomopt-relax", "torchsim-fire"):
             continue
         results.append(run_sequential(method, structures, args.model, args.device, args.fmax, args.steps))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "per_structure"}), file=sys.stderr)
     for capacity in args.capacities:
-        results.append(run_batched(capacity, structures, model_obj, args.fmax, args.steps))
+        results.append(run_batched(capacity, structures, model_obj, args.fmax, args.steps, args.capacity_metric))
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("per_structure", "statuses")}), file=sys.stderr)
+        if "torchsim-fire" in args.methods:
+            try:
+                results.append(run_torchsim(capacity, structures, args.device, args.fmax, args.steps,
+                                            args.capacity_metric))
+            except Exception as err:  # a failing baseline is reported, not fatal to the other rows
+                print(f"torchsim-fire-{capacity} failed: {err!r}", file=sys.stderr)
+                failures.append(f"torchsim-fire-{capacity}: {err!r}")
+                continue
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "per_structure"}), file=sys.stderr)
     if "atomopt-relax" in args.methods:
         results.append(run_cli(structures, args.model, args.device, args.fmax, args.steps))
 
@@ -190,19 +272,22 @@ def main(argv: list[str] | None = None) -> int:
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "ase": ase.__version__,
                 "numpy": np.__version__}
-    for package in ("sevenn", "chgnet"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("sevenn", "chgnet", "torch-sim-atomistic", "e3nn", "vesin"):
         try:
-            versions[package] = __import__(package).__version__
-        except (ImportError, AttributeError):
+            versions[package] = version(package)
+        except PackageNotFoundError:
             pass
     payload = {
         "benchmark": "batched relaxation",
         "command": "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "protocol": {"model": args.model, "n": args.n, "seed": args.seed, "fmax": args.fmax, "steps": args.steps,
-                     "device": args.device, "structures": [a.info["name"] for a in structures]},
+                     "device": args.device, "capacity_metric": args.capacity_metric, "structures": [a.info["name"] for a in structures]},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **versions},
         "results": results,
+        "failed_methods": failures,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
