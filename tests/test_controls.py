@@ -125,3 +125,30 @@ def test_fire_control_on_eps_scales_the_gain_and_leaves_lr():
         assert state["eps"][0].item() == pytest.approx(1.0 / 4.0**power)  # gain capped at lr_max_factor × the start
     with pytest.raises(ValueError, match="acts_on"):
         FireControl(acts_on="dt")
+
+
+def test_measured_cut_divides_the_gain_by_the_overshoot_along_the_step():
+    # AdamNX first step with eps ≈ 0: s = −0.1 along x for g = (1, 0, 0), so s·g = −0.1.
+    # After it, slope s·g′ = −0.1·g′ₓ. Structure 0: g′ₓ = −1.5 → slope 0.15, r = 0.1/0.25 = 0.4 → clipped to
+    # f_dec_min = 0.5. Structure 1: g′ₓ = −0.25 → slope 0.025, r = 0.1/0.125 = 0.8 → between 0.5 and f_dec 0.9.
+    # Structure 2: g′ₓ = −0.05 → r = 0.1/0.105 = 0.952 → capped at f_dec = 0.9.
+    fire = FireControl(f_dec=0.9, f_dec_min=0.5, measured_cut=True)
+    layout = Layout.from_sizes([1, 1, 1])
+    g = torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64)
+    g2 = torch.tensor([[-1.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [-0.05, 0.0, 0.0]], dtype=torch.float64)
+    for acts_on in ("lr", "eps"):
+        minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12 if acts_on == "lr" else 1.0, max_step=None,
+                              fire=FireControl(**{**fire.__dict__, "acts_on": acts_on}))
+        state = minimizer.init(g, layout)
+        if acts_on == "eps":  # sign-like first step of exactly 0.1 needs ε ≈ 0: set the state's ε, keep ε₀ = 1
+            state["eps"] = torch.full((3,), 1e-12, dtype=torch.float64)
+        _, state = minimizer.step(state, g, layout)
+        assert torch.allclose(state["last_slope"], torch.full((3,), -0.1, dtype=torch.float64))
+        _, state = minimizer.step(state, g2, layout)
+        cut = torch.tensor([0.5, 0.8, 0.9], dtype=torch.float64)
+        if acts_on == "lr":
+            assert torch.allclose(state["lr"], 0.1 * cut)
+        else:
+            assert torch.allclose(state["eps"], 1e-12 / cut) and torch.all(state["lr"] == 0.1)
+    with pytest.raises(ValueError, match="f_dec_min"):
+        FireControl(f_dec=0.5, f_dec_min=0.7)

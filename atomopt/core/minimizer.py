@@ -15,7 +15,9 @@ each optional, make them usable; ``paper_exact`` switches all of them off.
   restarted from the current gradient and its learning rate multiplied by
   ``f_dec``; after ``n_min`` downhill steps in a row the learning rate grows
   by ``f_inc`` up to ``lr_max``. With ``acts_on="eps"`` the same factors act
-  on the force-proportional gain through ε instead of lr. Restarting also forgets the huge early
+  on the force-proportional gain through ε instead of lr. With ``measured_cut``
+  the cut is the overshoot measured along the last step (the secant ratio of
+  ``SecantControl``), between ``f_dec_min`` and ``f_dec``. Restarting also forgets the huge early
   gradients that would otherwise keep v (and so the step) tiny for thousands
   of steps.
 * ``auto_eps`` (:class:`~atomopt.core.epsilon.AutoEpsilon`): sets ε from the
@@ -48,6 +50,12 @@ class FireControl:
     f_inc: float = 1.1
     f_dec: float = 0.5
     lr_max_factor: float = 10.0  # lr_max = lr_max_factor × initial lr (capped by the rule's lr_limit)
+    #: Cut on an uphill step by the measured overshoot r = −s·g / (s·g′ − s·g) (the fraction of the last step s
+    #: at which the slope along s vanished; g, g′ the gradients before and after s), clipped to
+    #: [f_dec_min, f_dec]: a gentle f_dec where the step barely overshot, down to f_dec_min where it overshot by
+    #: far, so a gain far too large for the system is found in a few restarts instead of tens.
+    measured_cut: bool = False
+    f_dec_min: float = 0.5
     #: "lr" scales the learning rate; "eps" scales the force-proportional gain lr/ε (lr/√ε where ε sits under the
     #: root) through ε and leaves lr alone — for rules whose lr is bounded or also sets their dynamics (INNAprop).
     acts_on: str = "lr"
@@ -61,6 +69,8 @@ class FireControl:
             raise ValueError(f"FireControl: f_inc must be >= 1, got {self.f_inc}")
         if not 0.0 < self.f_dec <= 1.0:
             raise ValueError(f"FireControl: f_dec must lie in (0, 1], got {self.f_dec}")
+        if not 0.0 < self.f_dec_min <= self.f_dec:
+            raise ValueError(f"FireControl: f_dec_min must lie in (0, f_dec], got {self.f_dec_min}")
         if not self.lr_max_factor >= 1.0:
             raise ValueError(f"FireControl: lr_max_factor must be >= 1, got {self.lr_max_factor}")
 
@@ -125,6 +135,11 @@ class Minimizer:
             return self.lr
         return max(self.lr, min(self.lr * control.lr_max_factor, self.rule.lr_limit))
 
+    @property
+    def tracks_slope(self) -> bool:
+        """Whether the state keeps s·g from before the last step (for the secant ratio)."""
+        return self.secant is not None or (self.fire is not None and self.fire.measured_cut)
+
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
         check_gradient(gradient, layout)
@@ -139,7 +154,7 @@ class Minimizer:
             "steps": torch.zeros_like(per_structure),
             "last_step": torch.zeros_like(gradient),
         }
-        if self.secant is not None:
+        if self.tracks_slope:
             state["last_slope"] = torch.zeros_like(per_structure)  # s·g before the last step s
         return state
 
@@ -163,13 +178,19 @@ class Minimizer:
             rule_state = self.rule.reset(rule_state, gradient, layout, lr, uphill)
             downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
             grow = (~uphill) & (downhill > self.fire.n_min)
+            cut = torch.full_like(lr, self.fire.f_dec)
+            if self.fire.measured_cut:
+                before = state["last_slope"]
+                overshoot = -before / torch.where(slope > before, slope - before, 1.0)
+                cut = torch.clamp(torch.where((before < 0) & (slope > before), overshoot, self.fire.f_dec_min),
+                                  min=self.fire.f_dec_min, max=self.fire.f_dec)
             if self.fire.acts_on == "eps":
                 power_of_eps = 2.0 if self.rule.eps_inside_sqrt else 1.0  # the gain goes as ε^(−1/power)
                 eps_min = self.eps / self.fire.lr_max_factor**power_of_eps
-                eps = torch.where(uphill, eps / self.fire.f_dec**power_of_eps, eps)
+                eps = torch.where(uphill, eps / cut**power_of_eps, eps)
                 eps = torch.where(grow, torch.clamp(eps / self.fire.f_inc**power_of_eps, min=eps_min), eps)
             elif self.secant is None:
-                lr = torch.where(uphill, lr * self.fire.f_dec, lr)
+                lr = torch.where(uphill, lr * cut, lr)
                 lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
         displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
         if self.max_step is not None:
@@ -182,7 +203,7 @@ class Minimizer:
                 picked = self.auto_eps.pick(self.rule.adaptive_term(rule_state, layout), layout, self.rule)
                 eps = torch.where(ready, picked, eps)
         new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
-        if self.secant is not None:
+        if self.tracks_slope:
             new_state["last_slope"] = layout.sum(gradient * displacement)
         return displacement, new_state
 

@@ -30,7 +30,7 @@ ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "frankenstein": {"lr": 0.05, "eps": 0.1, "rule": {"base_lr": 0.01}, "fire": _GENTLE_FIRE},
     "adan": {"lr": 0.1, "eps": 1.0, "rule": {"beta1": 0.1}, "fire": _GENTLE_FIRE},
     "adamnx": {"lr": 0.1, "eps": 0.1},
-    "innaprop": {"lr": 0.3, "eps": 1.0, "fire": FireControl(f_dec=0.9, f_inc=1.02, acts_on="eps")},
+    "innaprop": {"lr": 0.3, "eps": 1.0, "fire": FireControl(f_dec=0.9, f_inc=1.02, acts_on="eps", measured_cut=True)},
 }
 
 
