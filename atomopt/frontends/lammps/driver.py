@@ -44,6 +44,7 @@ from torch import Tensor
 
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
+from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
 from atomopt.rules import make_minimizer
 
@@ -104,6 +105,10 @@ class MinimizeResult:
     wall_time: float
     optimizer_time: float
     energies: list[float] = field(repr=False, default_factory=list)
+    #: with fix box/relax: the final box (3×3 rows a b c, length units) and pressure tensor (xx yy zz xy xz yz,
+    #: pressure units, virial only) at the last evaluation
+    box_final: np.ndarray | None = field(repr=False, default=None)
+    pressure_final: np.ndarray | None = field(repr=False, default=None)
 
 
 @dataclass
@@ -117,13 +122,81 @@ class _Norms:
         return {"two": self.two, "max": self.max_atom, "inf": self.inf}[norm]
 
 
+def current_box(lmp: Any) -> np.ndarray:
+    """The LAMMPS box as a lower-triangular 3×3 matrix of row vectors a, b, c."""
+    lo, hi, xy, yz, xz, _, _ = lmp.extract_box()
+    return np.array([[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0], [xz, yz, hi[2] - lo[2]]])
+
+
+class _BoxRows:
+    """The box as two optimizer rows, ℓ·(q_x, q_y, q_z) and ℓ·(q_yz, q_xz, q_xy) (``atomopt.frontends.lammps.box``).
+
+    Rank 0 holds the rows and their optimizer state; every rank gets the new strains by broadcast, so every rank
+    asks fix deform for the same box.
+    """
+
+    def __init__(self, lmp: Any, box: BoxRelax, comm: Any) -> None:
+        self.nktv2p = float(lmp.extract_global("nktv2p"))
+        self.box = box.scaled(self.nktv2p)  # targets in energy/volume units
+        self.start = current_box(lmp)
+        self.start_lo = np.array(lmp.extract_box()[0])
+        self.triclinic = bool(lmp.extract_setting("triclinic"))
+        self.length = abs(np.linalg.det(self.start)) ** (1.0 / 3.0)
+        self.strains = np.zeros(6)
+        self.here = comm.rank == 0
+        self.rows = 2 if self.here else 0
+        self.state: dict[str, Tensor] | None = None
+        self.pressure = np.zeros(6)
+
+    def fixedpoint_shift(self, lmp: Any) -> np.ndarray | None:
+        """The translation that puts the fix's ``fixedpoint`` back where it was (fix deform keeps the centre)."""
+        if self.box.fixedpoint is None:
+            return None
+        point = np.array(self.box.fixedpoint)
+        now = np.array(lmp.extract_box()[0]) + (point - self.start_lo) @ np.linalg.solve(self.start, current_box(lmp))
+        return point - now
+
+    def deformed(self) -> list[str]:
+        """Box components fix deform must follow: the relaxed ones and the tilts that scale with them."""
+        moving = [c for c in ("x", "y", "z") if c in self.box.targets]
+        if self.triclinic:
+            moving += [t for t, length in TILT_LENGTH.items()
+                       if t in self.box.targets or (self.box.scale_tilt[t] and length in self.box.targets)]
+        return moving
+
+    def forces(self, lmp: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        """Fᵀ = H₀⁻¹H, the forces on the two box rows (energy/length) and the P·V term of the enthalpy."""
+        box = current_box(lmp)
+        pressure = np.array(lmp.numpy.extract_compute(f"{_PREFIX}_press", 0, 1), dtype=np.float64)  # xx yy zz xy xz yz
+        self.pressure = pressure
+        p = pressure / self.nktv2p
+        stress = -np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])
+        gradient = self.box.strain_gradient(box, stress)
+        work = self.box.mean_pressure() * abs(np.linalg.det(box))
+        return np.linalg.solve(self.start, box), -gradient.reshape(2, 3) / self.length, work
+
+    def move(self, lmp: Any, comm: Any, row_step: np.ndarray | None) -> None:
+        """Take the box step (rank 0's rows, length units) and hand the new box to fix deform on every rank."""
+        if self.here:
+            step = self.box.limit(self.box.project(row_step.reshape(6) / self.length))
+            self.strains = self.strains + step
+        self.strains = comm.bcast(self.strains, root=0)
+        target = self.box.box_matrix(self.strains, self.start)
+        for c in self.deformed():
+            lmp.set_internal_variable(f"{_PREFIX}_d{c}", float(target[ENTRY[c]] - self.start[ENTRY[c]]))
+
+
 class _Run:
     """State of one minimization; its ``callback`` is called by fix external at every step."""
 
     def __init__(self, lmp: Any, minimizer: Minimizer, comm: Any, group: str, *,
                  etol: float, ftol: float, maxiter: int, maxeval: int, norm: str,
-                 dtype: torch.dtype, device: torch.device) -> None:  # fmt: skip
+                 dtype: torch.dtype, device: torch.device, box: BoxRelax | None = None) -> None:  # fmt: skip
         self.lmp, self.minimizer, self.comm = lmp, minimizer, comm
+        self.box = _BoxRows(lmp, box, comm) if box is not None else None
+        # With a box the evaluation of the run's set-up is not used: fix deform can change the box only at the
+        # end of a step, so the first step is taken at step 1 (on the same configuration).
+        self.unused_evaluations = 1 if box is not None else 0
         self.groupbit = None if group == "all" else 1 << lmp.available_ids("group").index(group)
         self.row_fields = minimizer.row_fields()
         self.etol, self.ftol, self.maxiter, self.maxeval, self.norm = etol, ftol, maxiter, maxeval, norm
@@ -136,10 +209,14 @@ class _Run:
         self.stop_reason: str | None = None
         self.error: BaseException | None = None
         self.optimizer_time = 0.0
+        self._setup_seen = False
 
     # -- fix external entry point ------------------------------------------------------------
     def callback(self, caller: Any, ntimestep: int, nlocal: int, tag: np.ndarray, x: np.ndarray, fext: np.ndarray) -> None:
         if self.stop_reason is not None:  # converged in setup: LAMMPS still computes one more step
+            return
+        if self.box is not None and not self._setup_seen:
+            self._setup_seen = True
             return
         try:
             self._iterate(nlocal, x)
@@ -152,7 +229,13 @@ class _Run:
         rows = self._rows(nlocal)
         forces = lmp.numpy.extract_atom("f")[:nlocal][rows]
         energy = float(lmp.extract_compute("thermo_pe", 0, 0))
-        norms = self._force_norms(forces)
+        box_forces = None
+        if self.box is not None:
+            stretch, box_forces, work = self.box.forces(lmp)
+            energy += work  # enthalpy E + P·V: the function the box relaxation lowers
+            if not self.box.here:
+                box_forces = box_forces[:0]
+        norms = self._force_norms(forces if box_forces is None else np.concatenate([forces, box_forces]))
         # tested on the global count so that every rank raises together (the core's check is per rank)
         if norms.non_finite:
             raise NonFiniteForcesError(
@@ -168,20 +251,31 @@ class _Run:
             self._stop(reason)
             return
         start = time.perf_counter()
+        n_rows = forces.shape[0] + (self.box.rows if self.box is not None else 0)
         layout = DistributedLayout(
-            structure=torch.zeros(forces.shape[0], dtype=torch.long, device=self.device), n_structures=1, comm=self.comm
+            structure=torch.zeros(n_rows, dtype=torch.long, device=self.device), n_structures=1, comm=self.comm
         )
-        gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
+        if self.box is None:
+            gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
+        else:  # atoms in the start box's frame (u = x·Fᵀ⁻¹, force f·F), then the box rows (on rank 0)
+            frame_forces = forces @ stretch.T
+            gradient = -torch.as_tensor(np.concatenate([frame_forces, box_forces]), dtype=self.dtype, device=self.device)
         state = self._load_state(nlocal, rows, gradient, layout)
         displacement, state = self.minimizer.step(state, gradient, layout)
         self._store_state(nlocal, rows, state)
-        x[rows] += displacement.detach().cpu().numpy().astype(np.float64)
+        step = displacement.detach().cpu().numpy().astype(np.float64)
+        if self.box is None:
+            x[rows] += step
+        else:
+            n_atoms = forces.shape[0]
+            x[rows] += step[:n_atoms] @ stretch  # Δx = Δu·Fᵀ; fix deform then carries x into the new box
+            self.box.move(self.lmp, self.comm, step[n_atoms:] if self.box.here else None)
         self.optimizer_time += time.perf_counter() - start
         self.iterations += 1
 
     # -- stopping ----------------------------------------------------------------------------
     def _stop_test(self, energy: float, norms: _Norms) -> str | None:
-        if len(self.energies) >= self.maxeval:
+        if len(self.energies) + self.unused_evaluations >= self.maxeval:
             return "max force evaluations"
         if self.etol > 0 and self.iterations > 0 and self.iterations - self.last_rise > ETOL_DELAY:
             previous = self.energies[-2]
@@ -225,16 +319,21 @@ class _Run:
             name: torch.as_tensor(self._array(name, nlocal)[rows], dtype=self.dtype, device=self.device)
             for name in self.row_fields
         }
+        if self.box is not None and self.box.here:  # the box rows follow the atoms
+            per_row = {name: torch.cat([value, self.box.state[name]]) for name, value in per_row.items()}
         return self.minimizer.join_rows(per_row, self.per_structure)
 
     def _store_state(self, nlocal: int, rows: Any, state: dict) -> None:
         per_row, self.per_structure = self.minimizer.split_rows(state)
+        if self.box is not None and self.box.here:
+            self.box.state = {name: value[-2:] for name, value in per_row.items()}
+            per_row = {name: value[:-2] for name, value in per_row.items()}
         for name, value in per_row.items():
             self._array(name, nlocal)[rows] = value.detach().cpu().numpy()
 
 
-def fix_styles(lmp: Any, comm: Any, quiet: Sequence[str] = (), loud: Sequence[str] = ()) -> list[str]:
-    """Styles of the fixes defined in ``lmp`` (read from LAMMPS's ``info fixes``, run between ``quiet`` and ``loud``)."""
+def defined_fixes(lmp: Any, comm: Any, quiet: Sequence[str] = (), loud: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+    """(ID, style, group) of the fixes defined in ``lmp`` (LAMMPS's ``info fixes``, run between ``quiet`` and ``loud``)."""
     path = None
     if comm.rank == 0:
         handle, path = tempfile.mkstemp(prefix="atomopt-info-", suffix=".txt")
@@ -245,20 +344,51 @@ def fix_styles(lmp: Any, comm: Any, quiet: Sequence[str] = (), loud: Sequence[st
     if comm.rank == 0:
         text = Path(path).read_text()
         Path(path).unlink()
-        styles = [line.split("style =")[1].split(",")[0].strip() for line in text.splitlines() if "style =" in line]
+        styles = []
+        for line in text.splitlines():  # "Fix[0]:   ID,  style = box/relax,  group = all"
+            if "style =" in line:
+                name = line.split(":", 1)[1].split(",")[0].strip()
+                style = line.split("style =")[1].split(",")[0].strip()
+                group = line.split("group =")[1].split(",")[0].strip() if "group =" in line else "all"
+                styles.append((name, style, group))
     return comm.bcast(styles, root=0)
 
 
-def check_supported(lmp: Any, comm: Any, group: str, quiet: Sequence[str] = (), loud: Sequence[str] = ()) -> None:
-    """Raise a clear error for a system or set-up the driver cannot minimize."""
+def check_supported(lmp: Any, comm: Any, group: str, quiet: Sequence[str] = (), loud: Sequence[str] = (),
+                    box: BoxRelax | None = None) -> list[tuple[str, str]]:  # fmt: skip
+    """Raise a clear error for a system or set-up the driver cannot minimize; returns the ``fix box/relax``
+    (ID, group) pairs that the box relaxation stands in for."""
     if lmp.get_natoms() == 0:
         raise ValueError("cannot minimize: the LAMMPS system has no atoms")
     if group not in lmp.available_ids("group"):
         raise ValueError(f"group {group!r} does not exist; define it with the group command first")
-    for style in fix_styles(lmp, comm, quiet, loud):
+    box_fixes = []
+    for name, style, fix_group in defined_fixes(lmp, comm, quiet, loud):
+        if style == "box/relax" and box is not None:
+            box_fixes.append((name, fix_group))
+            continue
         if style.startswith(UNSUPPORTED_FIX_STYLES):
-            hint = "cell relaxation is not supported" if style == "box/relax" else "unfix it before minimizing"
+            hint = ("pass its settings as box_relax=... (atomopt lammps reads them from the input)"
+                    if style == "box/relax" else "unfix it before minimizing")
             raise UnsupportedFixError(f"fix style {style!r} moves atoms or the box during a run: {hint}")
+    if box is not None:
+        check_box(lmp, box)
+    return box_fixes
+
+
+def check_box(lmp: Any, box: BoxRelax) -> None:
+    """The box relaxation's components must be periodic, and tilts need a triclinic box (as LAMMPS's own checks)."""
+    periodic = lmp.extract_box()[5]
+    dimension = lmp.extract_setting("dimension")
+    for c in box.targets:
+        if any(not periodic["xyz".index(d)] for d in c):
+            raise ValueError(f"fix box/relax: cannot relax {c} of a non-periodic dimension")
+        if dimension == 2 and "z" in c:
+            raise ValueError(f"fix box/relax: cannot relax {c} of a 2d system")
+        if c in TILT_LENGTH and not lmp.extract_setting("triclinic"):
+            raise ValueError(f"fix box/relax: cannot relax the tilt {c} of an orthogonal box (make it triclinic)")
+    if box.group not in lmp.available_ids("group"):
+        raise ValueError(f"fix box/relax: group {box.group!r} does not exist")
 
 
 def minimize(
@@ -277,6 +407,7 @@ def minimize(
     comm: Any = None,
     keep_state: bool = False,
     echo: str | None = None,
+    box_relax: BoxRelax | str | None = None,
     **options: Any,
 ) -> MinimizeResult:
     """Minimize the atoms of the LAMMPS instance ``lmp`` in place, as LAMMPS's ``minimize`` does.
@@ -296,6 +427,9 @@ def minimize(
         keep_state: leave ``fix atomopt_state`` (per-atom arrays ``d2_atomopt_<field>``) defined afterwards.
         echo: the instance's ``echo`` setting, if known: the driver's own commands are then not echoed to the
             log, and ``echo`` is restored after each group of them (``None``: echo is left alone).
+        box_relax: relax the box as ``fix box/relax`` with these settings (its arguments, e.g. ``"iso 0.0 vmax
+            0.001"``, or a :class:`~atomopt.frontends.lammps.box.BoxRelax`); the box rows move under the same
+            optimizer as the atoms, and the stopping tests include their forces (``docs/lammps.md``).
         **options: optimizer options (``lr``, ``eps``, ``paper_exact``, ``fire``, ``auto_eps``, rule hyperparameters).
 
     Returns:
@@ -313,9 +447,10 @@ def minimize(
     if minimizer.auto_eps is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
-    check_supported(lmp, comm, group, quiet, loud)
+    box = BoxRelax.parse(box_relax) if isinstance(box_relax, str) else box_relax
+    box_fixes = check_supported(lmp, comm, group, quiet, loud, box)
     run = _Run(lmp, minimizer, comm, group, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
-               norm=norm, dtype=dtype, device=torch.device(device))  # fmt: skip
+               norm=norm, dtype=dtype, device=torch.device(device), box=box)  # fmt: skip
     arrays = " ".join(f"d2_{_PREFIX}_{name} 3" for name in run.row_fields)
     setup = [
         f"fix {_PREFIX}_state all property/atom {arrays} ghost no",
@@ -326,6 +461,23 @@ def minimize(
     ]
     cleanup = [f"unfix {_PREFIX}_halt", f"unfix {_PREFIX}_step", f"variable {_PREFIX}_halt delete",
                f"variable {_PREFIX}_stop delete"]  # fmt: skip
+    if run.box is not None:
+        # fix box/relax is LAMMPS's own minimizers' (and would clash with fix deform): lifted for the run, restored.
+        setup = [f"unfix {name}" for name, _ in box_fixes] + setup
+        cleanup += [f"fix {name} {fix_group} box/relax {box.args}" for name, fix_group in box_fixes]
+        # The pressure of the virial at every step (fix ave/time asks LAMMPS to tally it), and fix deform
+        # setting the box from internal variables at the end of each step, atoms remapped with it.
+        moving = run.box.deformed()
+        deform_group = box.group if box.dilate == "partial" else "all"
+        setup += [f"compute {_PREFIX}_press all pressure NULL virial",
+                  f"fix {_PREFIX}_press_every all ave/time 1 1 1 c_{_PREFIX}_press[1]",
+                  f"variable {_PREFIX}_rate internal 0.0"]
+        setup += [f"variable {_PREFIX}_d{c} internal 0.0" for c in moving]
+        setup.append(f"fix {_PREFIX}_box {deform_group} deform 1 "
+                     + " ".join(f"{c} variable v_{_PREFIX}_d{c} v_{_PREFIX}_rate" for c in moving)
+                     + " remap x flip no units box")
+        cleanup += [f"unfix {_PREFIX}_box", f"unfix {_PREFIX}_press_every", f"uncompute {_PREFIX}_press",
+                    f"variable {_PREFIX}_rate delete"] + [f"variable {_PREFIX}_d{c} delete" for c in moving]
     if not keep_state:
         cleanup.append(f"unfix {_PREFIX}_state")
     lmp.commands_list(quiet + setup + loud)
@@ -339,6 +491,10 @@ def minimize(
             lmp.commands_list(quiet + ["run 0 pre no post no"] + loud)  # thermo line of the final step, no force call
     finally:
         lmp.commands_list(quiet + cleanup + loud)
+    shift = run.box.fixedpoint_shift(lmp) if run.box is not None and run.error is None else None
+    if shift is not None:  # a rigid translation of box and atoms: the deformation now leaves fixedpoint in place
+        lmp.commands_list(quiet + ["change_box all " + " ".join(f"{d} delta {t!r} {t!r}" for d, t in
+                                                              zip("xyz", shift.tolist())) + " remap units box"] + loud)
     wall = time.perf_counter() - start
     if run.error is not None:
         raise run.error
@@ -352,7 +508,7 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
     return MinimizeResult(
         stop_reason=run.stop_reason or "max iterations",
         iterations=run.iterations,
-        force_evaluations=len(energies),
+        force_evaluations=len(energies) + run.unused_evaluations,
         energy_initial=energies[0],
         energy_next_to_last=energies[-2] if len(energies) > 1 else energies[0],
         energy_final=energies[-1],
@@ -363,6 +519,8 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
         wall_time=wall,
         optimizer_time=run.optimizer_time,
         energies=list(energies),
+        box_final=current_box(run.lmp) if run.box is not None else None,
+        pressure_final=run.box.pressure.copy() if run.box is not None else None,
     )
 
 

