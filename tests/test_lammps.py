@@ -260,3 +260,14 @@ def test_min_modify_rejects_unknown_values(tmp_path):
     script.write_text("units lj\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\nmin_style adan\nmin_modify fire maybe\n")
     done = run_input(script, cwd=tmp_path)
     assert done.returncode == 2 and "fire" in done.stderr
+
+
+def test_example_without_its_potential_files_stops_at_once_and_says_where_to_get_them(tmp_path):
+    log = tmp_path / "log"
+    # run from another folder: the example's include is found beside it
+    done = run_input(EXAMPLES / "in.hea_meam_box", "-var", "potdir", str(tmp_path / "missing"), "-log", str(log),
+                     cwd=tmp_path)
+    assert done.returncode == 2
+    text = log.read_text()
+    assert f"ERROR: MEAM files {tmp_path / 'missing'}/library.meam" in text and "ctcms.nist.gov/potentials" in text
+    assert "create_atoms" not in text  # nothing was built before the check

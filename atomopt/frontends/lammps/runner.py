@@ -9,7 +9,8 @@ is selected: then ``min_modify`` keywords are collected (LAMMPS's own
 ``minimize etol ftol maxiter maxeval`` is executed by
 :func:`atomopt.frontends.lammps.driver.minimize`. ``min_style cg`` (or any
 native style) hands minimization back to LAMMPS. ``include`` files are read
-the same way. ``jump`` is refused: a loop would re-read the file behind this
+the same way (relative to the working folder or, failing that, to the
+including file). ``jump`` is refused: a loop would re-read the file behind this
 runner's back; drive loops from Python with ``atomopt.lammps.minimize``.
 
 Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
@@ -60,15 +61,20 @@ class InputRunner:
         self.results: list[MinimizeResult] = []
         self._pending: list[str] = []
         self.box_fixes: dict[str, tuple[str, list[str]]] = {}  # fix box/relax ID → (group, arguments)
+        self._folders: list[Path] = []  # folders of the files being read, innermost last
 
     def run_file(self, path: str | Path) -> None:
         """Execute every command of the input file ``path``."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"LAMMPS input file {path} not found")
-        for line in logical_lines(path.read_text()):
-            self.execute(line)
-        self._flush()
+        self._folders.append(path.parent)
+        try:
+            for line in logical_lines(path.read_text()):
+                self.execute(line)
+            self._flush()
+        finally:
+            self._folders.pop()
 
     def execute(self, line: str) -> None:
         """Execute one logical input line (continuations already joined)."""
@@ -85,7 +91,10 @@ class InputRunner:
             self._track_box_fix(shlex.split(self.lmp.expand(strip_comment(line))))
         if command == "include":
             self._flush()
-            self.run_file(self.lmp.expand(strip_comment(line)).split()[1])
+            name = Path(self.lmp.expand(strip_comment(line)).split()[1])
+            beside = self._folders[-1] / name if self._folders else name
+            # as LAMMPS: relative to the working folder; failing that, beside the file that includes it
+            self.run_file(name if name.is_file() or name.is_absolute() or not beside.is_file() else beside)
             return
         if command == "min_style":
             self._flush()
