@@ -49,7 +49,9 @@ def run(style: str, ranks: int, potdir: Path, n: int) -> dict:
     text = log.read_text()
     stats = text.split("Minimization stats")[-1]
     iterations, evaluations = (int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2])
-    final = re.search(r"Relaxed energy per atom: (\S+) eV, box (\S+) (\S+) (\S+) A, pressure (\S+) (\S+) (\S+) bar", text)
+    number = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
+    final = re.search(rf"^Relaxed energy per atom: {number} eV, box {number} {number} {number} A, pressure "
+                      rf"{number} {number} {number} bar", text, re.M)
     energies = stats.split("Energy initial, next-to-last, final =")[1].split()[:3]
     return {
         "style": style,

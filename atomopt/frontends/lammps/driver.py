@@ -109,6 +109,9 @@ class MinimizeResult:
     #: pressure units, virial only) at the last evaluation
     box_final: np.ndarray | None = field(repr=False, default=None)
     pressure_final: np.ndarray | None = field(repr=False, default=None)
+    #: the largest atom move of the last step (length units)
+    max_move_final: float = 0.0
+    atoms: int = 0
 
 
 @dataclass
@@ -210,6 +213,7 @@ class _Run:
         self.error: BaseException | None = None
         self.optimizer_time = 0.0
         self._setup_seen = False
+        self.last_move = 0.0
 
     # -- fix external entry point ------------------------------------------------------------
     def callback(self, caller: Any, ntimestep: int, nlocal: int, tag: np.ndarray, x: np.ndarray, fext: np.ndarray) -> None:
@@ -270,6 +274,8 @@ class _Run:
             n_atoms = forces.shape[0]
             x[rows] += step[:n_atoms] @ stretch  # Δx = Δu·Fᵀ; fix deform then carries x into the new box
             self.box.move(self.lmp, self.comm, step[n_atoms:] if self.box.here else None)
+        moved = step[: forces.shape[0]]
+        self.last_move = float(np.sqrt(np.einsum("ij,ij->i", moved, moved).max(initial=0.0)))  # this rank's
         self.optimizer_time += time.perf_counter() - start
         self.iterations += 1
 
@@ -499,7 +505,10 @@ def minimize(
     if run.error is not None:
         raise run.error
     result = _result(run, wall)
-    lmp.commands_list(quiet + stats_commands(optimizer, result) + loud)
+    moves = np.array([run.last_move]), np.empty(1)
+    comm.Allreduce(moves[0], moves[1], op=mpi_op(comm, "max"))
+    result.max_move_final = float(moves[1][0])
+    lmp.commands_list(quiet + stats_commands(optimizer, result, per_atom_thermo(lmp)) + loud)
     return result
 
 
@@ -519,21 +528,35 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
         wall_time=wall,
         optimizer_time=run.optimizer_time,
         energies=list(energies),
+        atoms=int(run.lmp.get_natoms()),
         box_final=current_box(run.lmp) if run.box is not None else None,
         pressure_final=run.box.pressure.copy() if run.box is not None else None,
     )
 
 
-def stats_commands(optimizer: str, r: MinimizeResult) -> list[str]:
-    """LAMMPS ``print`` commands writing the minimization stats in LAMMPS's layout."""
+def per_atom_thermo(lmp: Any) -> bool:
+    """Whether thermo output is normalized per atom (``thermo_modify norm yes``, the default in lj units)."""
+    natoms = lmp.get_natoms()
+    total = float(lmp.extract_compute("thermo_pe", 0, 0))
+    shown = float(lmp.get_thermo("pe"))
+    return natoms > 1 and total != 0.0 and abs(shown * natoms - total) <= 1e-9 * abs(total)
+
+
+def stats_commands(optimizer: str, r: MinimizeResult, per_atom: bool = False) -> list[str]:
+    """LAMMPS ``print`` commands writing the minimization stats in LAMMPS's layout (energies per atom when
+    thermo output is normalized, as LAMMPS prints them; no line search: its alpha is 0)."""
+    scale = 1.0 / r.atoms if per_atom and r.atoms else 1.0
+    energies = (r.energy_initial * scale, r.energy_next_to_last * scale, r.energy_final * scale)
     lines = [
         f"Minimization stats (atomopt {optimizer}):",
         f"  Stopping criterion = {r.stop_reason}",
         "  Energy initial, next-to-last, final = ",
-        f"    {r.energy_initial:18.12g} {r.energy_next_to_last:18.12g} {r.energy_final:18.12g}",
-        f"  Iterations, force evaluations = {r.iterations} {r.force_evaluations}",
+        "    " + " ".join(f"{e:18.15g}" for e in energies),
         f"  Force two-norm initial, final = {r.force_two_norm_initial:.8g} {r.force_two_norm_final:.8g}",
         f"  Force max component initial, final = {r.force_max_component_initial:.8g} {r.force_max_component_final:.8g}",
+        f"  Final line search alpha, max atom move = 0 {r.max_move_final:.8g}",
+        f"  Iterations, force evaluations = {r.iterations} {r.force_evaluations}",
         f"  Optimizer time, wall time = {r.optimizer_time:.4g} {r.wall_time:.4g} s",
+        "",
     ]
     return [f'print "{line}"' for line in lines]

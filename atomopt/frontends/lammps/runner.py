@@ -34,13 +34,19 @@ import torch
 
 from atomopt.core.epsilon import AutoEpsilon
 from atomopt.frontends.lammps.box import BoxRelax
-from atomopt.frontends.lammps.driver import MinimizeResult, minimize
+from atomopt.frontends.lammps.driver import NORMS, MinimizeResult, minimize
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
+from atomopt.frontends.lammps.transcript import ECHO_MODES, Transcript
 from atomopt.rules import RULES
 
 ATOMOPT_STYLES = tuple(RULES)
 _GENERAL_KEYWORDS = ("lr", "eps", "fire", "auto_eps", "paper_exact", "device", "dtype")
 _RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule)}
+#: Rule hyperparameters that take a word (the others take numbers).
+_WORD_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)}
+#: LAMMPS's own min_modify keywords (passed on to LAMMPS).
+_NATIVE_KEYWORDS = ("dmax", "line", "norm", "alpha_damp", "discrete_factor", "integrator", "tmax", "tmin", "delaystep",
+                    "dtgrow", "dtshrink", "alpha0", "alphashrink", "vdfmax", "halfstepback", "initialdelay", "abcfire")
 _DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
 
 
@@ -51,15 +57,13 @@ class InputError(ValueError):
 class InputRunner:
     """Feeds an input to a LAMMPS instance, executing atomopt minimizations itself."""
 
-    def __init__(self, lmp: Any, comm: Any) -> None:
-        self.lmp, self.comm = lmp, comm
+    def __init__(self, lmp: Any, comm: Any, transcript: Transcript) -> None:
+        self.lmp, self.comm, self.transcript = lmp, comm, transcript
         self.style: str | None = None  # atomopt style in force, None while a native style is
         self.options: dict[str, Any] = {}
         self.norm = "two"
         self.dmax: float | None = None
-        self.echo = "log"  # LAMMPS's default; followed through -echo and echo commands
         self.results: list[MinimizeResult] = []
-        self._pending: list[str] = []
         self.box_fixes: dict[str, tuple[str, list[str]]] = {}  # fix box/relax ID → (group, arguments)
         self._folders: list[Path] = []  # folders of the files being read, innermost last
 
@@ -72,46 +76,59 @@ class InputRunner:
         try:
             for line in logical_lines(path.read_text()):
                 self.execute(line)
-            self._flush()
         finally:
             self._folders.pop()
 
     def execute(self, line: str) -> None:
-        """Execute one logical input line (continuations already joined)."""
+        """Echo and execute one logical input line (continuations already joined)."""
         words = strip_comment(line).split()
+        try:
+            expanded = self.lmp.expand(line) if "$" in line else line
+        except Exception:  # an undefined variable: LAMMPS reports it when it runs the line
+            expanded = None
+        self.transcript.echo(line, expanded)
         if not words:
-            self._pending.append(line)
             return
         command = words[0]
         if command == "jump":
             raise InputError("'jump' is not supported by atomopt lammps; loop in Python with atomopt.lammps.minimize")
-        if command == "echo" and len(words) > 1:
-            self.echo = words[1]
+        if command in ("echo", "log"):  # the transcript writes screen and log; LAMMPS's own stay off
+            self._output_command(shlex.split(self.lmp.expand(strip_comment(line))))
+            return
         if command in ("fix", "unfix"):
             self._track_box_fix(shlex.split(self.lmp.expand(strip_comment(line))))
         if command == "include":
-            self._flush()
             name = Path(self.lmp.expand(strip_comment(line)).split()[1])
             beside = self._folders[-1] / name if self._folders else name
             # as LAMMPS: relative to the working folder; failing that, beside the file that includes it
             self.run_file(name if name.is_file() or name.is_absolute() or not beside.is_file() else beside)
             return
         if command == "min_style":
-            self._flush()
             style = self.lmp.expand(strip_comment(line)).split()[1]
             self.style = style if style in ATOMOPT_STYLES else None
             if self.style is None:
                 self.lmp.command(line)
             return
         if command == "min_modify" or (command == "minimize" and self.style is not None):
-            self._flush()
             words = shlex.split(self.lmp.expand(strip_comment(line)))
             if command == "min_modify":
                 self._min_modify(words[1:])
             else:
                 self._minimize(words[1:])
             return
-        self._pending.append(line)
+        self.lmp.command(line)
+        self.transcript.pump()
+
+    def _output_command(self, words: list[str]) -> None:
+        """``echo MODE`` and ``log FILE [append]``, carried out by the transcript."""
+        if len(words) < 2:
+            raise InputError(f"{words[0]} needs an argument")
+        if words[0] == "echo":
+            if words[1] not in ECHO_MODES:
+                raise InputError(f"echo must be one of {', '.join(ECHO_MODES)}, got {words[1]!r}")
+            self.transcript.echo_mode = words[1]
+        else:
+            self.transcript.switch_log(words[1], append=len(words) > 2 and words[2] == "append")
 
     def _track_box_fix(self, words: list[str]) -> None:
         """Remember the settings of ``fix ID group box/relax ...``: the atomopt styles relax the box with them."""
@@ -122,11 +139,6 @@ class InputRunner:
             if words[3] == "box/relax":
                 self.box_fixes[words[1]] = (words[2], words[4:])
 
-    def _flush(self) -> None:
-        if self._pending:
-            self.lmp.commands_string("\n".join(self._pending))
-            self._pending = []
-
     def _min_modify(self, args: list[str]) -> None:
         if len(args) % 2:
             raise InputError(f"min_modify expects keyword value pairs, got {' '.join(args)!r}")
@@ -136,10 +148,17 @@ class InputRunner:
                 optimizer_options({key: value})  # validate now, where the line is
                 self.options[key] = value
                 continue
+            if key not in _NATIVE_KEYWORDS:
+                raise InputError(
+                    f"min_modify: unknown keyword {key!r}. atomopt keywords: {', '.join(_GENERAL_KEYWORDS)}; "
+                    f"update-rule hyperparameters: {', '.join(sorted(_RULE_KEYWORDS))}; LAMMPS keywords: "
+                    f"{', '.join(_NATIVE_KEYWORDS)}")
             if key == "norm":
+                if value not in NORMS:
+                    raise InputError(f"min_modify norm must be one of {', '.join(NORMS)}, got {value!r}")
                 self.norm = value
             elif key == "dmax":
-                self.dmax = float(value)
+                self.dmax = parse_number("dmax", value)
             native += [key, value]
         if native:
             self.lmp.command("min_modify " + " ".join(native))
@@ -156,10 +175,12 @@ class InputRunner:
             raise InputError(f"more than one fix box/relax is defined ({', '.join(self.box_fixes)}); keep one")
         for group, args in self.box_fixes.values():
             options["box_relax"] = BoxRelax.parse(args, group)
-        header = f'print "atomopt: minimize {etol:g} {ftol:g} {maxiter} {maxeval} with min_style {self.style}"'
-        self.lmp.commands_list(["echo none", header, f"echo {self.echo}"])
-        result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
-                          norm=self.norm, comm=self.comm, echo=self.echo, **options)  # fmt: skip
+        self.transcript.begin_minimization(self.style)
+        try:
+            result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
+                              norm=self.norm, comm=self.comm, **options)  # fmt: skip
+        finally:
+            self.transcript.end_minimization()
         self.results.append(result)
 
 
@@ -181,8 +202,10 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
             options[key] = _DTYPES[value]
         elif key == "device":
             options[key] = value
+        elif key in _WORD_KEYWORDS:
+            options[key] = value
         else:
-            options[key] = parse_number(value)
+            options[key] = parse_number(key, value)
     return options
 
 
@@ -192,11 +215,11 @@ def parse_flag(key: str, value: str) -> bool:
     return value == "yes"
 
 
-def parse_number(value: str) -> float | str:
+def parse_number(key: str, value: str) -> float:
     try:
         return float(value)
     except ValueError:
-        return value
+        raise InputError(f"min_modify {key} expects a number, got {value!r}") from None
 
 
 def strip_comment(line: str) -> str:
@@ -230,42 +253,50 @@ def logical_lines(text: str) -> list[str]:
     return lines
 
 
+def _take_option(args: list[str], flags: tuple[str, ...], default: str) -> str:
+    """The value of a LAMMPS command-line option (removed from ``args``), or ``default``."""
+    value = default
+    for flag in flags:
+        while flag in args[:-1]:
+            k = args.index(flag)
+            value = args[k + 1]
+            del args[k : k + 2]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``atomopt lammps -in FILE [LAMMPS arguments]``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         print(__doc__)
         return 0
-    input_file = None
-    for flag in ("-in", "-i"):
-        if flag in args:
-            k = args.index(flag)
-            if k + 1 >= len(args):
-                print(f"atomopt lammps: {flag} needs a file name", file=sys.stderr)
-                return 2
-            input_file = args[k + 1]
-            del args[k : k + 2]
-    if input_file is None:
+    input_file = _take_option(args, ("-in", "-i"), "")
+    if not input_file:
         print("atomopt lammps: give the input file with -in FILE", file=sys.stderr)
+        return 2
+    log = _take_option(args, ("-log", "-l"), "log.lammps")
+    screen = _take_option(args, ("-screen", "-sc"), "stdout")
+    echo = _take_option(args, ("-echo", "-e"), "log")
+    if echo not in ECHO_MODES:
+        print(f"atomopt lammps: -echo must be one of {', '.join(ECHO_MODES)}, got {echo!r}", file=sys.stderr)
         return 2
     lammps = import_lammps()
     comm = world_comm()
     kwargs = {} if isinstance(comm, SerialComm) else {"comm": comm}
-    lmp = lammps.lammps(cmdargs=args, **kwargs)
+    transcript = Transcript(comm, log=log, screen=screen, echo=echo)
+    lmp = lammps.lammps(cmdargs=args + transcript.lammps_args(), **kwargs)
+    transcript.start(lmp)
+    status, message = 0, None
     try:
-        runner = InputRunner(lmp, comm)
-        for flag in ("-echo", "-e"):
-            if flag in args[:-1]:
-                runner.echo = args[args.index(flag) + 1]
-        runner.run_file(input_file)
-    except (InputError, FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as error:
-        if comm.rank == 0:
-            print(f"atomopt lammps: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # a LAMMPS error in an input line: LAMMPS has printed it
-        if comm.rank == 0:
-            print(f"atomopt lammps: LAMMPS stopped: {error}", file=sys.stderr)
-        return 1
+        InputRunner(lmp, comm, transcript).run_file(input_file)
+    except (InputError, FileNotFoundError, ValueError, TypeError, RuntimeError, FloatingPointError) as error:
+        status, message = 2, f"ERROR: {error}"
+    except Exception:  # a LAMMPS error in an input line: LAMMPS has written it
+        status = 1
     finally:
+        transcript.failed = status != 0
         lmp.close()
-    return 0
+        if message is not None:
+            transcript.error(message)
+        transcript.close()
+    return status
