@@ -272,3 +272,101 @@ def test_example_without_its_potential_files_stops_at_once_and_says_where_to_get
     assert f"ERROR: MEAM files {tmp_path / 'missing'}/library.meam" in text and "ctcms.nist.gov/potentials" in text
     assert "create_atoms" not in text  # nothing was built before the check
     assert text.strip().splitlines()[-1].startswith("ERROR")
+
+
+LOG_INPUT = """variable s index cg
+units {units}
+lattice fcc {lattice}
+region b block 0 3 0 3 0 3
+create_box 1 b
+create_atoms 1 box
+mass 1 1.0
+{potential}
+displace_atoms all random 0.05 0.05 0.05 5 units box
+thermo 7
+min_style ${{s}}
+min_modify norm max
+minimize 0.0 1.0e-4 1000 10000
+print "done"
+"""
+
+
+def _stats(text):
+    """Label → values of the statistics block (the energies sit on the line after their label)."""
+    block = text.split("Minimization stats")[1].split("\n\n")[0].splitlines()[1:]
+    stats = {}
+    for k, line in enumerate(block):
+        if "=" in line:
+            values = line.split("=")[1].split()
+            stats[line.split("=")[0].strip()] = values or block[k + 1].split()
+    return stats, block
+
+
+@pytest.mark.parametrize("units", ["metal", "lj"])
+def test_atomopt_log_reads_like_a_native_one(tmp_path, units):
+    potential = ("pair_style eam\npair_coeff * * Cu_u3.eam" if units == "metal"
+                 else "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0")
+    script = tmp_path / "in.log"
+    script.write_text(LOG_INPUT.format(units=units, lattice=3.615 if units == "metal" else 1.0, potential=potential))
+    logs = {}
+    for style in ("cg", "frankenstein"):
+        log = tmp_path / f"{style}.log"
+        done = run_input(script, "-var", "s", style, "-log", str(log), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        logs[style] = log.read_text()
+    native, ours = logs["cg"], logs["frankenstein"]
+    # the same command echo: every input line as written, then its substituted form, and nothing else
+    echo = [line for line in LOG_INPUT.splitlines() if line.startswith(("min_", "minimize", "print"))]
+    for line in echo[1:]:
+        assert line in ours
+    assert "min_style ${s}\nmin_style frankenstein\nmin_modify norm max\nminimize 0.0 1.0e-4 1000 10000" in ours
+    for internal in ("echo none", "run ", "fix atomopt", "variable atomopt", "Setting up Verlet",
+                     "No fixes with time integration", "info fixes"):
+        assert internal not in ours, internal
+    # one thermo block per minimization, ending with the final step
+    header = next(line for line in native.splitlines() if line.lstrip().startswith("Step"))
+    assert ours.count(header) == native.count(header) == 1
+    block = ours.split(header)[1].split("Loop time of")[0].strip().splitlines()
+    iterations = int(ours.split("Iterations, force evaluations =")[1].split()[0])
+    assert int(block[-1].split()[0]) == iterations
+    # the same statistics lines in the same order (atomopt adds its own timing line last)
+    (native_stats, native_lines), (our_stats, our_lines) = _stats(native), _stats(ours)
+    assert list(native_stats) == list(our_stats)[: len(native_stats)]
+    # energies normalized as thermo_modify norm says (per atom in lj units, totals in metal)
+    final_thermo = float(block[-1].split()[2])
+    assert float(our_stats["Energy initial, next-to-last, final"][2]) == pytest.approx(final_thermo, rel=1e-5)
+    for stats in (native_stats, our_stats):  # 108 atoms: per atom a few ε in lj units, totals of −382 eV in metal
+        energy = abs(float(stats["Energy initial, next-to-last, final"][2]))
+        assert energy < 10 if units == "lj" else energy > 300
+
+
+def test_an_atomopt_error_is_the_last_line_of_the_log_and_on_the_screen(tmp_path):
+    script = tmp_path / "in.error"
+    script.write_text(
+        "units metal\nlattice fcc 3.615\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\ncreate_atoms 1 box\n"
+        "mass 1 63.5\npair_style eam\npair_coeff * * Cu_u3.eam\nfix md all nve\n"
+        "min_style frankenstein\nminimize 0.0 1.0e-4 100 1000\n"
+    )
+    log = tmp_path / "log"
+    cmd = [sys.executable, "-m", "atomopt.cli", "lammps", "-in", str(script), "-log", str(log)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("ERROR: ") and "nve" in last
+    assert done.stdout.strip().splitlines()[-1] == last  # the same text on the screen
+
+
+@pytest.mark.parametrize("line, message", [
+    ("min_modify lrr 0.1", "unknown keyword 'lrr'.*atomopt keywords: lr, eps.*LAMMPS keywords: dmax"),
+    ("min_modify lr abc", "min_modify lr expects a number, got 'abc'"),
+    ("min_modify norm three", "norm must be one of two, max, inf"),
+])
+def test_min_modify_errors_name_the_keyword(tmp_path, line, message):
+    script = tmp_path / "in.bad"
+    script.write_text(f"units lj\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\nmin_style frankenstein\n{line}\n")
+    log = tmp_path / "log"
+    done = run_input(script, "-log", str(log), cwd=tmp_path)
+    assert done.returncode == 2
+    import re
+
+    assert re.search(message, log.read_text().strip().splitlines()[-1]), log.read_text()[-500:]
