@@ -74,9 +74,15 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--n", type=int, default=14, help="4 n³ atoms (14: 10,976)")
     parser.add_argument("--styles", nargs="*", default=["cg", "frankenstein", "adan", "adamnx", "innaprop"])
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="JSON lines of rows printed by an earlier invocation, kept for styles not in --styles")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
+    if args.reuse is not None:
+        rows = [row for row in map(json.loads, args.reuse.read_text().splitlines()) if row["style"] not in args.styles]
+        for row in rows:
+            row["reused"] = True
     for style in args.styles:
         rows.append(run(style, args.ranks, args.potdir.resolve(), args.n))
         print(json.dumps(rows[-1]), flush=True)
@@ -104,6 +110,8 @@ def main() -> None:
         lines.append(f"| {r['style']} | {r['stop']} | {r['iterations']} | {r['force_evaluations']} | {ratio} | "
                      f"{r['energy_final']:.7f} | {' '.join(f'{b:.5f}' for b in r['box'])} | "
                      f"{' '.join(f'{p:.3f}' for p in r['pressure_bar'])} | {r['wall_s']:.1f} |")
+    lines += ["", *[f"Row {r['style']}: from an earlier invocation of the same command on the same machine."
+                    for r in rows if r.get("reused")]]
     (RESULTS / "lammps_hea_box.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -4,29 +4,38 @@ fix box/relax tri by Frankenstein; writes the final enthalpy, box and stopping r
 import json
 import sys
 
-from atomopt.lammps import import_lammps, minimize
+#: 256 Cu atoms (EAM) at a = 3.70 Å (relaxed 3.615), rattled; {region} and {strain} set by the mode.
+COPPER = """
+units metal
+lattice fcc 3.70
+region b {region}
+create_box 1 b
+create_atoms 1 box
+mass 1 63.546
+pair_style eam
+pair_coeff * * Cu_u3.eam
+displace_atoms all random 0.05 0.05 0.05 4711 units box
+{strain}
+"""
+TRICLINIC = "prism 0 4 0 4 0 4 0.04 0.03 -0.02"
+STRAIN = "change_box all x scale 1.02 y scale 0.99 z scale 1.01 remap units box"
 
-lammps = import_lammps()
-from mpi4py import MPI  # noqa: E402  (after the MPI library is loaded)
 
-comm = MPI.COMM_WORLD
-lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
-lmp.commands_string(
-    """
-    units metal
-    lattice fcc 3.70
-    region b prism 0 4 0 4 0 4 0.04 0.03 -0.02
-    create_box 1 b
-    create_atoms 1 box
-    mass 1 63.546
-    pair_style eam
-    pair_coeff * * Cu_u3.eam
-    displace_atoms all random 0.05 0.05 0.05 4711 units box
-    change_box all x scale 1.02 y scale 0.99 z scale 1.01 remap units box
-    """
-)
-result = minimize(lmp, "frankenstein", ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
-if comm.rank == 0:
-    with open(sys.argv[1], "w") as handle:
-        json.dump({"energy": result.energy_final, "stop": result.stop_reason,
-                   "box": result.box_final.tolist()}, handle)
+def main() -> None:
+    from atomopt.lammps import import_lammps, minimize
+
+    lammps = import_lammps()
+    from mpi4py import MPI  # after the MPI library is loaded
+
+    comm = MPI.COMM_WORLD
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
+    lmp.commands_string(COPPER.format(region=TRICLINIC, strain=STRAIN))
+    result = minimize(lmp, "frankenstein", ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
+    if comm.rank == 0:
+        with open(sys.argv[1], "w") as handle:
+            json.dump({"energy": result.energy_final, "stop": result.stop_reason,
+                       "box": result.box_final.tolist()}, handle)
+
+
+if __name__ == "__main__":
+    main()

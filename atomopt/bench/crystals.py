@@ -70,6 +70,20 @@ def prototype(formula: str, kind: str, a: float, c: float | None = None) -> Atom
     return bulk(formula, kind, a=a)
 
 
+def strain_and_rattle(atoms: Atoms, rng: np.random.Generator, stretch: np.ndarray, shear: float,
+                      rattle: tuple[float, float]) -> None:
+    """Deform ``atoms`` in place by the symmetric strain with diagonal ``stretch`` and off-diagonal terms drawn
+    in [−shear, +shear] (atoms follow the cell), then displace every atom by a normal deviate whose scale (Å) is
+    drawn in ``rattle``."""
+    deformation = np.diag(stretch)
+    off = rng.uniform(-shear, shear, size=3)
+    deformation[0, 1] = deformation[1, 0] = off[0]
+    deformation[0, 2] = deformation[2, 0] = off[1]
+    deformation[1, 2] = deformation[2, 1] = off[2]
+    atoms.set_cell(atoms.cell[:] @ deformation, scale_atoms=True)
+    atoms.positions += rng.normal(scale=rng.uniform(*rattle), size=atoms.positions.shape)
+
+
 def mixed_crystals(n: int = 24, seed: int = 0, strain: float = 0.05, shear: float = 0.02,
                    rattle: tuple[float, float] = (0.03, 0.08)) -> list[Atoms]:
     """``n`` strained, rattled crystals cycling through :data:`PROTOTYPES` (2–20 atoms each).
@@ -84,13 +98,8 @@ def mixed_crystals(n: int = 24, seed: int = 0, strain: float = 0.05, shear: floa
         atoms = prototype(formula, kind, a, c)
         if i % 3 == 2:
             atoms = atoms * ((2, 1, 1) if i % 2 else (1, 1, 2))
-        deformation = np.eye(3) * (1.0 + rng.uniform(-strain, strain))
-        off = rng.uniform(-shear, shear, size=3)
-        deformation[0, 1] = deformation[1, 0] = off[0]
-        deformation[0, 2] = deformation[2, 0] = off[1]
-        deformation[1, 2] = deformation[2, 1] = off[2]
-        atoms.set_cell(atoms.cell[:] @ deformation, scale_atoms=True)
-        atoms.positions += rng.normal(scale=rng.uniform(*rattle), size=atoms.positions.shape)
+        stretch = np.full(3, 1.0 + rng.uniform(-strain, strain))
+        strain_and_rattle(atoms, rng, stretch, shear, rattle)
         atoms.info["name"] = f"{formula}-{kind}-{i}"
         out.append(atoms)
     return out

@@ -28,7 +28,7 @@ from ase.data import covalent_radii
 from ase.io import read, write
 from ase.spacegroup import crystal
 
-from atomopt.bench.crystals import PROTOTYPES, prototype
+from atomopt.bench.crystals import PROTOTYPES, prototype, strain_and_rattle
 
 #: Chemically similar elements (WBM substitutes within such neighbourhoods of the periodic table).
 GROUPS: tuple[tuple[str, ...], ...] = (
@@ -101,13 +101,7 @@ def wbm_proxy(n: int = 160, seed: int = 2026, strain: float = 0.10, shear: float
         while len(atoms) * np.prod(repeat) < 2 or len(atoms) * np.prod(repeat) * 2 <= target:
             repeat[int(rng.integers(3))] *= 2
         atoms = atoms * tuple(repeat)
-        deformation = np.diag(1.0 + rng.uniform(-strain, strain, size=3))
-        off = rng.uniform(-shear, shear, size=3)
-        deformation[0, 1] = deformation[1, 0] = off[0]
-        deformation[0, 2] = deformation[2, 0] = off[1]
-        deformation[1, 2] = deformation[2, 1] = off[2]
-        atoms.set_cell(atoms.cell[:] @ deformation, scale_atoms=True)
-        atoms.positions += rng.normal(scale=rng.uniform(*rattle), size=atoms.positions.shape)
+        strain_and_rattle(atoms, rng, 1.0 + rng.uniform(-strain, strain, size=3), shear, rattle)
         if len(atoms) > max_atoms or too_close(atoms):
             continue
         atoms.info = {}

@@ -461,6 +461,8 @@ def minimize(
     setup = [
         f"fix {_PREFIX}_state all property/atom {arrays} ghost no",
         f"fix {_PREFIX}_step all external pf/callback 1 1",
+        # it adds no virial; left in the pressure computes' lists it would be read after its unfix (garbage pressure)
+        f"fix_modify {_PREFIX}_step virial no",
         f"variable {_PREFIX}_stop string 0",
         f"variable {_PREFIX}_halt equal v_{_PREFIX}_stop",
         f"fix {_PREFIX}_halt all halt 1 v_{_PREFIX}_halt > 0.5 error continue message no",
