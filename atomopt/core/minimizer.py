@@ -166,11 +166,10 @@ class Minimizer:
         steps = state["steps"]
         if self.fire is not None or self.secant is not None:
             slope = layout.sum(gradient * state["last_step"])  # s·g after the last step s: −FIRE's power
+        if self.tracks_slope:
+            fraction, measured = secant_fraction(state["last_slope"], slope)
         if self.secant is not None:
-            slope_before = state["last_slope"]
-            curvature = slope - slope_before
-            measured = (slope_before < 0) & (curvature > 0) & (steps > 0)
-            ratio = torch.where(measured, -slope_before / torch.where(measured, curvature, 1.0), self.secant.max_factor)
+            ratio = torch.where(measured & (steps > 0), fraction, self.secant.max_factor)
             ratio = torch.clamp(ratio, 1.0 / self.secant.max_factor, self.secant.max_factor)
             lr = torch.where(steps > 0, torch.clamp(lr * ratio, max=self.lr_max), lr)
         if self.fire is not None:
@@ -180,9 +179,7 @@ class Minimizer:
             grow = (~uphill) & (downhill > self.fire.n_min)
             cut = torch.full_like(lr, self.fire.f_dec)
             if self.fire.measured_cut:
-                before = state["last_slope"]
-                overshoot = -before / torch.where(slope > before, slope - before, 1.0)
-                cut = torch.clamp(torch.where((before < 0) & (slope > before), overshoot, self.fire.f_dec_min),
+                cut = torch.clamp(torch.where(measured, fraction, self.fire.f_dec_min),
                                   min=self.fire.f_dec_min, max=self.fire.f_dec)
             if self.fire.acts_on == "eps":
                 power_of_eps = 2.0 if self.rule.eps_inside_sqrt else 1.0  # the gain goes as ε^(−1/power)
@@ -248,6 +245,18 @@ class Minimizer:
         state["last_step"] = per_row["last_step"]
         state["rule"] = rest["rule"] | {k: v for k, v in per_row.items() if k != "last_step"}
         return state
+
+
+def secant_fraction(slope_before: Tensor, slope_after: Tensor) -> tuple[Tensor, Tensor]:
+    """Where along the last step s its slope vanished, per structure: r = −s·g / (s·g′ − s·g).
+
+    The minimum of the 1-D quadratic through the slopes ``slope_before`` = s·g and ``slope_after`` = s·g′ lies at
+    r·s (r < 1: the step overshot, r > 1: it stopped short). ``measured`` is where that quadratic has a minimum
+    ahead (s·g < 0 and positive curvature); elsewhere r is meaningless.
+    """
+    curvature = slope_after - slope_before
+    measured = (slope_before < 0) & (curvature > 0)
+    return -slope_before / torch.where(measured, curvature, 1.0), measured
 
 
 def limit_step(displacement: Tensor, layout: Layout, max_step: float) -> Tensor:
