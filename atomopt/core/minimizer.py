@@ -30,6 +30,7 @@ each optional, make them usable; ``paper_exact`` switches all of them off.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -158,8 +159,14 @@ class Minimizer:
             state["last_slope"] = torch.zeros_like(per_structure)  # s·g before the last step s
         return state
 
-    def step(self, state: MinimizerState, gradient: Tensor, layout: Layout) -> tuple[Tensor, MinimizerState]:
-        """The displacement (Å) for the current ``gradient`` and the new state."""
+    def step(self, state: MinimizerState, gradient: Tensor, layout: Layout,
+             constrain: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, MinimizerState]:
+        """The displacement (Å) for the current ``gradient`` and the new state.
+
+        ``constrain`` maps the displacement onto what the front end can take (cell-step projections, fixed atoms,
+        LAMMPS's ``vmax``). It is applied before the rule commits the step, so the state (momenta, the last step
+        of FIRE's power test) holds the step actually taken.
+        """
         check_gradient(gradient, layout)
         rule_state: State = state["rule"]
         lr, eps, downhill = state["lr"], state["eps"], state["downhill"]
@@ -192,6 +199,8 @@ class Minimizer:
         displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
         if self.max_step is not None:
             displacement = limit_step(displacement, layout, self.max_step)
+        if constrain is not None:
+            displacement = constrain(displacement)
         rule_state = self.rule.commit(rule_state, displacement)
         steps = steps + 1
         if self.auto_eps is not None:

@@ -490,11 +490,16 @@ class InFlightRelaxer:
                 still[evaluated.slot] = True
                 gradient = gradient[still[index.layout.structure]]
                 index = _Index.build(batch, self.cell is not None, self.device)
-            displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout)
-            if self.cell is not None:
-                displacement[index.cell_rows] = cellmath.constrain_cell_step(displacement[index.cell_rows], self.cell)
-            if bool(batch.fixed.any()):
-                displacement[index.atom_rows[batch.fixed]] = 0.0
+            fixed_rows = index.atom_rows[batch.fixed] if bool(batch.fixed.any()) else None
+
+            def constrain(displacement: Tensor) -> Tensor:
+                if self.cell is not None:
+                    displacement[index.cell_rows] = cellmath.constrain_cell_step(displacement[index.cell_rows], self.cell)
+                if fixed_rows is not None:
+                    displacement[fixed_rows] = 0.0
+                return displacement
+
+            displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout, constrain)
             batch.rows = batch.rows + displacement
             if self.cell is not None:  # a step that takes a cell out of bounds is not taken: the structure stops
                 lower, upper = self.cell.volume_bounds

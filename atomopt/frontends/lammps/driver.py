@@ -178,11 +178,18 @@ class _BoxRows:
         work = self.box.mean_pressure() * abs(np.linalg.det(box))
         return np.linalg.solve(self.start, box), -gradient.reshape(2, 3) / self.length, work
 
+    def constrain(self, displacement: Tensor) -> Tensor:
+        """The box rows' step (the last two rows) kept to the relaxed components and coupling, within vmax."""
+        strains = displacement[-2:].reshape(6).detach().cpu().numpy() / self.length
+        allowed = self.box.limit(self.box.project(strains)) * self.length
+        displacement[-2:] = torch.as_tensor(allowed.reshape(2, 3), dtype=displacement.dtype, device=displacement.device)
+        return displacement
+
     def move(self, lmp: Any, comm: Any, row_step: np.ndarray | None) -> None:
-        """Take the box step (rank 0's rows, length units) and hand the new box to fix deform on every rank."""
+        """Take the box step (rank 0's rows, length units, already constrained) and hand the new box to fix
+        deform on every rank."""
         if self.here:
-            step = self.box.limit(self.box.project(row_step.reshape(6) / self.length))
-            self.strains = self.strains + step
+            self.strains = self.strains + row_step.reshape(6) / self.length
         self.strains = comm.bcast(self.strains, root=0)
         target = self.box.box_matrix(self.strains, self.start)
         for c in self.deformed():
@@ -265,7 +272,8 @@ class _Run:
             frame_forces = forces @ stretch.T
             gradient = -torch.as_tensor(np.concatenate([frame_forces, box_forces]), dtype=self.dtype, device=self.device)
         state = self._load_state(nlocal, rows, gradient, layout)
-        displacement, state = self.minimizer.step(state, gradient, layout)
+        constrain = self.box.constrain if self.box is not None and self.box.here else None
+        displacement, state = self.minimizer.step(state, gradient, layout, constrain)
         self._store_state(nlocal, rows, state)
         step = displacement.detach().cpu().numpy().astype(np.float64)
         if self.box is None:
