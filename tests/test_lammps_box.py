@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from atomopt.frontends.lammps.box import COMPONENTS, BoxRelax, BoxRelaxError
+from atomopt.frontends.lammps.box import COMPONENTS, BoxRelax, BoxRelaxError, stress_tensor
+from atomopt.frontends.lammps.driver import current_box
 
 try:
     from atomopt.lammps import import_lammps, minimize
@@ -17,7 +18,7 @@ except ImportError as error:  # pragma: no cover - the test extra installs lammp
     pytest.skip(f"LAMMPS not available: {error}", allow_module_level=True)
 
 from lammps_mpi_box_case import COPPER, STRAIN, TRICLINIC  # noqa: E402
-from test_lammps import MPIRUN, ROOT, run_input  # noqa: E402
+from test_lammps import MPIRUN, ROOT, positions_by_id, run_input  # noqa: E402
 
 
 def copper(mode: str):
@@ -74,11 +75,9 @@ def test_box_gradient_matches_finite_differences_of_the_enthalpy(args):
     nktv2p = lmp.extract_global("nktv2p")
     scaled = box.scaled(nktv2p)
     lmp.commands_string("compute p all pressure NULL virial\nthermo_style custom step pe c_p[*]")
-    start = _box_matrix(lmp)
+    start = current_box(lmp)
     _set_box(lmp, start)
-    p = np.array(lmp.numpy.extract_compute("p", 0, 1)) / nktv2p
-    stress = -np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])
-    analytic = scaled.strain_gradient(start, stress)
+    analytic = scaled.strain_gradient(start, stress_tensor(lmp.numpy.extract_compute("p", 0, 1), nktv2p))
 
     def enthalpy(strains):
         target = box.box_matrix(strains, start)
@@ -100,11 +99,6 @@ def test_box_gradient_matches_finite_differences_of_the_enthalpy(args):
     # with the stress at its target, nothing drives the box
     targets = BoxRelax.parse("x 200.0 y -300.0 z 0.0 xy 50.0 yz 0 xz 0").scaled(nktv2p)
     assert np.abs(targets.strain_gradient(start, -targets.target_tensor())).max() < 1e-12
-
-
-def _box_matrix(lmp):
-    lo, hi, xy, yz, xz, _, _ = lmp.extract_box()
-    return np.array([[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0], [xz, yz, hi[2] - lo[2]]])
 
 
 def _set_box(lmp, h):
@@ -145,7 +139,7 @@ def test_fixedpoint_stays_in_place_as_with_native_cg():
         lo, hi = lmp.extract_box()[:2]
         np.testing.assert_allclose(lo, 0.0, atol=1e-9)
         np.testing.assert_allclose(np.array(hi) / 4, 3.615, atol=1e-4)
-    a, b = _positions(native), _positions(ours)
+    a, b = positions_by_id(native), positions_by_id(ours)
     length = ours.extract_box()[1][0]
     difference = (b - a) - length * np.round((b - a) / length)  # the same atoms in the same place (up to wrapping)
     # up to a rigid translation of the atoms inside the box (a zero mode: no force drives it back), which a
@@ -153,12 +147,6 @@ def test_fixedpoint_stays_in_place_as_with_native_cg():
     drift = difference.mean(axis=0)
     assert np.abs(drift).max() < 2e-3
     np.testing.assert_allclose(difference - drift, 0.0, atol=1e-5)
-
-
-def _positions(lmp):
-    nlocal = lmp.extract_setting("nlocal")
-    ids = lmp.numpy.extract_atom("id")[:nlocal]
-    return lmp.numpy.extract_atom("x")[:nlocal][np.argsort(ids)].copy()
 
 
 def test_input_runner_relaxes_the_box_with_an_unchanged_input(tmp_path):

