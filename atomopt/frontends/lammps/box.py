@@ -54,7 +54,6 @@ class BoxRelax:
         dilate: ``all`` (every atom moves with the box) or ``partial`` (only the fix group's atoms).
         group: the fix's group.
         scale_tilt: per tilt, whether a tilt that does not relax keeps its ratio to its second length.
-        nreset: accepted for LAMMPS inputs; without a reference-dependent strain energy it changes nothing.
         fixedpoint: the point (box coordinates) that the deformation leaves in place; ``None``: the box centre.
     """
 
@@ -64,7 +63,6 @@ class BoxRelax:
     dilate: str = "all"
     group: str = "all"
     scale_tilt: dict[str, bool] = field(default_factory=lambda: {t: True for t in TILT_LENGTH})
-    nreset: int = 0
     fixedpoint: tuple[float, float, float] | None = None
     iso: bool = False
     args: str = ""  # the fix's arguments as written (to define it again after an atomopt minimization)
@@ -109,8 +107,8 @@ class BoxRelax:
             elif key == "vmax":
                 options["vmax"] = value()
                 i += 2
-            elif key == "nreset":
-                options["nreset"] = value(int)
+            elif key == "nreset":  # resets LAMMPS's reference box for its strain energy, which is not used here
+                value(int)
                 i += 2
             elif key == "dilate":
                 options["dilate"] = words[i + 1] if i + 1 < len(words) else None
