@@ -141,6 +141,24 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0 if payload else 1
 
 
+def matbench_command(args: argparse.Namespace) -> int:
+    from atomopt.bench import matbench
+
+    subsets = {}
+    for item in args.subset or []:
+        method, _, count = item.partition("=")
+        if not count.isdigit():
+            raise ValueError(f"--subset takes METHOD=N, got {item!r}")
+        subsets[method] = int(count)
+    payload = matbench.run(
+        model=args.model, structure_set=args.set, fmax=args.fmax, steps=args.steps,
+        methods=args.methods or matbench.DEFAULT_METHODS, reference=args.reference, n=args.n, workers=args.workers,
+        out=args.out, tag=args.tag, subsets=subsets, capacity=args.capacity, torchsim_env=args.torchsim_env,
+        command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet)
+    print((Path(args.out) / f"{payload['tag']}.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +206,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "instead of running those methods again")
     lj.add_argument("--rerun", nargs="+", metavar="METHOD", help="with --reuse: methods to run again anyway")
     lj.set_defaults(handler=bench_command)
+
+    mb = bench_sub.add_parser("matbench", help="Matbench Discovery protocol: ASE, TorchSim and atomopt on the same "
+                              "starts and model (WBM-like proxy set shipped; WBM files if you have them)")
+    mb.add_argument("--model", default="sevennet-0", help="sevennet-0, chgnet or mace:PATH (default sevennet-0)")
+    mb.add_argument("--set", default="proxy", help="proxy (160 WBM-like structures, shipped), Matbench Discovery's "
+                    "wbm-initial-atoms.extxyz.zip[:summary.csv], or any structure file ASE reads")
+    mb.add_argument("--fmax", type=_positive, nargs="+", default=[0.05, 0.02, 0.01],
+                    help="thresholds, eV/Å, all from one run per method (default 0.05 0.02 0.01)")
+    mb.add_argument("--steps", type=int, default=500, help="step budget per threshold (default 500)")
+    mb.add_argument("--methods", nargs="+", help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's four; "
+                    "also ase-frankenstein, torchsim-fire")
+    mb.add_argument("--reference", nargs="+", default=["ase-bfgs", "frankenstein"],
+                    help="methods that run on to fmax 0.001 / 2000 steps to fix the reference energies")
+    mb.add_argument("--n", type=int, help="first N structures only")
+    mb.add_argument("--subset", nargs="+", metavar="METHOD=N", help="run METHOD on the first N structures only")
+    mb.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
+    mb.add_argument("--capacity", type=_positive, default=2048,
+                    help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 2048)")
+    mb.add_argument("--torchsim-env", default=".venv-torchsim", help="TorchSim's own environment (made on first use)")
+    mb.add_argument("--out", default="benchmarks/results", help="output folder")
+    mb.add_argument("--tag", help="file name stem of the results (default matbench_MODEL)")
+    mb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    mb.set_defaults(handler=matbench_command)
     return parser
 
 

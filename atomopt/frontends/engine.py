@@ -153,6 +153,9 @@ class InFlightRelaxer:
         device: device of the optimizer math (default: the model's).
         on_evaluation: called as ``on_evaluation(n, ids)`` after the n-th model call, ``ids`` the input indices
             of the structures it evaluated.
+        observer: called after every model call with an :class:`Observation` of the structures it evaluated
+            (their force calls so far, largest row force, energy, and the structures themselves on request), as
+            ASE's ``Optimizer.attach``; benchmarks use it to record several thresholds in one run.
         check_structures: run the entry checks (overlaps, periodicity, model elements); off for rows that are
             not atoms (e.g. an ASE Filter's cell rows in :func:`~atomopt.frontends.batch.relax_batch`).
         **optimizer_options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, paper_exact, ...).
@@ -171,6 +174,7 @@ class InFlightRelaxer:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         on_evaluation: Callable[[int, Tensor], None] | None = None,
+        observer: Callable[["Observation"], None] | None = None,
         check_structures: bool = True,
         **optimizer_options: Any,
     ):
@@ -196,6 +200,7 @@ class InFlightRelaxer:
         self._calibrate = capacity is None and self.device.type == "cuda"
         self.stats = EngineStats(capacity=self.capacity)
         self.on_evaluation = on_evaluation
+        self.observer = observer
         self.check_structures = check_structures
 
     # ------------------------------------------------------------------ capacity
@@ -483,6 +488,9 @@ class InFlightRelaxer:
         messages = {i: errors.get(i, "the model returned NaN or inf energy, forces or stress" if s == "non_finite" else "")
                     for i, s in enumerate(status) if s}
         evaluated = _Evaluated(list(range(len(batch))), index.atom_offsets.tolist(), positions, cell, out, largest)
+        if self.observer is not None:
+            self.observer(Observation([m.index for m in batch.members], batch.calls.tolist(), largest, energy,
+                                      [m.atoms for m in batch.members], evaluated))
         records = self._end(batch, index, {i: (status[i], messages[i]) for i in messages}, evaluated)
         if len(batch):
             if records:
@@ -581,6 +589,33 @@ def _tag(atoms: Atoms, record: RelaxRecord) -> None:
                       index=record.index)
     if record.message:
         atoms.info["message"] = record.message
+
+
+@dataclass
+class Observation:
+    """The structures of one model call, for an engine's ``observer``.
+
+    Attributes:
+        ids: input indices of the evaluated structures.
+        force_calls: model evaluations of each so far, this one included.
+        fmax: largest row force of each, eV/Å (atoms and cell rows; NaN where the model failed).
+        energy: energy of each, eV.
+    """
+
+    ids: list[int]
+    force_calls: list[int]
+    fmax: Tensor
+    energy: Tensor
+    _templates: list[Atoms]
+    _evaluated: "_Evaluated"
+
+    def structure(self, i: int) -> Atoms:
+        """The i-th evaluated structure as it was evaluated (positions and cell; no calculator)."""
+        a = self._evaluated.atom_offsets[i]
+        atoms = self._templates[i].copy()
+        atoms.positions = self._evaluated.positions[a:a + len(atoms)].detach().cpu().numpy()
+        atoms.cell = self._evaluated.cell[i].detach().cpu().numpy()
+        return atoms
 
 
 @dataclass
