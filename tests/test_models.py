@@ -69,12 +69,11 @@ def test_chgnet_batch_equals_its_calculator():
         model.check(Atoms("Am", cell=[3, 3, 3], pbc=True))
 
 
-def test_mace_batch_equals_its_calculator(tmp_path):
-    pytest.importorskip("mace")  # mace-torch pins e3nn 0.4.4: CI runs this in its own environment
+def small_mace(tmp_path):
+    """A small random MACE model saved to a file (foundation weights are not installable offline)."""
     import torch
     from e3nn import o3
     from mace import modules
-    from mace.calculators import MACECalculator
 
     elements = [3, 8, 9, 11, 12, 13, 17, 20, 29, 79]
     torch.manual_seed(0)
@@ -88,6 +87,14 @@ def test_mace_batch_equals_its_calculator(tmp_path):
     )
     path = tmp_path / "small.model"
     torch.save(model, path)
+    return path
+
+
+def test_mace_batch_equals_its_calculator(tmp_path):
+    pytest.importorskip("mace")  # mace-torch pins e3nn 0.4.4: CI runs this in its own environment
+    from mace.calculators import MACECalculator
+
+    path = small_mace(tmp_path)
     mace = load_model(f"mace:{path}")
     structures = [bulk("NaCl", "rocksalt", a=5.5), bulk("MgO", "rocksalt", a=4.3), bulk("Cu", cubic=True),
                   bulk("Al", cubic=True) * (1, 1, 2), bulk("LiF", "rocksalt", a=4.1), bulk("CaF2", "fluorite", a=5.5)]
@@ -99,3 +106,25 @@ def test_mace_batch_equals_its_calculator(tmp_path):
         mace.check(bulk("Fe"))
     records = relax_many(structures[:3], mace, fmax=0.05, steps=200)
     assert all(r.status in ("converged", "max_steps") for r in records)
+
+
+def test_mace_runs_the_matbench_protocol(tmp_path):
+    """`atomopt bench matbench --model mace:PATH` with a user's model file: ASE and batched rows, one model."""
+    pytest.importorskip("mace")
+    from ase.io import write
+
+    from atomopt.bench import matbench
+
+    path = small_mace(tmp_path)
+    structures = [bulk("NaCl", "rocksalt", a=5.5), bulk("MgO", "rocksalt", a=4.3) * (1, 1, 2)]
+    for i, atoms in enumerate(structures):
+        atoms.rattle(0.05, seed=i)
+    data = tmp_path / "starts.extxyz"
+    write(data, structures)
+    payload = matbench.run(model=f"mace:{path}", structure_set=str(data), fmax=[0.05], steps=100,
+                           methods=["ase-fire", "ase-bfgs", "frankenstein"], workers=1, out=tmp_path, tag="mace",
+                           quiet=True)
+    assert payload["reference_found"] == 2
+    rows = {r["method"]: r for r in payload["table"] if r["target"] == "0.05"}
+    assert set(rows) == {"ase-fire", "ase-bfgs", "frankenstein"}
+    assert all(r["errors"] == 0 and r["structures"] == 2 for r in rows.values())

@@ -70,9 +70,14 @@ def targets_for(fmaxes: Sequence[float], steps: int, tight: bool) -> list[Target
 
 def spacegroup_number(atoms: Atoms, symprec: float = SYMPREC) -> int | None:
     """spglib's space-group number of ``atoms`` (``None`` when spglib finds none)."""
+    import warnings
+
     import spglib
 
-    data = spglib.get_symmetry_dataset((atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers), symprec=symprec)
+    with warnings.catch_warnings():  # spglib 2.5+ warns about its own error-handling switch on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = spglib.get_symmetry_dataset((atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers),
+                                           symprec=symprec)
     return None if data is None else int(data.number)
 
 
@@ -593,7 +598,26 @@ def summarize(rows: dict, structures: Sequence[Atoms], methods: Sequence[str], s
             "reference_found": int(sum(math.isfinite(r["energy_per_atom"]) for r in refs)),
             "reference_by_method": {m: sum(r.get("method") == m for r in refs) for m in reference},
             "reference_energy_per_atom": [r["energy_per_atom"] for r in refs],
-            "table": table, "checks": checks(table, spec)}
+            "table": table, "checks": checks(table, spec), "cross_check": cross_check(rows, n, targets)}
+
+
+def cross_check(rows: dict, n: int, targets: Sequence[str]) -> list[dict]:
+    """Frankenstein through its ASE front end against the batched engine on the structures both ran."""
+    out = []
+    for target in targets:
+        pairs = [(rows[("ase-frankenstein", i)]["outcomes"].get(target), rows[("frankenstein", i)]["outcomes"].get(target))
+                 for i in range(n) if ("ase-frankenstein", i) in rows and ("frankenstein", i) in rows]
+        pairs = [(a, b) for a, b in pairs if a and b]
+        if not pairs:
+            continue
+        gaps = [abs(a["energy_per_atom"] - b["energy_per_atom"]) for a, b in pairs
+                if math.isfinite(a["energy_per_atom"]) and math.isfinite(b["energy_per_atom"])]
+        out.append({"target": target, "structures": len(pairs),
+                    "ase_front_end_calls": sum(a["force_calls"] for a, _ in pairs),
+                    "engine_calls": sum(b["force_calls"] for _, b in pairs),
+                    "same_status": sum(a["status"] == b["status"] for a, b in pairs),
+                    "max_energy_gap_mev_per_atom": 1000 * max(gaps) if gaps else math.nan})
+    return out
 
 
 def checks(table: Sequence[dict], spec: dict) -> list[dict]:
@@ -660,6 +684,13 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {c['fmax']:g} | {c['check']} | {c['value']:.3f} | {c['limit']:.3f} | "
                          f"{'yes' if c['met'] else 'no'} |")
         lines.append("")
+    if payload.get("cross_check"):
+        lines += ["## Frankenstein: ASE front end against the batched engine (same structures)", "",
+                  "| threshold | structures | ASE front end calls | engine calls | same status | max energy gap meV/atom |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c['target']} | {c['structures']} | {c['ase_front_end_calls']} | {c['engine_calls']} | "
+                  f"{c['same_status']} | {c['max_energy_gap_mev_per_atom']:.3f} |" for c in payload["cross_check"]]
+        lines.append("")
     lines += ["structures/s: structures over the summed run time of their tasks (per worker; a run goes to the "
               "tightest threshold, so the same number stands in every table). Force calls: up to the state that "
               "resolves the threshold, as a run stopping there would count them. below ref: structures ending more "
@@ -684,7 +715,7 @@ def plot(payload: dict, rows: dict, path: Path) -> None:
             out = [rows[(method, i)]["outcomes"].get(target) for i in range(n) if (method, i) in rows]
             out = [o for o in out if o]
             calls.append([o["force_calls"] for o in out])
-        axes[0, col].boxplot(calls, vert=False, showfliers=True)
+        axes[0, col].boxplot(calls, orientation="horizontal", showfliers=True)
         axes[0, col].set_yticks(range(1, len(methods) + 1), methods)
         axes[0, col].set_xscale("log")
         axes[0, col].set_xlabel("force calls per structure")
