@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="relax the cell too (FrechetCellFilter); default: on for the example, off for files")
     relax.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     batch = relax.add_mutually_exclusive_group()
-    batch.add_argument("--batch-atoms", type=_positive, help="batch capacity in atoms (default: 2048 on CPU, from memory on GPU)")
+    batch.add_argument("--batch-atoms", type=_positive, help="batch capacity in atoms (default: 128 on CPU, from memory on GPU)")
     batch.add_argument("--batch-pairs", type=_positive, help="batch capacity in neighbour pairs within the model's cutoff")
     relax.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT's journal")
     relax.add_argument("--shard", metavar="I/N", help="relax only shard I (0-based) of N atom-balanced shards")
@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--n", type=int, help="first N structures only")
     mb.add_argument("--subset", nargs="+", metavar="METHOD=N", help="run METHOD on the first N structures only")
     mb.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
-    mb.add_argument("--capacity", type=_positive, default=2048,
-                    help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 2048)")
+    mb.add_argument("--capacity", type=_positive, default=128,
+                    help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 128, the "
+                    "engine's CPU default)")
     mb.add_argument("--torchsim-env", default=".venv-torchsim", help="TorchSim's own environment (made on first use)")
     mb.add_argument("--out", default="benchmarks/results", help="output folder")
     mb.add_argument("--tag", help="file name stem of the results (default matbench_MODEL)")

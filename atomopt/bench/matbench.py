@@ -49,6 +49,8 @@ TIGHT = ("tight", 0.001, 2000)
 #: Energy above the reference that counts as ending in a higher basin, eV/atom.
 HIGHER_BASIN = 0.010
 SYMPREC = 0.01
+#: Structures per task of a batched method.
+CHUNK = 40
 TORCHSIM_VERSION = "0.3.0"
 #: TorchSim 0.3.0's SevenNet wrapper imports ``sevenn.calculator.torch_script_type``, gone in sevenn 0.13.
 TORCHSIM_SEVENN = "0.12.1"
@@ -190,7 +192,7 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
 
 
 def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str, targets: Sequence[Target],
-               capacity: float = 2048) -> list[dict]:
+               capacity: float = 128) -> list[dict]:
     """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run."""
     from atomopt.frontends.engine import InFlightRelaxer
 
@@ -219,7 +221,7 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
 
 
 def run_torchsim(items: Sequence[tuple[int, Atoms]], model_spec: str, targets: Sequence[Target],
-                 capacity: int = 2048, device: str = "cpu") -> list[dict]:
+                 capacity: int = 128, device: str = "cpu") -> list[dict]:
     """TorchSim's batched ``frechet_cell_fire`` + ``InFlightAutoBatcher`` (swaps every 5 steps, its tutorial's
     loop) with a per-structure step cap, run inside TorchSim's environment. Force calls counted per structure
     up to the state that resolves each target (the autobatcher may run a structure up to 4 steps past that)."""
@@ -304,7 +306,7 @@ class Task:
     method: str
     items: list[tuple[int, Atoms]]
     targets: list[Target]
-    capacity: float = 2048
+    capacity: float = 128
 
     @property
     def weight(self) -> int:
@@ -313,8 +315,9 @@ class Task:
 
 def plan(methods: Sequence[str], structures: Sequence[Atoms], done: set[tuple[str, int]], fmaxes: Sequence[float],
          steps: int, reference: Sequence[str], capacity: float, subsets: dict[str, int]) -> list[Task]:
-    """The tasks still to run: ASE methods one structure per task; each batched method (atomopt's engine,
-    TorchSim) one task over all its structures with the same capacity in atoms."""
+    """The tasks still to run: ASE methods one structure per task; batched methods (atomopt's engine, TorchSim)
+    in chunks of :data:`CHUNK` structures, each an in-flight run at the same capacity in atoms (a structure's
+    trajectory does not depend on its batch; chunks bound what an interruption loses)."""
     tasks: list[Task] = []
     for method in methods:
         targets = targets_for(fmaxes, steps, method in reference)
@@ -322,7 +325,7 @@ def plan(methods: Sequence[str], structures: Sequence[Atoms], done: set[tuple[st
         if not pending:
             continue
         if method in ENGINE_METHODS or method == "torchsim-fire":
-            tasks.append(Task(method, pending, targets, capacity))
+            tasks += [Task(method, pending[k:k + CHUNK], targets, capacity) for k in range(0, len(pending), CHUNK)]
         else:
             tasks += [Task(method, [item], targets) for item in pending]
     return sorted(tasks, key=lambda t: -t.weight)  # long tasks first
@@ -441,7 +444,7 @@ def read_journal(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
 def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[float] = (0.05, 0.02, 0.01),
         steps: int = 500, methods: Sequence[str] = DEFAULT_METHODS, reference: Sequence[str] = DEFAULT_REFERENCE,
         n: int | None = None, workers: int = 1, out: str | Path = "benchmarks/results", tag: str | None = None,
-        subsets: dict[str, int] | None = None, capacity: float = 2048, torchsim_env: str | Path = ".venv-torchsim",
+        subsets: dict[str, int] | None = None, capacity: float = 128, torchsim_env: str | Path = ".venv-torchsim",
         command: str = "", quiet: bool = False) -> dict:
     """Run (or resume) the benchmark and write its results; returns the summary payload."""
     import multiprocessing

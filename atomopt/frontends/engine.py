@@ -40,8 +40,9 @@ STATUSES = ("converged", "max_steps", "non_finite", "cell_collapsed", "cell_expl
 #: (what graph models' memory grows with), or 1 per structure.
 CAPACITY_METRICS = ("atoms", "pairs", "structures")
 
-#: Default capacity on a CPU, atoms: larger batches gain little there (the model's cost is per atom).
-CPU_CAPACITY_ATOMS = 2048
+#: Default capacity on a CPU, atoms. One core's cost per atom grows with the batch past ~150 atoms (SevenNet-0:
+#: 7–11 ms per atom up to 136 atoms, 14 at 291, 18 at 574, 25 at 1545; benchmarks/results/cpu_batch_cost.md).
+CPU_CAPACITY_ATOMS = 128
 
 
 @dataclass
