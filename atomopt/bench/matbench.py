@@ -328,7 +328,9 @@ def plan(methods: Sequence[str], structures: Sequence[Atoms], done: set[tuple[st
             tasks += [Task(method, pending[k:k + CHUNK], targets, capacity) for k in range(0, len(pending), CHUNK)]
         else:
             tasks += [Task(method, [item], targets) for item in pending]
-    return sorted(tasks, key=lambda t: -t.weight)  # long tasks first
+    # chunk by chunk over every method, long tasks first within a chunk: an interrupted run leaves the first
+    # structures done by all methods, a fair comparison on a subset
+    return sorted(tasks, key=lambda t: (t.items[0][0] // CHUNK, -t.weight))
 
 
 _WORKER: dict[str, Any] = {}
