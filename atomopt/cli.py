@@ -154,7 +154,7 @@ def matbench_command(args: argparse.Namespace) -> int:
         model=args.model, structure_set=args.set, fmax=args.fmax, steps=args.steps,
         methods=args.methods or matbench.DEFAULT_METHODS, reference=args.reference, n=args.n, workers=args.workers,
         out=args.out, tag=args.tag, subsets=subsets, capacity=args.capacity, torchsim_env=args.torchsim_env,
-        command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet)
+        command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only)
     print((Path(args.out) / f"{payload['tag']}.md").read_text())
     return 0
 
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--torchsim-env", default=".venv-torchsim", help="TorchSim's own environment (made on first use)")
     mb.add_argument("--out", default="benchmarks/results", help="output folder")
     mb.add_argument("--tag", help="file name stem of the results (default matbench_MODEL)")
+    mb.add_argument("--report-only", action="store_true",
+                    help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing")
     mb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mb.set_defaults(handler=matbench_command)
     return parser

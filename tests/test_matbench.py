@@ -121,15 +121,19 @@ def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_ener
     refs = matbench.references(rows, structures, ["ase-bfgs", "frankenstein"])
     assert [r["energy_per_atom"] for r in refs] == [-1.003, -2.000, -3.000]
     assert refs[0]["method"] == "frankenstein"
-    mine = matbench.method_metrics("frankenstein", "0.05", rows, refs, 3)
+    mine = matbench.method_metrics("frankenstein", "0.05", rows, refs, range(3))
     assert (mine["failures"], mine["not_converged"], mine["higher_basin"], mine["errors"]) == (2, 1, 1, 0)
     assert mine["mae_mev_per_atom"] == pytest.approx((2.0 + 10.0 + 20.0) / 3)
     assert mine["force_calls_total"] == 513 and mine["force_calls_median"] == 7
     assert mine["volume_error_percent"] == pytest.approx(100 * 0.1 / 3)
     assert mine["spacegroup_kept"] == 2
-    fire = matbench.method_metrics("ase-fire", "0.05", rows, refs, 3)
+    fire = matbench.method_metrics("ase-fire", "0.05", rows, refs, range(3))
     assert (fire["structures"], fire["errors"], fire["failures"]) == (1, 1, 1)
     assert math.isnan(fire["mae_mev_per_atom"])
+    # an interrupted run compares on the structures every method finished; a subset method does not hold it back
+    assert matbench.complete_structures(rows, 3, ["ase-bfgs", "frankenstein"], {}) == [0, 1, 2]
+    assert matbench.complete_structures(rows, 3, ["ase-bfgs", "ase-fire"], {}) == [0]
+    assert matbench.complete_structures(rows, 3, ["ase-bfgs", "ase-fire"], {"ase-fire": 1}) == [0, 1, 2]
 
 
 def test_command_writes_results_and_resumes(tmp_path, capsys):
@@ -152,6 +156,10 @@ def test_command_writes_results_and_resumes(tmp_path, capsys):
     assert len(lines) == 1 + 3 * 2
     assert main(argv) == 0  # everything is in the journal: nothing runs again
     assert len((out / "t.jsonl").read_text().splitlines()) == len(lines)
+    (out / "t.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # as if interrupted: one row missing
+    assert main(argv + ["--report-only"]) == 0
+    assert "Interrupted run: the tables cover the 1 structures" in capsys.readouterr().out
+    assert len((out / "t.jsonl").read_text().splitlines()) == len(lines) - 1
     with pytest.raises(ValueError, match="another protocol"):
         matbench.run(model="emt", structure_set=str(data), fmax=[0.1], methods=["ase-fire"], workers=1, out=out,
                      tag="t", quiet=True)

@@ -447,8 +447,9 @@ def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[
         steps: int = 500, methods: Sequence[str] = DEFAULT_METHODS, reference: Sequence[str] = DEFAULT_REFERENCE,
         n: int | None = None, workers: int = 1, out: str | Path = "benchmarks/results", tag: str | None = None,
         subsets: dict[str, int] | None = None, capacity: float = 128, torchsim_env: str | Path = ".venv-torchsim",
-        command: str = "", quiet: bool = False) -> dict:
-    """Run (or resume) the benchmark and write its results; returns the summary payload."""
+        command: str = "", quiet: bool = False, report_only: bool = False) -> dict:
+    """Run (or resume) the benchmark and write its results; returns the summary payload. ``report_only``
+    writes the results of the journal as it stands without running anything."""
     import multiprocessing
 
     from tqdm import tqdm
@@ -470,7 +471,7 @@ def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[
     journal = out / f"{tag}.jsonl"
     rows = read_journal(journal, spec)
     subsets = dict(subsets or {})
-    tasks = plan(methods, structures, set(rows), fmax, steps, reference, capacity, subsets)
+    tasks = [] if report_only else plan(methods, structures, set(rows), fmax, steps, reference, capacity, subsets)
     python = None
     if any(t.method == "torchsim-fire" for t in tasks):
         python = torchsim_environment(Path(torchsim_env))
@@ -497,7 +498,7 @@ def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[
                 for new_rows in pool.imap_unordered(_run_task, tasks):
                     keep(new_rows)
     bar.close()
-    payload = summarize(rows, structures, methods, spec, reference)
+    payload = summarize(rows, structures, methods, spec, reference, subsets)
     payload.update(command=command, machine=machine(threads, workers), tag=tag)
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
     (out / f"{tag}.md").write_text(markdown(payload))
@@ -539,8 +540,9 @@ def references(rows: dict[tuple[str, int], dict], structures: Sequence[Atoms], r
     return out
 
 
-def method_metrics(method: str, target: str, rows: dict, refs: Sequence[dict], n: int) -> dict | None:
-    outcomes = [(i, rows[(method, i)]["outcomes"].get(target)) for i in range(n) if (method, i) in rows]
+def method_metrics(method: str, target: str, rows: dict, refs: Sequence[dict], indices: Sequence[int]) -> dict | None:
+    """A method's row of the table at one threshold, over the structures ``indices`` it ran."""
+    outcomes = [(i, rows[(method, i)]["outcomes"].get(target)) for i in indices if (method, i) in rows]
     outcomes = [(i, o) for i, o in outcomes if o is not None]
     if not outcomes:
         return None
@@ -585,21 +587,29 @@ def method_metrics(method: str, target: str, rows: dict, refs: Sequence[dict], n
     return result
 
 
+def complete_structures(rows: dict, n: int, methods: Sequence[str], subsets: dict[str, int]) -> list[int]:
+    """Structures every method asked to run them has run (all of them once a run has finished)."""
+    return [i for i in range(n) if all((m, i) in rows for m in methods if i < subsets.get(m, n))]
+
+
 def summarize(rows: dict, structures: Sequence[Atoms], methods: Sequence[str], spec: dict,
-              reference: Sequence[str]) -> dict:
+              reference: Sequence[str], subsets: dict[str, int] | None = None) -> dict:
+    """The tables over the structures every method has finished (a comparison on the same structures also
+    when the run was interrupted)."""
     n = len(structures)
     refs = references(rows, structures, reference)
     targets = [f"{f:g}" for f in spec["fmax"]] + [TIGHT[0]]
+    complete = complete_structures(rows, n, methods, subsets or {})
     table = []
     for target in targets:
         for method in methods:
-            metrics = method_metrics(method, target, rows, refs, n)
+            metrics = method_metrics(method, target, rows, refs, complete)
             if metrics is None:
                 continue
-            done = [(method, i) for i in range(n) if (method, i) in rows]
+            done = [(method, i) for i in complete if (method, i) in rows]
             metrics["structures_per_second"] = len(done) / max(sum(rows[k]["seconds"] for k in done), 1e-12)
             table.append(metrics)
-    return {"protocol": spec, "n_structures": n, "n_atoms": [len(a) for a in structures],
+    return {"protocol": spec, "n_structures": n, "complete": len(complete), "n_atoms": [len(a) for a in structures],
             "reference_found": int(sum(math.isfinite(r["energy_per_atom"]) for r in refs)),
             "reference_by_method": {m: sum(r.get("method") == m for r in refs) for m in reference},
             "reference_energy_per_atom": [r["energy_per_atom"] for r in refs],
@@ -655,7 +665,10 @@ def checks(table: Sequence[dict], spec: dict) -> list[dict]:
 
 def markdown(payload: dict) -> str:
     spec = payload["protocol"]
+    partial = payload["complete"] < payload["n_structures"]
     lines = [f"# Matbench-Discovery protocol: {spec['model']}, {payload['n_structures']} structures ({spec['set']})", "",
+             *([f"**Interrupted run: the tables cover the {payload['complete']} structures every method has finished "
+                f"(of {payload['n_structures']}); the same command resumes it.**", ""] if partial else []),
              f"Cell free (FrechetCellFilter rows), at most {spec['steps']} steps per threshold; reference = lowest "
              f"energy of tight relaxations (fmax {TIGHT[1]} eV/Å, {TIGHT[2]} steps) by {', '.join(spec['reference'])} "
              f"(found for {payload['reference_found']}/{payload['n_structures']}; lowest by method: "
