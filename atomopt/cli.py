@@ -154,7 +154,8 @@ def matbench_command(args: argparse.Namespace) -> int:
         model=args.model, structure_set=args.set, fmax=args.fmax, steps=args.steps,
         methods=args.methods or matbench.DEFAULT_METHODS, reference=args.reference, n=args.n, workers=args.workers,
         out=args.out, tag=args.tag, subsets=subsets, capacity=args.capacity, torchsim_env=args.torchsim_env,
-        command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only)
+        command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only,
+        device=args.device)
     print((Path(args.out) / f"{payload['tag']}.md").read_text())
     return 0
 
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--n", type=int, help="first N structures only")
     mb.add_argument("--subset", nargs="+", metavar="METHOD=N", help="run METHOD on the first N structures only")
     mb.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
+    mb.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, ... (default cpu)")
     mb.add_argument("--capacity", type=_positive, default=128,
                     help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 128, the "
                     "engine's CPU default)")

@@ -138,16 +138,18 @@ class Trace:
 
 # ---------------------------------------------------------------------------------------------- methods
 
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[tuple[str, str], Any] = {}
+_WORKER: dict[str, Any] = {}
 
 
-def get_model(spec: str, device: str = "cpu"):
-    """The benchmark's model, loaded once per process."""
+def get_model(spec: str, device: str | None = None):
+    """The benchmark's model, loaded once per process (on the worker's device unless ``device`` is given)."""
     from atomopt.models import load_model
 
-    if spec not in _MODELS:
-        _MODELS[spec] = load_model(spec, device=device)
-    return _MODELS[spec]
+    device = device or _WORKER.get("device", "cpu")
+    if (spec, device) not in _MODELS:
+        _MODELS[(spec, device)] = load_model(spec, device=device)
+    return _MODELS[(spec, device)]
 
 
 class _Counter:
@@ -333,14 +335,11 @@ def plan(methods: Sequence[str], structures: Sequence[Atoms], done: set[tuple[st
     return sorted(tasks, key=lambda t: (t.items[0][0] // CHUNK, -t.weight))
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(model_spec: str, threads: int, torchsim_python: str | None) -> None:
+def _init_worker(model_spec: str, threads: int, torchsim_python: str | None, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update(model=model_spec, torchsim_python=torchsim_python, threads=threads)
+    _WORKER.update(model=model_spec, torchsim_python=torchsim_python, threads=threads, device=device)
 
 
 def _run_task(task: Task) -> list[dict]:
@@ -348,11 +347,13 @@ def _run_task(task: Task) -> list[dict]:
     if task.method in ENGINE_METHODS:
         return run_engine(task.method, task.items, model_spec, task.targets, task.capacity)
     if task.method == "torchsim-fire":
-        return run_torchsim_subprocess(task, model_spec, _WORKER["torchsim_python"], _WORKER["threads"])
+        return run_torchsim_subprocess(task, model_spec, _WORKER["torchsim_python"], _WORKER["threads"],
+                                       _WORKER["device"])
     return [run_ase(task.method, i, a, model_spec, task.targets) for i, a in task.items]
 
 
-def run_torchsim_subprocess(task: Task, model_spec: str, python: str | None, threads: int) -> list[dict]:
+def run_torchsim_subprocess(task: Task, model_spec: str, python: str | None, threads: int,
+                            device: str = "cpu") -> list[dict]:
     """Run :func:`run_torchsim` in TorchSim's own environment (its Python), structures passed as extxyz."""
     import tempfile
 
@@ -372,7 +373,7 @@ def run_torchsim_subprocess(task: Task, model_spec: str, python: str | None, thr
             frames.append(frame)
         write(path, frames, format="extxyz")
         spec = {"structures": str(path), "model": model_spec, "targets": [t.__dict__ for t in task.targets],
-                "threads": threads, "capacity": task.capacity}
+                "threads": threads, "capacity": task.capacity, "device": device}
         done = subprocess.run([python, "-m", "atomopt.bench.matbench", "--torchsim-worker", json.dumps(spec)],
                               capture_output=True, text=True)
     if done.returncode != 0:
@@ -389,7 +390,8 @@ def _torchsim_worker(spec_text: str) -> int:
     torch.set_num_threads(int(spec["threads"]))
     frames = read(spec["structures"], ":")
     items = [(int(a.info.pop("bench_index")), a) for a in frames]
-    for row in run_torchsim(items, spec["model"], [Target(**t) for t in spec["targets"]], int(spec["capacity"])):
+    for row in run_torchsim(items, spec["model"], [Target(**t) for t in spec["targets"]], int(spec["capacity"]),
+                            spec.get("device", "cpu")):
         print(json.dumps(row, allow_nan=True))
     return 0
 
@@ -418,7 +420,7 @@ def torchsim_environment(path: Path, create: bool = True) -> str:
 
 
 def protocol(args: dict) -> dict:
-    return {k: args[k] for k in ("model", "set", "fmax", "steps", "reference", "capacity")}
+    return {k: args[k] for k in ("model", "set", "fmax", "steps", "reference", "capacity", "device")}
 
 
 def read_journal(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
@@ -435,7 +437,7 @@ def read_journal(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
             except json.JSONDecodeError:  # a line cut by an interruption
                 continue
             if number == 0:
-                if row.get("protocol") != expected:
+                if {"device": "cpu", **row.get("protocol", {})} != expected:  # journals before --device ran on CPU
                     raise ValueError(f"{path} holds a run with another protocol ({row.get('protocol')}); "
                                      "choose another --tag or remove it")
                 continue
@@ -447,7 +449,7 @@ def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[
         steps: int = 500, methods: Sequence[str] = DEFAULT_METHODS, reference: Sequence[str] = DEFAULT_REFERENCE,
         n: int | None = None, workers: int = 1, out: str | Path = "benchmarks/results", tag: str | None = None,
         subsets: dict[str, int] | None = None, capacity: float = 128, torchsim_env: str | Path = ".venv-torchsim",
-        command: str = "", quiet: bool = False, report_only: bool = False) -> dict:
+        command: str = "", quiet: bool = False, report_only: bool = False, device: str = "cpu") -> dict:
     """Run (or resume) the benchmark and write its results; returns the summary payload. ``report_only``
     writes the results of the journal as it stands without running anything."""
     import multiprocessing
@@ -467,7 +469,7 @@ def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     tag = tag or f"matbench_{model.split(':')[0].replace('-', '')}"
     spec = protocol({"model": model, "set": structure_set, "fmax": sorted(fmax, reverse=True), "steps": steps,
-                     "reference": list(reference), "capacity": capacity})
+                     "reference": list(reference), "capacity": capacity, "device": device})
     journal = out / f"{tag}.jsonl"
     rows = read_journal(journal, spec)
     subsets = dict(subsets or {})
@@ -489,12 +491,12 @@ def run(model: str = "sevennet-0", structure_set: str = "proxy", fmax: Sequence[
             bar.update(len(new_rows))
 
         if workers <= 1:
-            _init_worker(model, threads, python)
+            _init_worker(model, threads, python, device)
             for task in tasks:
                 keep(_run_task(task))
         else:
             context = multiprocessing.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker, initargs=(model, threads, python)) as pool:
+            with context.Pool(workers, initializer=_init_worker, initargs=(model, threads, python, device)) as pool:
                 for new_rows in pool.imap_unordered(_run_task, tasks):
                     keep(new_rows)
     bar.close()
