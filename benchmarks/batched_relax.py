@@ -115,12 +115,11 @@ def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int
     the loop below keeps TorchSim's own pieces (``frechet_cell_fire``, ``InFlightAutoBatcher``, its force
     convergence function with cell forces, swaps every 5 steps) with a per-structure cap of ``steps``.
     """
-    import torch_sim as ts
     from sevenn.util import load_checkpoint, pretrained_name_to_path
-    from torch_sim.autobatching import InFlightAutoBatcher
     from torch_sim.models.sevennet import SevenNetModel
-    from torch_sim.optimizers import frechet_cell_fire
     from torch_sim.runners import generate_force_convergence_fn
+
+    from atomopt.bench.matbench import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher
 
     if metric != "atoms":
         raise SystemExit("torchsim-fire needs --capacity-metric atoms (its autobatcher counts atoms)")
@@ -140,15 +139,10 @@ def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int
             counts["seconds"] += time.perf_counter() - begin
 
     model.forward = counted
-    swap_every = 5
-    init_fn, update_fn = frechet_cell_fire(model=model)
+    swap_every = TORCHSIM_SWAP_EVERY
     is_converged = generate_force_convergence_fn(force_tol=fmax, include_cell_forces=True)
     start = time.perf_counter()
-    state = ts.initialize_state(structures, model.device, model.dtype)
-    batcher = InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=capacity,
-                                  max_iterations=steps // swap_every, return_indices=True)
-    batcher.load_states(ts.runners._chunked_apply(init_fn, state, model, max_memory_scaler=capacity,
-                                                  memory_scales_with="n_atoms"))
+    state, batcher, update_fn = torchsim_fire_batcher(model, structures, capacity, steps)
     finished, convergence = [], None
     while (result := batcher.next_batch(state, convergence))[0] is not None:
         state, done, _ = result

@@ -222,6 +222,26 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
              "seconds": wall / len(items)} for i, a in items]
 
 
+#: TorchSim's autobatcher swaps structures in and out every this many steps (its tutorial's value).
+TORCHSIM_SWAP_EVERY = 5
+
+
+def torchsim_fire_batcher(model, structures: Sequence[Atoms], capacity: float, steps: int):
+    """TorchSim's ``frechet_cell_fire`` with its ``InFlightAutoBatcher`` (``capacity`` atoms, at most ``steps``
+    steps per structure), set up as its autobatching tutorial does; returns (state, batcher, update_fn)."""
+    import torch_sim as ts
+    from torch_sim.autobatching import InFlightAutoBatcher
+    from torch_sim.optimizers import frechet_cell_fire
+
+    init_fn, update_fn = frechet_cell_fire(model=model)
+    state = ts.initialize_state(list(structures), model.device, model.dtype)
+    batcher = InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=capacity,
+                                  max_iterations=steps // TORCHSIM_SWAP_EVERY, return_indices=True)
+    batcher.load_states(ts.runners._chunked_apply(init_fn, state, model, max_memory_scaler=capacity,
+                                                  memory_scales_with="n_atoms"))
+    return state, batcher, update_fn
+
+
 def run_torchsim(items: Sequence[tuple[int, Atoms]], model_spec: str, targets: Sequence[Target],
                  capacity: int = 128, device: str = "cpu") -> list[dict]:
     """TorchSim's batched ``frechet_cell_fire`` + ``InFlightAutoBatcher`` (swaps every 5 steps, its tutorial's
@@ -229,8 +249,6 @@ def run_torchsim(items: Sequence[tuple[int, Atoms]], model_spec: str, targets: S
     up to the state that resolves each target (the autobatcher may run a structure up to 4 steps past that)."""
     import torch
     import torch_sim as ts
-    from torch_sim.autobatching import InFlightAutoBatcher
-    from torch_sim.optimizers import frechet_cell_fire
 
     if model_spec.lower() not in ("sevennet-0", "7net-0"):
         raise ValueError(f"the TorchSim rows run SevenNet-0 only (TorchSim {TORCHSIM_VERSION} has no wrapper "
@@ -239,19 +257,13 @@ def run_torchsim(items: Sequence[tuple[int, Atoms]], model_spec: str, targets: S
     from torch_sim.models.sevennet import SevenNetModel
 
     model = SevenNetModel(model=load_checkpoint(pretrained_name_to_path("7net-0")).build_model(), device=device)
-    swap_every = 5
-    steps = max(t.steps for t in targets)
-    structures = [a for _, a in items]
+    swap_every = TORCHSIM_SWAP_EVERY
     order = [i for i, _ in items]
     traces = {i: Trace(targets, len(a)) for i, a in items}
     taken = {i: 0 for i in order}  # updates taken by each structure
-    init_fn, update_fn = frechet_cell_fire(model=model)
     start = time.perf_counter()
-    state = ts.initialize_state(structures, model.device, model.dtype)
-    batcher = InFlightAutoBatcher(model, memory_scales_with="n_atoms", max_memory_scaler=capacity,
-                                  max_iterations=steps // swap_every, return_indices=True)
-    batcher.load_states(ts.runners._chunked_apply(init_fn, state, model, max_memory_scaler=capacity,
-                                                  memory_scales_with="n_atoms"))
+    state, batcher, update_fn = torchsim_fire_batcher(model, [a for _, a in items], capacity,
+                                                      max(t.steps for t in targets))
 
     def observe(state, indices) -> torch.Tensor:
         forces = torch.linalg.norm(state.forces, dim=1)
