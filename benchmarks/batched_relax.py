@@ -1,7 +1,12 @@
-"""Batched MLIP relaxation against sequential ASE, on the same mixed crystals (cell free).
+"""Batched MLIP relaxation against sequential ASE, on the same crystals (cell free).
 
-    python benchmarks/batched_relax.py [--n 24] [--fmax 0.05] [--steps 500] [--capacities 1 8 32 128]
-                                       [--model sevennet-0] [--device cpu] [--tag batched_relax]
+    python benchmarks/batched_relax.py [--n 24] [--set mixed|proxy|FILE] [--fmax 0.05] [--steps 500]
+                                       [--capacities 1 8 32 128] [--model sevennet-0] [--device cpu]
+                                       [--tag batched_relax]
+
+Structures: ``mixed`` (default), N small relaxed-then-perturbed crystals of ``atomopt.bench.crystals``; ``proxy``,
+the first N structures of the Matbench benchmark's WBM-like set (all of them without --n); or any file the
+Matbench benchmark reads (``atomopt.bench.matbench.load_set``).
 
 Methods, each on the same structures with the same model:
   ase-fire          ASE FIRE + FrechetCellFilter, one structure after the other (the Matbench Discovery protocol)
@@ -184,11 +189,15 @@ def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dic
                        f"--fmax {fmax} --steps {steps}"}
 
 
+SET_NAMES = {"mixed": "mixed crystals", "proxy": "structures of the WBM-like proxy set"}
+
+
 def markdown(payload: dict) -> str:
     rows = payload["results"]
     fire = next((r for r in rows if r["method"] == "ase-fire"), None)
     lines = [
-        f"# Batched relaxation: {payload['protocol']['model']}, {payload['protocol']['n']} mixed crystals, cell free",
+        f"# Batched relaxation: {payload['protocol']['model']}, {payload['protocol']['n']} "
+        f"{SET_NAMES.get(payload['protocol'].get('set', 'mixed'), payload['protocol'].get('set'))}, cell free",
         "",
         f"fmax {payload['protocol']['fmax']} eV/Å (atoms and cell rows), at most {payload['protocol']['steps']} steps; "
         f"device {payload['protocol']['device']}"
@@ -221,7 +230,8 @@ def markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--n", type=int, default=None, help="structures (default 24 mixed, the whole of a set)")
+    parser.add_argument("--set", default="mixed", help="mixed (default), proxy or a file (see above)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=500)
@@ -239,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from atomopt.models import load_model
 
-    structures = mixed_crystals(args.n, seed=args.seed)
+    if args.set == "mixed":
+        structures = mixed_crystals(args.n or 24, seed=args.seed)
+    else:
+        from atomopt.bench.matbench import load_set
+
+        structures = load_set(args.set, args.n)
     model_obj = load_model(args.model, device=args.device)
     results, failures = [], []
     for method in args.methods:
@@ -276,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "batched relaxation",
         "command": "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "protocol": {"model": args.model, "n": args.n, "seed": args.seed, "fmax": args.fmax, "steps": args.steps,
-                     "device": args.device, "capacity_metric": args.capacity_metric, "structures": [a.info["name"] for a in structures]},
+        "protocol": {"model": args.model, "set": args.set, "n": len(structures), "seed": args.seed,
+                     "fmax": args.fmax, "steps": args.steps, "device": args.device,
+                     "capacity_metric": args.capacity_metric,
+                     "structures": [a.info.get("name") or a.info.get("material_id") or a.get_chemical_formula()
+                                    for a in structures]},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **versions},
         "results": results,
