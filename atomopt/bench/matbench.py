@@ -194,8 +194,9 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
 
 
 def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str, targets: Sequence[Target],
-               capacity: float = 128) -> list[dict]:
-    """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run."""
+               capacity: float = 128, label: str | None = None, **options: Any) -> list[dict]:
+    """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run.
+    ``options`` go to :func:`atomopt.rules.make_minimizer` (a variant of the default, rows named ``label``)."""
     from atomopt.frontends.engine import InFlightRelaxer
 
     traces = {i: Trace(targets, len(a)) for i, a in items}
@@ -210,7 +211,7 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
     fmax = min(t.fmax for t in targets)
     steps = max(t.steps for t in targets)
     relaxer = InFlightRelaxer(get_model(model_spec), method, fmax=fmax, steps=steps, cell=True, capacity=capacity,
-                              capacity_metric="atoms", observer=observer)
+                              capacity_metric="atoms", observer=observer, **options)
     start = time.perf_counter()
     for record in relaxer.run(items):
         trace = traces[record.index]
@@ -218,7 +219,7 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
             trace.fail("error" if record.status != "non_finite" else "non_finite",
                        f"{record.status}: {record.message}", record.force_calls)
     wall = time.perf_counter() - start
-    return [{"method": method, "index": i, "n_atoms": len(a), "outcomes": traces[i].outcomes,
+    return [{"method": label or method, "index": i, "n_atoms": len(a), "outcomes": traces[i].outcomes,
              "seconds": wall / len(items)} for i, a in items]
 
 
