@@ -38,24 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomopt.bench.counting import CallCounter
 from atomopt.bench.crystals import mixed_crystals
-
-
-class Counting:
-    """Wraps an ASE calculator's ``calculate``: counts force calls and the time spent in them."""
-
-    def __init__(self, calc):
-        self.calls, self.seconds, inner = 0, 0.0, calc.calculate
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            start = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        calc.calculate = counted
 
 
 def ase_calculator(model: str, device: str):
@@ -81,7 +65,7 @@ def run_sequential(method: str, structures, model: str, device: str, fmax: float
     from atomopt import Frankenstein
 
     calc = ase_calculator(model, device)
-    counter = Counting(calc)
+    counter = CallCounter(calc)
     per_structure, converged = [], 0
     start = time.perf_counter()
     for atoms in structures:

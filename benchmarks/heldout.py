@@ -29,6 +29,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from atomopt.bench import lj38
+from atomopt.bench.counting import BudgetExceeded, CallCounter
 from atomopt.core.minimizer import FireControl
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
@@ -67,10 +68,6 @@ def lj55(n: int) -> dict:
     return rows
 
 
-class CountingEMT(lj38.CountingCalculator, EMT):
-    """EMT with the benchmark's force-call count and budget."""
-
-
 def cu_structure(seed: int):
     rng = np.random.default_rng(seed)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((4, 4, 4))
@@ -84,8 +81,8 @@ def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
     import ase.optimize as optimize
 
     def run(method: str, atoms) -> tuple[int, float, bool]:
-        calc = CountingEMT(budget=budget)
-        atoms.calc = calc
+        atoms.calc = EMT()
+        counter = CallCounter(atoms.calc, budget)
         try:
             if method == "scipy-L-BFGS-B":
                 lj38.scipy_lbfgsb(atoms, fmax=fmax, budget=budget)
@@ -94,10 +91,10 @@ def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
             else:
                 name, _, old = method.partition(" ")
                 OPTIMIZERS[name](atoms, logfile=None, **(OLD_DEFAULTS[name] if old else {})).run(fmax=fmax, steps=budget)
-        except lj38.BudgetExceeded:
+        except BudgetExceeded:
             pass
-        calc.budget = np.inf
-        calls = calc.calls
+        counter.budget = np.inf
+        calls = counter.calls
         ok = np.linalg.norm(atoms.get_forces(), axis=1).max() <= fmax
         return calls, float(atoms.get_potential_energy()), bool(ok)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from atomopt.bench.counting import BudgetExceeded, CallCounter
 from atomopt.calculators import ClusterLennardJones
 
 N_ATOMS = 38
@@ -70,32 +71,6 @@ def read_optbench_xyz(path: str | Path) -> Atoms:
     n = int(lines[0].split()[0])
     positions = [[float(x) for x in line.split()[1:4]] for line in lines[2 : 2 + n]]
     return Atoms(f"Ar{n}", positions=positions, pbc=False)
-
-
-class BudgetExceeded(RuntimeError):
-    pass
-
-
-class CountingCalculator:
-    """Mixin for an ASE calculator class: counts evaluations, times them and stops at the force-call budget."""
-
-    def __init__(self, budget: int = MAX_FORCE_CALLS, **kwargs):
-        super().__init__(**kwargs)
-        self.calls = 0
-        self.seconds = 0.0
-        self.budget = budget
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
-        if self.calls >= self.budget:
-            raise BudgetExceeded(f"more than {self.budget} force calls")
-        self.calls += 1
-        start = time.perf_counter()
-        super().calculate(atoms, properties, system_changes or ["positions", "numbers", "cell", "pbc"])
-        self.seconds += time.perf_counter() - start
-
-
-class CountingLJ(CountingCalculator, ClusterLennardJones):
-    """Cluster LJ with the benchmark's force-call count and budget."""
 
 
 def max_force(atoms: Atoms) -> float:
@@ -250,8 +225,8 @@ def relax_starts(
 
 def run_one(method: str, index: int, start: Atoms) -> RunResult:
     atoms = start.copy()
-    calc = CountingLJ()
-    atoms.calc = calc
+    atoms.calc = ClusterLennardJones()
+    counter = CallCounter(atoms.calc, MAX_FORCE_CALLS)
     failure = ""
     t0 = time.perf_counter()
     try:
@@ -261,15 +236,15 @@ def run_one(method: str, index: int, start: Atoms) -> RunResult:
     except Exception as err:  # a method that crashes counts as a failure, recorded with its reason
         failure = f"{type(err).__name__}: {err}"[:200]
     seconds = time.perf_counter() - t0
-    calc.budget = math.inf  # the final check is not a force call of the method
-    calls = calc.calls
+    counter.budget = math.inf  # the final check is not a force call of the method
+    calls = counter.calls
     energy = float(atoms.get_potential_energy())
     fmax = max_force(atoms)
     if not failure and fmax > FMAX:
         failure = "not converged"
     if not failure and not cluster_intact(atoms, energy):
         failure = "broken cluster"
-    return RunResult(method, index, failure == "", calls, energy, fmax, seconds, calc.seconds, failure)
+    return RunResult(method, index, failure == "", calls, energy, fmax, seconds, counter.seconds, failure)
 
 
 def summarize(results: list[RunResult]) -> dict:

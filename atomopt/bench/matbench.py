@@ -152,27 +152,17 @@ def get_model(spec: str, device: str | None = None):
     return _MODELS[(spec, device)]
 
 
-class _Counter:
-    def __init__(self, calc):
-        self.calls, inner = 0, calc.calculate
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return inner(*args, **kwargs)
-
-        calc.calculate = counted
-
-
 def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Sequence[Target]) -> dict:
     """One structure with an ASE optimizer (or atomopt's ASE front end) on a FrechetCellFilter."""
     import ase.optimize
     from ase.filters import FrechetCellFilter
 
+    from atomopt.bench.counting import CallCounter
     from atomopt.models.calculator import ModelCalculator
 
     atoms = atoms.copy()
     atoms.calc = ModelCalculator(get_model(model_spec))
-    counter = _Counter(atoms.calc)
+    counter = CallCounter(atoms.calc)
     trace = Trace(targets, len(atoms))
     try:
         cell_filter = FrechetCellFilter(atoms)
