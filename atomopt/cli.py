@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--cost-ranks", type=int, nargs="+", metavar="R",
                     help="measure the cost model instead: each method (default cg fire frankenstein) for --budget "
                          "evaluations on the first --grains polycrystal under each rank count R, one run at a time, "
-                         "and project the paper's 5.5-million-atom run (results {tag}_cost.*)")
+                         "and project the paper's 5.5-million-atom run (results hea_cost.* unless --tag)")
     he.add_argument("--out", default="benchmarks/results", help="output folder")
     he.add_argument("--tag", default="hea", help="file name stem of the results (default hea)")
     he.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -184,9 +184,11 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
 
 
 def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str, targets: Sequence[Target],
-               capacity: float = 128, label: str | None = None, **options: Any) -> list[dict]:
-    """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run.
-    ``options`` go to :func:`atomopt.rules.make_minimizer` (a variant of the default, rows named ``label``)."""
+               capacity: float = 128, label: str | None = None, device: str | None = None,
+               **options: Any) -> list[dict]:
+    """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run,
+    the model on ``device`` (default: the worker's). ``options`` go to :func:`atomopt.rules.make_minimizer` (a
+    variant of the default, rows named ``label``)."""
     from atomopt.frontends.engine import InFlightRelaxer
 
     traces = {i: Trace(targets, len(a)) for i, a in items}
@@ -200,7 +202,7 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
 
     fmax = min(t.fmax for t in targets)
     steps = max(t.steps for t in targets)
-    relaxer = InFlightRelaxer(get_model(model_spec), method, fmax=fmax, steps=steps, cell=True, capacity=capacity,
+    relaxer = InFlightRelaxer(get_model(model_spec, device), method, fmax=fmax, steps=steps, cell=True, capacity=capacity,
                               capacity_metric="atoms", observer=observer, **options)
     start = time.perf_counter()
     for record in relaxer.run(items):
