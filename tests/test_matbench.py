@@ -104,7 +104,8 @@ def _row(method, index, status, energy_per_atom, calls, volume=10.0, spacegroup=
     if tight is not None:
         outcomes["tight"] = {"status": "converged", "force_calls": 99, "energy_per_atom": tight, "volume": 10.0,
                              "spacegroup": 225}
-    return (method, index), {"method": method, "index": index, "outcomes": outcomes, "seconds": 2.0}
+    return (method, index), {"method": method, "index": index, "n_atoms": index + 1, "outcomes": outcomes,
+                             "seconds": 2.0}
 
 
 def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_energy():
@@ -125,6 +126,7 @@ def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_ener
     assert (mine["failures"], mine["not_converged"], mine["higher_basin"], mine["errors"]) == (2, 1, 1, 0)
     assert mine["mae_mev_per_atom"] == pytest.approx((2.0 + 10.0 + 20.0) / 3)
     assert mine["force_calls_total"] == 513 and mine["force_calls_median"] == 7
+    assert mine["atom_force_calls_total"] == 5 * 1 + 501 * 2 + 7 * 3  # calls weighted by each structure's atoms
     assert mine["volume_error_percent"] == pytest.approx(100 * 0.1 / 3)
     assert mine["spacegroup_kept"] == 2
     fire = matbench.method_metrics("ase-fire", "0.05", rows, refs, range(3))
