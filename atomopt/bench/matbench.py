@@ -622,7 +622,27 @@ def summarize(rows: dict, structures: Sequence[Atoms], methods: Sequence[str], s
             "reference_found": int(sum(math.isfinite(r["energy_per_atom"]) for r in refs)),
             "reference_by_method": {m: sum(r.get("method") == m for r in refs) for m in reference},
             "reference_energy_per_atom": [r["energy_per_atom"] for r in refs],
-            "table": table, "checks": checks(table, spec), "cross_check": cross_check(rows, n, targets)}
+            "table": table, "checks": checks(table, spec), "cross_check": cross_check(rows, n, targets),
+            "by_size": calls_by_size(rows, complete, methods, targets)}
+
+
+#: Cell sizes (atoms) the force calls are broken down by.
+SIZE_BINS = ((1, 4), (5, 8), (9, 16), (17, 10**9))
+
+
+def calls_by_size(rows: dict, indices: Sequence[int], methods: Sequence[str], targets: Sequence[str]) -> list[dict]:
+    """Total force calls per method and threshold within each cell-size bin of :data:`SIZE_BINS`."""
+    out = []
+    for target in targets:
+        for method in methods:
+            totals = []
+            for low, high in SIZE_BINS:
+                outcomes = [rows[(method, i)]["outcomes"].get(target) for i in indices
+                            if (method, i) in rows and low <= rows[(method, i)]["n_atoms"] <= high]
+                totals.append({"atoms": [low, high], "structures": len([o for o in outcomes if o]),
+                               "force_calls": sum(o["force_calls"] for o in outcomes if o)})
+            out.append({"method": method, "target": target, "bins": totals})
+    return out
 
 
 def cross_check(rows: dict, n: int, targets: Sequence[str]) -> list[dict]:
@@ -720,6 +740,23 @@ def markdown(payload: dict) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {c['target']} | {c['structures']} | {c['ase_front_end_calls']} | {c['engine_calls']} | "
                   f"{c['same_status']} | {c['max_energy_gap_mev_per_atom']:.3f} |" for c in payload["cross_check"]]
+        lines.append("")
+    fire_bins = {r["target"]: r["bins"] for r in payload.get("by_size", []) if r["method"] == "ase-fire"}
+    if fire_bins:
+        labels = [f"{b['atoms'][0]}–{b['atoms'][1]}" if b["atoms"][1] < 10**9 else f"≥ {b['atoms'][0]}"
+                  for b in next(iter(fire_bins.values()))]
+        counts = ", ".join(f"{label}: {b['structures']}" for label, b in zip(labels, next(iter(fire_bins.values()))))
+        lines += ["## Force calls by cell size, against ASE FIRE's on the same structures", "",
+                  f"Structures per bin (atoms per cell): {counts}.", "",
+                  "| threshold | method | " + " | ".join(f"{label} atoms" for label in labels) + " |",
+                  "|---|---|" + "---|" * len(labels)]
+        for r in payload["by_size"]:
+            fire = fire_bins.get(r["target"])
+            if fire is None or r["method"] == "ase-fire":
+                continue
+            cells = [f"{b['force_calls'] / f['force_calls']:.2f}×" if f["force_calls"] else "–"
+                     for b, f in zip(r["bins"], fire)]
+            lines.append(f"| {r['target']} | {r['method']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["structures/s: structures over the summed run time of their tasks (per worker; a run goes to the "
               "tightest threshold, so the same number stands in every table). Force calls: up to the state that "
