@@ -718,9 +718,10 @@ def markdown(payload: dict) -> str:
                   "structures/s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            ratio = f"{r['force_calls_total'] / fire['force_calls_total']:.2f}×" if fire else "–"
+            same = fire is not None and fire["structures"] == r["structures"]  # a subset row has no ratio
+            ratio = f"{r['force_calls_total'] / fire['force_calls_total']:.2f}×" if same else "–"
             atom_ratio = (f"{r['atom_force_calls_total'] / fire['atom_force_calls_total']:.2f}×"
-                          if fire and "atom_force_calls_total" in r else "–")
+                          if same and "atom_force_calls_total" in r else "–")
             lines.append(f"| {r['method']} | {r['structures']} | {r['converged']} | {r['failures']} | "
                          f"{r['not_converged']} | {r['errors']} | {r['higher_basin']} | {r['mae_mev_per_atom']:.3f} | "
                          f"{r['below_reference']} | {r['force_calls_total']} | {ratio} | {atom_ratio} | {r['force_calls_mean']:.1f} | "
@@ -752,7 +753,8 @@ def markdown(payload: dict) -> str:
                   "|---|---|" + "---|" * len(labels)]
         for r in payload["by_size"]:
             fire = fire_bins.get(r["target"])
-            if fire is None or r["method"] == "ase-fire":
+            counts = [b["structures"] for b in r["bins"]]
+            if fire is None or r["method"] == "ase-fire" or not any(counts) or counts != [b["structures"] for b in fire]:
                 continue
             cells = [f"{b['force_calls'] / f['force_calls']:.2f}×" if f["force_calls"] else "–"
                      for b, f in zip(r["bins"], fire)]
