@@ -21,9 +21,10 @@ The capacity K is in structures (--capacity-metric structures, the default) or i
 the unit TorchSim's autobatcher takes; needed for the torchsim rows).
 
 Reported: force calls (total and per structure), atoms over all force calls, converged count, wall time,
-structures/s, the model's time per atom evaluation, and the share of the time spent outside the model (optimizer, cell filter, bookkeeping). Results go to
-benchmarks/results/{tag}.json and .md with the command, machine and versions. Every method's model is called
-once on the first structure before its timing starts (the first call builds kernels and caches, seconds).
+structures/s, the model's time per atom evaluation, and the share of the time spent outside the model (optimizer,
+cell filter, bookkeeping). Results go to benchmarks/results/{tag}.json and .md with the command, machine and
+versions. Every method's model is called once on the first structure before its timing starts (the first call
+builds kernels and caches, seconds).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int
     the loop below keeps TorchSim's own pieces (``frechet_cell_fire``, ``InFlightAutoBatcher``, its force
     convergence function with cell forces, swaps every 5 steps) with a per-structure cap of ``steps``.
     """
+    import torch_sim as ts
     from sevenn.util import load_checkpoint, pretrained_name_to_path
     from torch_sim.models.sevennet import SevenNetModel
     from torch_sim.runners import generate_force_convergence_fn
@@ -119,8 +121,6 @@ def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int
     if metric != "atoms":
         raise SystemExit("torchsim-fire needs --capacity-metric atoms (its autobatcher counts atoms)")
     model = SevenNetModel(model=load_checkpoint(pretrained_name_to_path("7net-0")).build_model(), device=device)
-    import torch_sim as ts
-
     counts = {"calls": 0, "structures": 0, "atoms": 0, "seconds": 0.0}
     forward = model.forward
     forward(ts.initialize_state(list(structures[:1]), model.device, model.dtype))  # warm-up, untimed
@@ -218,11 +218,11 @@ def markdown(payload: dict) -> str:
     lines += [f"\nFailed to run: {failure}" for failure in payload.get("failed_methods", [])]
     lines += ["", "Outside-model share: wall time not spent in the model call (optimizer, cell filter, bookkeeping; for "
               "the ASE rows also ASE's filter and optimizer), over the wall time. Model calls include graph "
-              "construction. Atom evaluations: atoms over all force calls (a model's cost on a CPU grows with them; a "
-              "GPU call costs nearly the same for any small batch). atomopt-relax: the command line on the same structures written to a file (its "
-              "wall time includes reading, writing and the journal). torchsim-fire-K: force calls are structure "
-              "evaluations (TorchSim checks convergence every 5 steps, so a structure runs up to 4 steps past "
-              "its convergence).", ""]
+              "construction. Atom evaluations: atoms over all force calls (a model's cost on a CPU grows with "
+              "them; a GPU call costs nearly the same for any small batch). atomopt-relax: the command line on the "
+              "same structures written to a file (its wall time includes reading, writing and the journal). "
+              "torchsim-fire-K: force calls are structure evaluations (TorchSim checks convergence every 5 "
+              "steps, so a structure runs up to 4 steps past its convergence).", ""]
     return "\n".join(lines)
 
 

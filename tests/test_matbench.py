@@ -129,6 +129,8 @@ def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_ener
     assert mine["atom_force_calls_total"] == 5 * 1 + 501 * 2 + 7 * 3  # calls weighted by each structure's atoms
     assert mine["volume_error_percent"] == pytest.approx(100 * 0.1 / 3)
     assert mine["spacegroup_kept"] == 2
+    by_size = matbench.calls_by_size(rows, range(3), ["frankenstein"], ["0.05"])[0]["bins"]
+    assert [(b["structures"], b["force_calls"]) for b in by_size] == [(3, 513), (0, 0), (0, 0), (0, 0)]
     fire = matbench.method_metrics("ase-fire", "0.05", rows, refs, range(3))
     assert (fire["structures"], fire["errors"], fire["failures"]) == (1, 1, 1)
     assert math.isnan(fire["mae_mev_per_atom"])

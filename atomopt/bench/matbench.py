@@ -724,7 +724,8 @@ def markdown(payload: dict) -> str:
                           if same and "atom_force_calls_total" in r else "–")
             lines.append(f"| {r['method']} | {r['structures']} | {r['converged']} | {r['failures']} | "
                          f"{r['not_converged']} | {r['errors']} | {r['higher_basin']} | {r['mae_mev_per_atom']:.3f} | "
-                         f"{r['below_reference']} | {r['force_calls_total']} | {ratio} | {atom_ratio} | {r['force_calls_mean']:.1f} | "
+                         f"{r['below_reference']} | {r['force_calls_total']} | {ratio} | {atom_ratio} | "
+                         f"{r['force_calls_mean']:.1f} | "
                          f"{r['force_calls_median']:.0f} | {r['force_calls_max']} | {r['volume_error_percent']:.3f} | "
                          f"{r['spacegroup_kept']} | {r['structures_per_second']:.3f} |")
         lines.append("")
@@ -764,8 +765,8 @@ def markdown(payload: dict) -> str:
               "tightest threshold, so the same number stands in every table). Force calls: up to the state that "
               "resolves the threshold, as a run stopping there would count them. atom-calls: force calls weighted by "
               "the structure's atoms (what a model's cost on a CPU follows; a GPU call costs nearly the same for "
-              "any small batch). below ref: structures ending more "
-              "than 1 meV/atom under the reference (the reference missed a lower basin).", ""]
+              "any small batch). below ref: structures ending more than 1 meV/atom under the reference (the "
+              "reference missed a lower basin).", ""]
     return "\n".join(lines)
 
 
