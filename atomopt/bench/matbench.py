@@ -202,8 +202,8 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
 
     fmax = min(t.fmax for t in targets)
     steps = max(t.steps for t in targets)
-    relaxer = InFlightRelaxer(get_model(model_spec, device), method, fmax=fmax, steps=steps, cell=True, capacity=capacity,
-                              capacity_metric="atoms", observer=observer, **options)
+    relaxer = InFlightRelaxer(get_model(model_spec, device), method, fmax=fmax, steps=steps, cell=True,
+                              capacity=capacity, capacity_metric="atoms", observer=observer, **options)
     start = time.perf_counter()
     for record in relaxer.run(items):
         trace = traces[record.index]
@@ -626,8 +626,8 @@ def summarize(rows: dict, structures: Sequence[Atoms], methods: Sequence[str], s
             "by_size": calls_by_size(rows, complete, methods, targets)}
 
 
-#: Cell sizes (atoms) the force calls are broken down by.
-SIZE_BINS = ((1, 4), (5, 8), (9, 16), (17, 10**9))
+#: Cell sizes (atoms, inclusive; None: no upper bound) the force calls are broken down by.
+SIZE_BINS = ((1, 4), (5, 8), (9, 16), (17, None))
 
 
 def calls_by_size(rows: dict, indices: Sequence[int], methods: Sequence[str], targets: Sequence[str]) -> list[dict]:
@@ -638,9 +638,10 @@ def calls_by_size(rows: dict, indices: Sequence[int], methods: Sequence[str], ta
             totals = []
             for low, high in SIZE_BINS:
                 outcomes = [rows[(method, i)]["outcomes"].get(target) for i in indices
-                            if (method, i) in rows and low <= rows[(method, i)]["n_atoms"] <= high]
-                totals.append({"atoms": [low, high], "structures": len([o for o in outcomes if o]),
-                               "force_calls": sum(o["force_calls"] for o in outcomes if o)})
+                            if (method, i) in rows and low <= rows[(method, i)]["n_atoms"] <= (high or math.inf)]
+                outcomes = [o for o in outcomes if o]
+                totals.append({"atoms": f"{low}–{high}" if high else f"≥ {low}", "structures": len(outcomes),
+                               "force_calls": sum(o["force_calls"] for o in outcomes)})
             out.append({"method": method, "target": target, "bins": totals})
     return out
 
@@ -720,8 +721,7 @@ def markdown(payload: dict) -> str:
         for r in rows:
             same = fire is not None and fire["structures"] == r["structures"]  # a subset row has no ratio
             ratio = f"{r['force_calls_total'] / fire['force_calls_total']:.2f}×" if same else "–"
-            atom_ratio = (f"{r['atom_force_calls_total'] / fire['atom_force_calls_total']:.2f}×"
-                          if same and "atom_force_calls_total" in r else "–")
+            atom_ratio = f"{r['atom_force_calls_total'] / fire['atom_force_calls_total']:.2f}×" if same else "–"
             lines.append(f"| {r['method']} | {r['structures']} | {r['converged']} | {r['failures']} | "
                          f"{r['not_converged']} | {r['errors']} | {r['higher_basin']} | {r['mae_mev_per_atom']:.3f} | "
                          f"{r['below_reference']} | {r['force_calls_total']} | {ratio} | {atom_ratio} | "
@@ -743,19 +743,18 @@ def markdown(payload: dict) -> str:
         lines += [f"| {c['target']} | {c['structures']} | {c['ase_front_end_calls']} | {c['engine_calls']} | "
                   f"{c['same_status']} | {c['max_energy_gap_mev_per_atom']:.3f} |" for c in payload["cross_check"]]
         lines.append("")
-    fire_bins = {r["target"]: r["bins"] for r in payload.get("by_size", []) if r["method"] == "ase-fire"}
+    fire_bins = {r["target"]: r["bins"] for r in payload["by_size"] if r["method"] == "ase-fire"}
     if fire_bins:
-        labels = [f"{b['atoms'][0]}–{b['atoms'][1]}" if b["atoms"][1] < 10**9 else f"≥ {b['atoms'][0]}"
-                  for b in next(iter(fire_bins.values()))]
-        counts = ", ".join(f"{label}: {b['structures']}" for label, b in zip(labels, next(iter(fire_bins.values()))))
+        first = next(iter(fire_bins.values()))
         lines += ["## Force calls by cell size, against ASE FIRE's on the same structures", "",
-                  f"Structures per bin (atoms per cell): {counts}.", "",
-                  "| threshold | method | " + " | ".join(f"{label} atoms" for label in labels) + " |",
-                  "|---|---|" + "---|" * len(labels)]
+                  "Structures per bin (atoms per cell): " + ", ".join(f"{b['atoms']}: {b['structures']}" for b in first)
+                  + ".", "",
+                  "| threshold | method | " + " | ".join(f"{b['atoms']} atoms" for b in first) + " |",
+                  "|---|---|" + "---|" * len(first)]
         for r in payload["by_size"]:
             fire = fire_bins.get(r["target"])
-            counts = [b["structures"] for b in r["bins"]]
-            if fire is None or r["method"] == "ase-fire" or not any(counts) or counts != [b["structures"] for b in fire]:
+            per_bin = [b["structures"] for b in r["bins"]]  # a row on other structures (a subset) is left out
+            if fire is None or r["method"] == "ase-fire" or not any(per_bin) or per_bin != [b["structures"] for b in fire]:
                 continue
             cells = [f"{b['force_calls'] / f['force_calls']:.2f}×" if f["force_calls"] else "–"
                      for b, f in zip(r["bins"], fire)]
