@@ -174,7 +174,7 @@ def hea_command(args: argparse.Namespace) -> int:
                       methods=args.methods or hea.DEFAULT_METHODS,
                       box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box], seed=args.seed,
                       potdir=args.potdir, out=args.out, tag=args.tag, workers=args.workers, analyse=not args.no_dxa,
-                      command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet)
+                      command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only)
     print((Path(args.out) / f"{args.tag}.md").read_text())
     return 0 if payload["table"] else 1
 
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "and project the paper's 5.5-million-atom run (results hea_cost.* unless --tag)")
     he.add_argument("--out", default="benchmarks/results", help="output folder")
     he.add_argument("--tag", default="hea", help="file name stem of the results (default hea)")
+    he.add_argument("--report-only", action="store_true",
+                    help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing")
     he.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     he.set_defaults(handler=hea_command)
     return parser

@@ -344,9 +344,11 @@ def summarize(rows: list[dict]) -> list[dict]:
 def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: int = 3000, ranks: int = 1,
         methods: Sequence[str] = DEFAULT_METHODS, box: Sequence[bool] = (False, True), seed: int = 0,
         potdir: str | Path = "../shared/potentials", out: str | Path = "benchmarks/results", tag: str = "hea",
-        workers: int = 1, analyse: bool = True, command: str = "", quiet: bool = False) -> dict:
+        workers: int = 1, analyse: bool = True, command: str = "", quiet: bool = False,
+        report_only: bool = False) -> dict:
     """Build the polycrystals, run every method on each (resuming from ``{out}/{tag}.jsonl``), write the
-    results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``."""
+    results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``. ``report_only``: write the results of the
+    journal as it stands (e.g. after an interrupted run), run nothing."""
     import json
     from concurrent.futures import ThreadPoolExecutor
 
@@ -370,13 +372,13 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             if line.strip():
                 row = json.loads(line)
                 rows[Job(row["grains"], row["box"], row["method"]).key] = row
+    jobs = [] if report_only else [Job(g, b, m) for g in grains for b in box for m in methods
+                                   if Job(g, b, m).key not in rows and not (b and m in NO_BOX)]
     data = {}
-    for g in grains:
+    for g in sorted({job.grains for job in jobs}):
         data[g] = work / f"polycrystal_{n_atoms}_g{g}_s{seed}.data"
         if not data[g].exists():
             write_data(polycrystal(n_atoms, g, seed), data[g])
-    jobs = [Job(g, b, m) for g in grains for b in box for m in methods
-            if Job(g, b, m).key not in rows and not (b and m in NO_BOX)]
     bar = tqdm(total=len(jobs), unit="run", disable=quiet or None, dynamic_ncols=True)
     with open(journal, "a") as handle, ThreadPoolExecutor(max(workers, 1)) as pool:
         futures = [pool.submit(run_job, job, data[job.grains].resolve(), potdir, budget, ranks, work.resolve())
@@ -391,8 +393,10 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             bar.update(1)
     bar.close()
     selected = [rows[Job(g, b, m).key] for g in grains for b in box for m in methods if Job(g, b, m).key in rows]
+    expected = [Job(g, b, m).key for g in grains for b in box for m in methods if not (b and m in NO_BOX)]
     payload = {"command": command, "n_atoms": n_atoms, "grains": list(grains), "budget": budget, "ranks": ranks,
-               "seed": seed, "machine": _machine(), "table": summarize(selected)}
+               "seed": seed, "machine": _machine(), "methods": list(methods),
+               "not_run": [key for key in expected if key not in rows], "table": summarize(selected)}
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
     (out / f"{tag}.md").write_text(markdown(payload))
     plot(payload, selected, out / f"{tag}.png")
@@ -520,6 +524,9 @@ def markdown(payload: dict) -> str:
              "Gap: final energy above the lowest any method reached on the same polycrystal and box mode. "
              "evals to 1 / 0.1 meV/atom: force evaluations after which the energy stays within that of the best "
              "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).", ""]
+    if payload.get("not_run"):
+        lines += [f"Partial results: {len(payload['not_run'])} runs not done yet (the gaps are to the best of the "
+                  f"methods done): {', '.join(payload['not_run'])}.", ""]
     for (grains, box) in dict.fromkeys((r["grains"], r["box"]) for r in payload["table"]):
         rows = sorted((r for r in payload["table"] if r["grains"] == grains and r["box"] == box),
                       key=lambda r: r["energy"])
@@ -563,8 +570,9 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
         ax.set_title("box relaxed" if box else "fixed box")
         ax.legend(fontsize=7)
         ax = axes[0, 2 * k + 1]
-        largest = max(payload["grains"])
-        group = [r for r in rows if r["grains"] == largest and r["box"] == box and r.get("status") == "ok"]
+        done = [r for r in rows if r["box"] == box and r.get("status") == "ok"]
+        largest = max((r["grains"] for r in done), default=None)
+        group = [r for r in done if r["grains"] == largest]
         if group:
             best = min(min(r["curve"][1]) for r in group)
             for r in group:
