@@ -525,8 +525,13 @@ def markdown(payload: dict) -> str:
              "evals to 1 / 0.1 meV/atom: force evaluations after which the energy stays within that of the best "
              "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).", ""]
     if payload.get("not_run"):
+        missing: dict[str, list[str]] = {}
+        for key in payload["not_run"]:  # g{grains}_{box}_{method}
+            grains, box, method = key.split("_", 2)
+            missing.setdefault(f"{grains[1:]} grains {box}", []).append(method)
         lines += [f"Partial results: {len(payload['not_run'])} runs not done yet (the gaps are to the best of the "
-                  f"methods done): {', '.join(payload['not_run'])}.", ""]
+                  "methods done): " + "; ".join(f"{group}: {', '.join(methods)}" for group, methods in missing.items())
+                  + ".", ""]
     for (grains, box) in dict.fromkeys((r["grains"], r["box"]) for r in payload["table"]):
         rows = sorted((r for r in payload["table"] if r["grains"] == grains and r["box"] == box),
                       key=lambda r: r["energy"])
