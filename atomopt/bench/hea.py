@@ -372,8 +372,9 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             if line.strip():
                 row = json.loads(line)
                 rows[Job(row["grains"], row["box"], row["method"]).key] = row
-    jobs = [] if report_only else [Job(g, b, m) for g in grains for b in box for m in methods
-                                   if Job(g, b, m).key not in rows and not (b and m in NO_BOX)]
+    planned = [Job(g, b, m) for g in grains for b in box for m in methods if not (b and m in NO_BOX)]
+    pending = [job for job in planned if job.key not in rows]
+    jobs = [] if report_only else pending
     data = {}
     for g in sorted({job.grains for job in jobs}):
         data[g] = work / f"polycrystal_{n_atoms}_g{g}_s{seed}.data"
@@ -392,11 +393,10 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             handle.flush()
             bar.update(1)
     bar.close()
-    selected = [rows[Job(g, b, m).key] for g in grains for b in box for m in methods if Job(g, b, m).key in rows]
-    expected = [Job(g, b, m).key for g in grains for b in box for m in methods if not (b and m in NO_BOX)]
+    selected = [rows[job.key] for job in planned if job.key in rows]
     payload = {"command": command, "n_atoms": n_atoms, "grains": list(grains), "budget": budget, "ranks": ranks,
                "seed": seed, "machine": _machine(), "methods": list(methods),
-               "not_run": [key for key in expected if key not in rows], "table": summarize(selected)}
+               "not_run": [job.key for job in planned if job.key not in rows], "table": summarize(selected)}
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
     (out / f"{tag}.md").write_text(markdown(payload))
     plot(payload, selected, out / f"{tag}.png")
