@@ -54,6 +54,18 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
         assert evaluations == sorted(evaluations) and abs(evaluations[-1] - row["force_evaluations"]) <= 2
         assert energies[-1] == pytest.approx(row["energy"], abs=1e-3)  # thermo's last line is the final state
     assert (tmp_path / "t.png").stat().st_size > 0 and "3 grains" in (tmp_path / "t.md").read_text()
+    for row in journal:  # DXA at every trial circuit length, the first (OVITO's default) as the headline
+        assert set(row["dxa"]["by_circuit"]) == {str(c) for c in hea.DXA_CIRCUITS}
+        assert row["dxa"]["by_circuit"][str(hea.DXA_CIRCUITS[0])]["total_length"] == row["dxa"]["total_length"]
+    assert [c["grains"] for c in payload["targets"]] == [3, 3] and payload["targets"][0]["rivals"] == ["fire", "cg"]
+    # a run analysed before the circuit lengths were added is analysed again from its dump, once
+    stale = dict(journal[0], dxa={k: v for k, v in journal[0]["dxa"].items() if k != "by_circuit"})
+    with open(tmp_path / "t.jsonl", "a") as handle:
+        handle.write(__import__("json").dumps(stale) + "\n")
+    hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"], potdir=POTENTIALS,
+            out=tmp_path, tag="t", quiet=True, report_only=True)
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert len(lines) == len(journal) + 2 and __import__("json").loads(lines[-1])["dxa"] == journal[0]["dxa"]
     # what ran is kept: a second call runs nothing and gives the same table
     again = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"],
                     potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True)
@@ -64,6 +76,25 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     assert partial["table"] == payload["table"] and partial["not_run"] == ["g3_fixed_adan", "g3_box_adan"]
     assert "3 grains fixed: adan; 3 grains box: adan." in (tmp_path / "t.md").read_text()
     assert not (tmp_path / "t_runs" / "g3_fixed_adan").exists()
+
+
+def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
+    from atomopt.bench.hea import targets
+
+    def row(method, energy, to_1_mev, lengths, box=False):
+        return {"grains": 4, "box": box, "method": method, "energy": energy, "evaluations_to_1_mev": to_1_mev,
+                "dislocation_length_by_circuit": dict(zip(("14", "12", "16"), lengths))}
+
+    table = [row("frankenstein", -10.0, 200, (250, 240, 300)), row("fire", -9.0, 380, (260, 230, 310)),
+             row("cg", -9.5, None, (270, 250, 320)), row("adamnx", -10.4, 210, (310, 280, 350)),
+             row("frankenstein", -20.0, 500, (100, 90, 120), box=True), row("cg", -19.0, 400, (110, 95, 130), box=True)]
+    fixed, box = targets(table)
+    # AdamNX lower by 0.4 eV; sooner than FIRE (380) and CG (never); at circuit 12 longer than FIRE's 230
+    assert fixed["lowest"] is False and fixed["runner_up"] == "adamnx" and fixed["margin_ev"] == pytest.approx(-0.4)
+    assert fixed["faster_to_1_mev"] is True and fixed["dxa_no_longer"] is False and fixed["rivals"] == ["fire", "cg"]
+    # no FIRE with a relaxed box: CG alone is the rival; slower than CG to 1 meV/atom, DXA shorter at all circuits
+    assert box["lowest"] is True and box["margin_ev"] == pytest.approx(1.0) and box["rivals"] == ["cg"]
+    assert box["faster_to_1_mev"] is False and box["dxa_no_longer"] is True
 
 
 def test_evaluations_to_reach_a_level_counts_until_the_energy_stays_below():
