@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--ranks", type=int, default=1, help="MPI ranks per run (default 1)")
     he.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
     he.add_argument("--methods", nargs="+", help="default: fire cg hftn sd frankenstein adan adamnx innaprop "
-                    "frankenstein-paper")
+                    "frankenstein-paper; a variant adds min_modify keywords: NAME@key=value,key=value "
+                    "(e.g. frankenstein@dmax=0.1)")
     he.add_argument("--box", choices=("both", "fixed", "relaxed"), default="both",
                     help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)")
     he.add_argument("--seed", type=int, default=0, help="seed of the polycrystals (default 0)")

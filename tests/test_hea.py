@@ -97,6 +97,18 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     assert box["faster_to_1_mev"] is False and box["dxa_no_longer"] is True
 
 
+def test_a_variant_adds_its_min_modify_keywords_to_the_methods_own():
+    from atomopt.bench.hea import method_settings, minimize_input
+
+    assert method_settings("cg") == ("cg", "")
+    assert method_settings("frankenstein@dmax=0.1,lr=0.02") == ("frankenstein", "dmax 0.1 lr 0.02")
+    assert method_settings("frankenstein-paper@lr=0.01") == ("frankenstein", "paper_exact yes lr 0.01")
+    assert "min_modify      dmax 0.1\n" in minimize_input("frankenstein@dmax=0.1", 10, box=False)
+    for bad in ("bfgs", "bfgs@lr=1", "frankenstein@lr", "frankenstein@=1", "frankenstein@lr=1,"):
+        with pytest.raises(ValueError):
+            method_settings(bad)
+
+
 def test_evaluations_to_reach_a_level_counts_until_the_energy_stays_below():
     from atomopt.bench.hea import evaluations_to_reach
 

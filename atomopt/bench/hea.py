@@ -77,6 +77,19 @@ METHODS: dict[str, tuple[str, str]] = {
 NO_BOX = ("fire",)
 
 
+def method_settings(method: str) -> tuple[str, str]:
+    """(min_style, min_modify arguments) of a method of :data:`METHODS`, or of a variant of one written
+    ``NAME@key=value,key=value`` (its min_modify keywords added, e.g. ``frankenstein@dmax=0.1``)."""
+    name, _, changes = method.partition("@")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {list(METHODS)} (variants: NAME@key=value,...)")
+    style, modify = METHODS[name]
+    pairs = [change.partition("=") for change in changes.split(",")] if changes else []
+    if any(not key or not sep or not value for key, sep, value in pairs):
+        raise ValueError(f"method {method!r}: write a variant as NAME@key=value,key=value")
+    return style, " ".join([modify] * bool(modify) + [f"{key} {value}" for key, _, value in pairs])
+
+
 def write_data(atoms: Atoms, path) -> None:
     """LAMMPS data file (atom_style atomic, types in :data:`TYPE_ORDER`, masses)."""
     from ase.io import write
@@ -107,7 +120,7 @@ thermo_modify   norm no flush no
 def minimize_input(method: str, budget: int, box: bool) -> str:
     """Minimization of one method within ``budget`` force evaluations (no force or energy test stops it
     earlier than a minimizer's own failure), optionally with ``fix box/relax iso 0.0``."""
-    style, modify = METHODS[method]
+    style, modify = method_settings(method)
     lines = [f"min_style       {style}"]
     if modify:
         lines.append(f"min_modify      {modify}")
@@ -398,9 +411,8 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
 
     from tqdm import tqdm
 
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    for method in methods:
+        method_settings(method)  # unknown names and malformed variants fail before any run
     potdir = Path(potdir).resolve()
     missing = [f for f in ("library.meam", "CoNiCrFeMn.meam") if not (potdir / f).is_file()]
     if missing:
@@ -416,7 +428,7 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             if line.strip():
                 row = json.loads(line)
                 rows[Job(row["grains"], row["box"], row["method"]).key] = row
-    planned = [Job(g, b, m) for g in grains for b in box for m in methods if not (b and m in NO_BOX)]
+    planned = [Job(g, b, m) for g in grains for b in box for m in methods if not (b and m.partition("@")[0] in NO_BOX)]
     pending = [job for job in planned if job.key not in rows]
     jobs = [] if report_only else pending
     data = {}
