@@ -57,9 +57,11 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     for row in journal:  # DXA at every trial circuit length, the first (OVITO's default) as the headline
         assert set(row["dxa"]["by_circuit"]) == {str(c) for c in hea.DXA_CIRCUITS}
         assert row["dxa"]["by_circuit"][str(hea.DXA_CIRCUITS[0])]["total_length"] == row["dxa"]["total_length"]
+        assert sum(row["dxa"]["segments_by_family"].values()) == row["dxa"]["segments"]
     assert [c["grains"] for c in payload["targets"]] == [3, 3] and payload["targets"][0]["rivals"] == ["fire", "cg"]
     # a run analysed before the circuit lengths were added is analysed again from its dump, once
-    stale = dict(journal[0], dxa={k: v for k, v in journal[0]["dxa"].items() if k != "by_circuit"})
+    stale = dict(journal[0], dxa={k: v for k, v in journal[0]["dxa"].items()
+                                  if k not in ("by_circuit", "segments_by_family")})
     with open(tmp_path / "t.jsonl", "a") as handle:
         handle.write(__import__("json").dumps(stale) + "\n")
     hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"], potdir=POTENTIALS,
@@ -95,6 +97,17 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     # no FIRE with a relaxed box: CG alone is the rival; slower than CG to 1 meV/atom, DXA shorter at all circuits
     assert box["lowest"] is True and box["margin_ev"] == pytest.approx(1.0) and box["rivals"] == ["cg"]
     assert box["faster_to_1_mev"] is False and box["dxa_no_longer"] is True
+
+
+def test_burgers_vectors_fall_into_ovitos_fcc_families():
+    from atomopt.bench.hea import burgers_family
+
+    assert burgers_family([0.5, -0.5, 0.0]) == "1/2<110>"
+    assert burgers_family([-1 / 6, 1 / 3, 1 / 6]) == "1/6<112>"  # any order and sign
+    assert burgers_family([0, 1 / 6, -1 / 6]) == "1/6<110>"
+    assert burgers_family([0, 0, -1 / 3]) == "1/3<100>"
+    assert burgers_family([1 / 3, 1 / 3, 1 / 3]) == "1/3<111>"
+    assert burgers_family([0.5, 0.5, 0.5]) == "other" and burgers_family([0.2, 0.1, 0.0]) == "other"
 
 
 def test_a_variant_adds_its_min_modify_keywords_to_the_methods_own():

@@ -243,10 +243,23 @@ def evaluations_to_reach(evaluations: np.ndarray, energies: np.ndarray, level: f
 DXA_CIRCUITS = (14, 12, 16)
 
 
+#: fcc Burgers-vector families as OVITO's DXA names them: sorted |components| in lattice units. Lines whose
+#: true Burgers vector is none of these are "other" (mostly in grain boundaries).
+BURGERS_FAMILIES = {"1/2<110>": (0, 1 / 2, 1 / 2), "1/6<112>": (1 / 6, 1 / 6, 1 / 3), "1/6<110>": (0, 1 / 6, 1 / 6),
+                    "1/3<100>": (0, 0, 1 / 3), "1/3<111>": (1 / 3, 1 / 3, 1 / 3)}
+
+
+def burgers_family(true_burgers_vector: Sequence[float]) -> str:
+    """The fcc family of a DXA line's true Burgers vector (lattice units), or ``"other"``."""
+    magnitudes = np.sort(np.abs(np.asarray(true_burgers_vector, dtype=float)))
+    return next((name for name, family in BURGERS_FAMILIES.items() if np.allclose(magnitudes, family, atol=1e-4)),
+                "other")
+
+
 def dislocations(dump: str, circuits: Sequence[int] = DXA_CIRCUITS) -> dict:
     """OVITO's dislocation analysis (DXA, fcc) of a LAMMPS dump: segments and line length in total and per
-    Burgers-vector family, Å, at the first trial circuit length; total segments and length at each of
-    ``circuits`` (``by_circuit``)."""
+    Burgers-vector family (Table 6 of the paper, by type), Å, at the first trial circuit length; total segments
+    and length at each of ``circuits`` (``by_circuit``)."""
     from ovito.io import import_file
     from ovito.modifiers import DislocationAnalysisModifier
 
@@ -261,7 +274,10 @@ def dislocations(dump: str, circuits: Sequence[int] = DXA_CIRCUITS) -> dict:
         length = float(data.attributes.get("DislocationAnalysis.total_line_length", 0.0))
         result["by_circuit"][str(circuit)] = {"segments": segments, "total_length": length}
         if circuit == circuits[0]:
-            result |= {"segments": segments, "total_length": length,
+            counts = dict.fromkeys([*BURGERS_FAMILIES, "other"], 0)
+            for line in data.dislocations.lines if data.dislocations is not None else []:
+                counts[burgers_family(line.true_burgers_vector)] += 1
+            result |= {"segments": segments, "total_length": length, "segments_by_family": counts,
                        "length_by_family": {key.split("DislocationAnalysis.length.", 1)[1]: float(value)
                                             for key, value in data.attributes.items()
                                             if key.startswith("DislocationAnalysis.length.")}}
@@ -361,6 +377,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 entry.update(dislocation_segments=r["dxa"]["segments"],
                              dislocation_length=r["dxa"]["total_length"],
                              dislocation_families=r["dxa"]["length_by_family"],
+                             dislocation_segments_by_family=r["dxa"].get("segments_by_family"),
                              dislocation_length_by_circuit={c: v["total_length"]
                                                             for c, v in r["dxa"].get("by_circuit", {}).items()})
             table.append(entry)
@@ -451,7 +468,8 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
     bar.close()
     selected = [rows[job.key] for job in planned if job.key in rows]
     if analyse:  # runs analysed before DXA_CIRCUITS: analyse again while their dumps are here, append the new row
-        stale = [r for r in selected if "dxa" in r and "by_circuit" not in r["dxa"] and Path(r["dump"]).is_file()]
+        stale = [r for r in selected if "dxa" in r and "segments_by_family" not in r["dxa"]
+                 and Path(r["dump"]).is_file()]
         with open(journal, "a") as handle:
             for row in stale:
                 row["dxa"] = dislocations(row["dump"])
@@ -630,6 +648,19 @@ def markdown(payload: dict) -> str:
                          f"{r['force_evaluations']} | {r['stop']} | {r['fnorm_final']:.3g} | "
                          f"{r['pressure_bar']:.1f} | {dxa} | {dxa_circuits} | {r['wall_seconds']:.0f} |")
         lines.append("")
+        analysed = [r for r in rows if r.get("dislocation_segments_by_family")]
+        if analysed:
+            families = [f for f in [*BURGERS_FAMILIES, "other"]
+                        if any(r["dislocation_families"].get(f, 0) > 0 for r in analysed)]
+            lines += ["DXA by Burgers-vector family (circuit 14), segments / length Å; lattice: all but other", "",
+                      "| method | " + " | ".join(families) + " | lattice |", "|---" * (len(families) + 2) + "|"]
+            for r in analysed:
+                cells = [f"{r['dislocation_segments_by_family'].get(f, 0)} / {r['dislocation_families'].get(f, 0):.0f}"
+                         for f in families]
+                cells.append(f"{sum(r['dislocation_segments_by_family'].get(f, 0) for f in BURGERS_FAMILIES)} / "
+                             f"{sum(r['dislocation_families'].get(f, 0) for f in BURGERS_FAMILIES):.0f}")
+                lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
