@@ -41,7 +41,7 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     from atomopt.bench import hea
 
     payload = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"],
-                      potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True)
+                      potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True, command="atomopt bench hea (test)")
     rows = {(r["method"], r["box"]): r for r in payload["table"]}
     assert set(rows) == {("fire", False), ("cg", False), ("frankenstein", False), ("cg", True), ("frankenstein", True)}
     for (method, box), r in rows.items():
@@ -77,6 +77,8 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
                       potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True, report_only=True)
     assert partial["table"] == payload["table"] and partial["not_run"] == ["g3_fixed_adan", "g3_box_adan"]
     assert "3 grains fixed: adan; 3 grains box: adan." in (tmp_path / "t.md").read_text()
+    assert partial["run_commands"] == ["atomopt bench hea (test)"]  # the command that ran them, kept in the journal
+    assert "Runs made by: `atomopt bench hea (test)`" in (tmp_path / "t.md").read_text()
     assert not (tmp_path / "t_runs" / "g3_fixed_adan").exists()
 
 

@@ -461,6 +461,7 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             row = future.result()
             if analyse and "dump" in row:  # OVITO in this (main) thread: it crashes in a worker thread
                 row["dxa"] = dislocations(row["dump"])
+            row["command"] = command  # a resumed or --report-only call writes the table under its own command
             rows[job.key] = row
             handle.write(json.dumps(row) + "\n")
             handle.flush()
@@ -474,7 +475,9 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             for row in stale:
                 row["dxa"] = dislocations(row["dump"])
                 handle.write(json.dumps(row) + "\n")
-    payload = {"command": command, "n_atoms": n_atoms, "grains": list(grains), "budget": budget, "ranks": ranks,
+    run_commands = list(dict.fromkeys(r["command"] for r in selected if r.get("command")))
+    payload = {"command": command, "run_commands": run_commands, "n_atoms": n_atoms, "grains": list(grains),
+               "budget": budget, "ranks": ranks,
                "seed": seed, "machine": _machine(), "methods": list(methods),
                "not_run": [job.key for job in planned if job.key not in rows], "table": summarize(selected)}
     payload["targets"] = targets(payload["table"])
@@ -600,6 +603,7 @@ def markdown(payload: dict) -> str:
     lines = [f"# CoCrFeMnNi polycrystals, 2NN MEAM: {payload['n_atoms']} atoms, grains {payload['grains']}, "
              f"{payload['budget']} force evaluations", "",
              f"Command: `{payload['command']}`  ",
+             *[f"Runs made by: `{c}`  " for c in payload.get("run_commands", []) if c != payload["command"]],
              f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, {payload['ranks']} MPI "
              f"rank(s) per run; " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()), "",
              "Gap: final energy above the lowest any method reached on the same polycrystal and box mode. "
@@ -621,13 +625,15 @@ def markdown(payload: dict) -> str:
         lines += ["## Targets: Frankenstein against every method, and against FIRE and CG", "",
                   "Lowest: its final energy is the lowest of the methods run (margin: runner-up's energy minus "
                   "its own). Sooner: within 1 meV/atom of the best in fewer evaluations than FIRE and CG. DXA: "
-                  f"line length no larger than FIRE's and CG's at every trial circuit length ({', '.join(map(str, DXA_CIRCUITS))}).",
+                  "line length no larger than FIRE's and CG's at every trial circuit length "
+                  f"({', '.join(map(str, DXA_CIRCUITS))}).",
                   "", "| polycrystal | methods run | lowest | margin eV (runner-up) | sooner to 1 meV/atom | DXA |",
                   "|---|---|---|---|---|---|"]
         for c in checks:
             margin = "–" if c["margin_ev"] is None else f"{c['margin_ev']:+.3f} ({c['runner_up']})"
             lines.append(f"| {c['grains']} grains, {'box relaxed' if c['box'] else 'fixed box'} | {c['methods']} | "
-                         f"{mark(c['lowest'])} | {margin} | {mark(c['faster_to_1_mev'])} | {mark(c['dxa_no_longer'])} |")
+                         f"{mark(c['lowest'])} | {margin} | {mark(c['faster_to_1_mev'])} | "
+                         f"{mark(c['dxa_no_longer'])} |")
         lines.append("")
     others = [str(c) for c in DXA_CIRCUITS[1:]]
     for (grains, box) in dict.fromkeys((r["grains"], r["box"]) for r in payload["table"]):
