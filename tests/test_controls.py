@@ -107,6 +107,16 @@ def test_atomistic_rule_defaults_apply_unless_paper_exact_or_overridden():
     assert make_minimizer("frankenstein").fire == FireControl(f_dec=0.9, f_inc=1.02)
 
 
+def test_fire_fields_given_as_a_dict_change_the_optimizers_own_fire_control():
+    assert make_minimizer("frankenstein", fire={"f_dec": 0.5}).fire == FireControl(f_dec=0.5, f_inc=1.02)
+    assert make_minimizer("adamnx", fire={"n_min": 2}).fire == FireControl(n_min=2)  # Bitzek et al.'s otherwise
+    assert make_minimizer("frankenstein", paper_exact=True, fire={"f_dec": 0.7}).fire == FireControl(f_dec=0.7)
+    with pytest.raises(ValueError, match="no 'fdec'"):
+        make_minimizer("frankenstein", fire={"fdec": 0.5})
+    with pytest.raises(ValueError, match="f_dec must lie"):
+        make_minimizer("frankenstein", fire={"f_dec": 1.5})
+
+
 def test_fire_control_on_eps_scales_the_gain_and_leaves_lr():
     fire = FireControl(n_min=1, f_inc=2.0, f_dec=0.5, lr_max_factor=4.0, acts_on="eps")
     g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)

@@ -253,6 +253,31 @@ def test_input_runner_rejects_what_it_cannot_do(tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
+def test_min_modify_fire_fields_refine_the_fire_control_and_are_refused_without_it():
+    from atomopt.frontends.lammps.runner import InputError, optimizer_options
+
+    options = optimizer_options({"fire_f_dec": "0.5", "fire_n_min": "3", "fire_acts_on": "eps",
+                                 "fire_measured_cut": "yes", "fire": "yes", "lr": "0.1"})
+    assert options == {"lr": 0.1, "fire": {"f_dec": 0.5, "n_min": 3, "acts_on": "eps", "measured_cut": True}}
+    for raw, message in (({"fire_f_dec": "0.5", "fire": "no"}, "is off"), ({"fire_n_min": "2.5"}, "whole number"),
+                         ({"fire_f_inc": "fast"}, "expects a number")):
+        with pytest.raises(InputError, match=message):
+            optimizer_options(raw)
+
+
+def test_min_modify_fire_fields_reach_the_minimizer(tmp_path):
+    base = LOG_INPUT.format(units="lj", lattice=1.0, potential="pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0")
+    iterations = {}
+    for name, extra in (("default", ""), ("changed", " fire_f_inc 1.5 fire_n_min 1")):
+        script = tmp_path / f"in.{name}"
+        script.write_text(base.replace("min_modify norm max", "min_modify norm max" + extra))
+        log = tmp_path / f"{name}.log"
+        done = run_input(script, "-var", "s", "frankenstein", "-log", str(log), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        iterations[name] = int(log.read_text().split("Iterations, force evaluations =")[1].split()[0])
+    assert iterations["changed"] != iterations["default"]  # a faster-growing lr: another path to fmax
+
+
 def test_min_modify_rejects_unknown_values(tmp_path):
     script = tmp_path / "in.bad"
     script.write_text("units lj\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\nmin_style adan\nmin_modify fire maybe\n")

@@ -41,7 +41,7 @@ def make_minimizer(
     lr: float | None = None,
     eps: float | None = None,
     max_step: float | None | str = "default",
-    fire: FireControl | None | str = "default",
+    fire: FireControl | dict[str, Any] | None | str = "default",
     auto_eps: AutoEpsilon | None | str = "default",
     secant: SecantControl | None | str = "default",
     **rule_options: Any,
@@ -51,7 +51,8 @@ def make_minimizer(
     ``paper_exact=True`` gives the paper's update with its own ε and no step
     control at all (no max step, no FIRE control, no automatic ε); only the
     learning rate, a length here, keeps the atomistic default unless given.
-    Any control can still be set explicitly.
+    Any control can still be set explicitly. ``fire`` given as a dict changes those fields of the optimizer's
+    default FIRE control (e.g. ``{"f_dec": 0.5}``; of :class:`FireControl`'s defaults with ``paper_exact``).
     """
     key = name.lower()
     if key not in RULES:
@@ -74,6 +75,12 @@ def make_minimizer(
             "auto_eps": defaults.get("auto_eps"),
             "secant": defaults.get("secant"),
         }
+    if isinstance(fire, dict):
+        fields = {f.name for f in dataclasses.fields(FireControl)}
+        if set(fire) - fields:
+            raise ValueError(f"the FIRE control has no {', '.join(map(repr, sorted(set(fire) - fields)))}: "
+                             f"its fields are {sorted(fields)}")
+        fire = dataclasses.replace(preset["fire"] or FireControl(), **fire)
     return Minimizer(
         rule=rule,
         lr=defaults["lr"] if lr is None else lr,

@@ -18,8 +18,9 @@ Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
 
 atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``fire yes|no``,
 ``auto_eps yes|no``, ``paper_exact yes|no``, ``device cpu|cuda``,
-``dtype float64|float32`` and the update rule's hyperparameters by name
-(e.g. ``form appendix_b`` for Frankenstein, ``beta1 0.02`` for Adan).
+``dtype float64|float32``, the update rule's hyperparameters by name
+(e.g. ``form appendix_b`` for Frankenstein, ``beta1 0.02`` for Adan) and the
+FIRE control's fields as ``fire_<field>`` (e.g. ``fire_f_dec 0.5``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from atomopt.core.epsilon import AutoEpsilon
+from atomopt.core.minimizer import FireControl
 from atomopt.frontends.lammps.box import BoxRelax
 from atomopt.frontends.lammps.driver import NORMS, MinimizeResult, minimize
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
@@ -41,6 +43,8 @@ from atomopt.rules import RULES
 
 ATOMOPT_STYLES = tuple(RULES)
 _GENERAL_KEYWORDS = ("lr", "eps", "fire", "auto_eps", "paper_exact", "device", "dtype")
+#: ``fire_<field>``: a field of the optimizer's FIRE control (``fire_f_dec 0.5``, ``fire_lr_max_factor 20``, ...).
+_FIRE_KEYWORDS = {f"fire_{f.name}": f for f in dataclasses.fields(FireControl)}
 _RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule)}
 #: Rule hyperparameters that take a word (the others take numbers).
 _WORD_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)}
@@ -144,13 +148,14 @@ class InputRunner:
             raise InputError(f"min_modify expects keyword value pairs, got {' '.join(args)!r}")
         native = []
         for key, value in zip(args[::2], args[1::2]):
-            if key in _GENERAL_KEYWORDS or key in _RULE_KEYWORDS:
+            if key in _GENERAL_KEYWORDS or key in _RULE_KEYWORDS or key in _FIRE_KEYWORDS:
                 optimizer_options({key: value})  # validate now, where the line is
                 self.options[key] = value
                 continue
             if key not in _NATIVE_KEYWORDS:
                 raise InputError(
                     f"min_modify: unknown keyword {key!r}. atomopt keywords: {', '.join(_GENERAL_KEYWORDS)}; "
+                    f"FIRE control: {', '.join(_FIRE_KEYWORDS)}; "
                     f"update-rule hyperparameters: {', '.join(sorted(_RULE_KEYWORDS))}; LAMMPS keywords: "
                     f"{', '.join(_NATIVE_KEYWORDS)}")
             if key == "norm":
@@ -188,6 +193,8 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
     """Convert ``min_modify`` keyword strings into :func:`minimize` keyword arguments."""
     options: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in _FIRE_KEYWORDS:
+            continue  # below, once "fire yes|no" is known
         if key in ("fire", "paper_exact", "auto_eps"):
             flag = parse_flag(key, value)
             if key == "fire":
@@ -206,6 +213,20 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
             options[key] = value
         else:
             options[key] = parse_number(key, value)
+    fire = {}
+    for key in raw.keys() & _FIRE_KEYWORDS.keys():
+        field, value = _FIRE_KEYWORDS[key], raw[key]
+        kind = str(field.type)
+        number = None if kind in ("str", "bool") else parse_number(key, value)
+        if kind == "int" and not float(number).is_integer():
+            raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
+        fire[field.name] = (value if kind == "str" else parse_flag(key, value) if kind == "bool"
+                            else int(number) if kind == "int" else number)
+    if fire:
+        if options.get("fire", "default") is None:
+            raise InputError(f"min_modify {', '.join(sorted(raw.keys() & _FIRE_KEYWORDS.keys()))}: the FIRE control "
+                             "is off (fire no)")
+        options["fire"] = fire
     return options
 
 
