@@ -274,7 +274,11 @@ def test_min_modify_fire_fields_reach_the_minimizer(tmp_path):
         log = tmp_path / f"{name}.log"
         done = run_input(script, "-var", "s", "frankenstein", "-log", str(log), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        iterations[name] = int(log.read_text().split("Iterations, force evaluations =")[1].split()[0])
+        text = log.read_text()
+        iterations[name] = int(text.split("Iterations, force evaluations =")[1].split()[0])
+        lr, eps, restarts = text.split("Final lr, eps, FIRE restarts =")[1].split()[:3]
+        # lr moves between cuts on uphill steps (×0.9 per restart) and growth up to 10× the start (0.05 Å)
+        assert 0 < float(lr) <= 0.5 and float(eps) == 0.1 and 0 <= int(restarts) < iterations[name]
     assert iterations["changed"] != iterations["default"]  # a faster-growing lr: another path to fmax
 
 

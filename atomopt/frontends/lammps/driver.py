@@ -31,6 +31,7 @@ Units are those of the LAMMPS ``units`` setting: lengths for ``lr`` and
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -111,6 +112,10 @@ class MinimizeResult:
     pressure_final: np.ndarray | None = field(repr=False, default=None)
     #: the largest atom move of the last step (length units)
     max_move_final: float = 0.0
+    #: the learning rate (length units) and ε after the last step, and how often FIRE's uphill test restarted
+    lr_final: float = math.nan
+    eps_final: float = math.nan
+    fire_restarts: int = 0
     atoms: int = 0
 
 
@@ -217,6 +222,8 @@ class _Run:
         self.stop_reason: str | None = None
         self.error: BaseException | None = None
         self.optimizer_time = 0.0
+        self.fire_restarts = 0  # uphill steps that restarted the optimizer (FIRE's power test)
+        self.gain: tuple[float, float] = (math.nan, math.nan)  # lr (length) and ε after the last step
         self._setup_seen = False
         self.last_move = 0.0
 
@@ -272,6 +279,9 @@ class _Run:
         state = self._load_state(nlocal, rows, gradient, layout)
         constrain = self.box.constrain if self.box is not None and self.box.here else None
         displacement, state = self.minimizer.step(state, gradient, layout, constrain)
+        if self.minimizer.fire is not None and self.iterations > 0:
+            self.fire_restarts += int(state["downhill"][0].item() == 0)  # set to 0 exactly on an uphill step
+        self.gain = (float(state["lr"][0]), float(state["eps"][0]))
         self._store_state(nlocal, rows, state)
         step = displacement.detach().cpu().numpy().astype(np.float64)
         if self.box is None:
@@ -535,6 +545,9 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
         force_max_component_final=norms[-1].inf,
         wall_time=wall,
         optimizer_time=run.optimizer_time,
+        lr_final=run.gain[0],
+        eps_final=run.gain[1],
+        fire_restarts=run.fire_restarts,
         energies=list(energies),
         atoms=int(run.lmp.get_natoms()),
         box_final=current_box(run.lmp) if run.box is not None else None,
@@ -565,6 +578,7 @@ def stats_commands(optimizer: str, r: MinimizeResult, per_atom: bool = False) ->
         f"  Final line search alpha, max atom move = 0 {r.max_move_final:.8g}",
         f"  Iterations, force evaluations = {r.iterations} {r.force_evaluations}",
         f"  Optimizer time, wall time = {r.optimizer_time:.4g} {r.wall_time:.4g} s",
+        f"  Final lr, eps, FIRE restarts = {r.lr_final:.6g} {r.eps_final:.6g} {r.fire_restarts}",
         "",
     ]
     return [f'print "{line}"' for line in lines]
