@@ -58,6 +58,10 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
         assert set(row["dxa"]["by_circuit"]) == {str(c) for c in hea.DXA_CIRCUITS}
         assert row["dxa"]["by_circuit"][str(hea.DXA_CIRCUITS[0])]["total_length"] == row["dxa"]["total_length"]
         assert sum(row["dxa"]["segments_by_family"].values()) == row["dxa"]["segments"]
+        # what atomopt's step controls did, read from its log; native styles have no such line
+        assert (row["method"] == "frankenstein") == ("fire_restarts" in row)
+        if "fire_restarts" in row:
+            assert 0 <= row["fire_restarts"] < row["force_evaluations"] and row["lr_final"] > 0
     assert [c["grains"] for c in payload["targets"]] == [3, 3] and payload["targets"][0]["rivals"] == ["fire", "cg"]
     # a run analysed before the circuit lengths were added is analysed again from its dump, once
     stale = dict(journal[0], dxa={k: v for k, v in journal[0]["dxa"].items()

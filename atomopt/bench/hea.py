@@ -217,6 +217,9 @@ def minimization_stats(log_text: str) -> dict:
     if "Iterations, force evaluations =" in stats:
         out["iterations"], out["force_evaluations"] = (
             int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2])
+    if "Final lr, eps, FIRE restarts =" in stats:  # atomopt's styles: what the step controls did
+        lr, eps, restarts = stats.split("Final lr, eps, FIRE restarts =")[1].split()[:3]
+        out |= {"lr_final": float(lr), "eps_final": float(eps), "fire_restarts": int(restarts)}
     return out
 
 
@@ -369,6 +372,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                      "force_evaluations": r.get("force_evaluations"), "stop": r.get("stop"),
                      "fnorm_final": r["fnorm_final"], "pressure_bar": r["pressure_bar"],
                      "wall_seconds": r["wall_seconds"], "ranks": r["ranks"],
+                     **{k: r[k] for k in ("lr_final", "eps_final", "fire_restarts") if k in r},
                      "seconds_per_atom_evaluation_rank": cost_per_atom_evaluation_rank(r)}
             for level in LEVELS:
                 entry[f"evaluations_to_{level * 1000:g}_mev"] = evaluations_to_reach(
@@ -642,17 +646,18 @@ def markdown(payload: dict) -> str:
         lines += [f"## {grains} grains, {rows[0]['natoms']} atoms, {'box relaxed (iso 0)' if box else 'fixed box'}", "",
                   "| method | final energy eV | gap eV | gap meV/atom | evals to 1 meV/atom | evals to 0.1 meV/atom | "
                   "evaluations | stop | fnorm | pressure bar | DXA segments / length Å | "
-                  f"DXA length at circuit {' / '.join(others)} | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"DXA length at circuit {' / '.join(others)} | final lr Å / restarts | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             dxa = (f"{r['dislocation_segments']} / {r['dislocation_length']:.0f}" if "dislocation_segments" in r
                    else "–")
             by_circuit = r.get("dislocation_length_by_circuit") or {}
             dxa_circuits = " / ".join(f"{by_circuit[c]:.0f}" for c in others) if by_circuit else "–"
+            controls = f"{r['lr_final']:.3g} / {r['fire_restarts']}" if "fire_restarts" in r else "–"
             lines.append(f"| {r['method']} | {r['energy']:.3f} | {r['gap_ev']:.3f} | {r['gap_mev_per_atom']:.4f} | "
                          f"{r['evaluations_to_1_mev'] or '–'} | {r['evaluations_to_0.1_mev'] or '–'} | "
                          f"{r['force_evaluations']} | {r['stop']} | {r['fnorm_final']:.3g} | "
-                         f"{r['pressure_bar']:.1f} | {dxa} | {dxa_circuits} | {r['wall_seconds']:.0f} |")
+                         f"{r['pressure_bar']:.1f} | {dxa} | {dxa_circuits} | {controls} | {r['wall_seconds']:.0f} |")
         lines.append("")
         analysed = [r for r in rows if r.get("dislocation_segments_by_family")]
         if analysed:
