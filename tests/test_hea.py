@@ -103,6 +103,8 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     # no FIRE with a relaxed box: CG alone is the rival; slower than CG to 1 meV/atom, DXA shorter at all circuits
     assert box["lowest"] is True and box["margin_ev"] == pytest.approx(1.0) and box["rivals"] == ["cg"]
     assert box["faster_to_1_mev"] is False and box["dxa_no_longer"] is True
+    alone, = targets(table[:1])  # nothing to compare with: no verdict
+    assert alone["lowest"] is None and alone["faster_to_1_mev"] is None and alone["dxa_no_longer"] is None
 
 
 def test_burgers_vectors_fall_into_ovitos_fcc_families():

@@ -392,7 +392,7 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
     """The issue's three targets per polycrystal and box mode, from :func:`summarize`'s table: ``method``'s final
     energy is the lowest of all; it comes within 1 meV/atom of the best in fewer evaluations than each of
     ``rivals`` that ran (never = infinitely many); its DXA line length is no larger than theirs, at every trial
-    circuit length analysed (``None`` where there is no DXA)."""
+    circuit length analysed (``None`` where there is no DXA, or nothing to compare with)."""
     checks = []
     for grains, box in dict.fromkeys((r["grains"], r["box"]) for r in table):
         group = {r["method"]: r for r in table if r["grains"] == grains and r["box"] == box}
@@ -407,13 +407,13 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
 
         lengths = ours.get("dislocation_length_by_circuit") or {}
         dxa = None
-        if lengths and all(r.get("dislocation_length_by_circuit") for r in others):
+        if lengths and others and all(r.get("dislocation_length_by_circuit") for r in others):
             dxa = all(lengths[c] <= r["dislocation_length_by_circuit"][c] for r in others for c in lengths)
         checks.append({"grains": grains, "box": box, "methods": len(group), "rivals": [r["method"] for r in others],
-                       "lowest": best_other is None or ours["energy"] <= best_other["energy"],
+                       "lowest": None if best_other is None else ours["energy"] <= best_other["energy"],
                        "margin_ev": None if best_other is None else best_other["energy"] - ours["energy"],
                        "runner_up": None if best_other is None else best_other["method"],
-                       "faster_to_1_mev": all(evaluations(ours) < evaluations(r) for r in others),
+                       "faster_to_1_mev": all(evaluations(ours) < evaluations(r) for r in others) if others else None,
                        "dxa_no_longer": dxa})
     return checks
 
