@@ -107,6 +107,21 @@ def test_atomistic_rule_defaults_apply_unless_paper_exact_or_overridden():
     assert make_minimizer("frankenstein").fire == FireControl(f_dec=0.9, f_inc=1.02)
 
 
+def test_restarted_flags_the_structures_whose_last_step_went_uphill():
+    g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    overshot = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)  # structure 1 passed its minimum
+    layout = Layout.from_sizes([1, 1])
+    minimizer = Minimizer(FrankensteinRule(), lr=0.1, eps=1.0, max_step=None, fire=FireControl())
+    _, state = minimizer.step(minimizer.init(g, layout), g, layout)
+    assert minimizer.restarted(state).tolist() == [False, False]  # the first step has nothing to test
+    _, state = minimizer.step(state, overshot, layout)
+    assert minimizer.restarted(state).tolist() == [False, True]
+    no_fire = Minimizer(FrankensteinRule(), lr=0.1, eps=1.0, max_step=None, fire=None)
+    _, state = no_fire.step(no_fire.init(g, layout), g, layout)
+    _, state = no_fire.step(state, overshot, layout)
+    assert no_fire.restarted(state).tolist() == [False, False]
+
+
 def test_fire_fields_given_as_a_dict_change_the_optimizers_own_fire_control():
     assert make_minimizer("frankenstein", fire={"f_dec": 0.5}).fire == FireControl(f_dec=0.5, f_inc=1.02)
     assert make_minimizer("adamnx", fire={"n_min": 2}).fire == FireControl(n_min=2)  # Bitzek et al.'s otherwise

@@ -472,7 +472,7 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             bar.update(1)
     bar.close()
     selected = [rows[job.key] for job in planned if job.key in rows]
-    if analyse:  # runs analysed before DXA_CIRCUITS: analyse again while their dumps are here, append the new row
+    if analyse:  # runs analysed before the circuits and families: analyse again from their dumps, append the row
         stale = [r for r in selected if "dxa" in r and "segments_by_family" not in r["dxa"]
                  and Path(r["dump"]).is_file()]
         with open(journal, "a") as handle:
@@ -663,7 +663,8 @@ def markdown(payload: dict) -> str:
         if analysed:
             families = [f for f in [*BURGERS_FAMILIES, "other"]
                         if any(r["dislocation_families"].get(f, 0) > 0 for r in analysed)]
-            lines += ["DXA by Burgers-vector family (circuit 14), segments / length Å; lattice: all but other", "",
+            lines += [f"DXA by Burgers-vector family (circuit {DXA_CIRCUITS[0]}), segments / length Å; lattice: all "
+                      "but other", "",
                       "| method | " + " | ".join(families) + " | lattice |", "|---" * (len(families) + 2) + "|"]
             for r in analysed:
                 cells = [f"{r['dislocation_segments_by_family'].get(f, 0)} / {r['dislocation_families'].get(f, 0):.0f}"

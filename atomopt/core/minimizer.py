@@ -213,6 +213,13 @@ class Minimizer:
             new_state["last_slope"] = layout.sum(gradient * displacement)
         return displacement, new_state
 
+    def restarted(self, state: MinimizerState) -> Tensor:
+        """Per structure: whether the last :meth:`step` found it uphill and restarted it (FIRE's power test; the
+        downhill count is set to 0 exactly then, and only by a step after the first)."""
+        if self.fire is None:
+            return torch.zeros_like(state["downhill"], dtype=torch.bool)
+        return (state["downhill"] == 0) & (state["steps"] > 1)
+
     def merge(self, first: MinimizerState, second: MinimizerState) -> MinimizerState:
         """Two batches' states side by side: the rows and structures of ``second`` follow those of ``first``.
 

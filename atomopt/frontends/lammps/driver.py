@@ -279,8 +279,7 @@ class _Run:
         state = self._load_state(nlocal, rows, gradient, layout)
         constrain = self.box.constrain if self.box is not None and self.box.here else None
         displacement, state = self.minimizer.step(state, gradient, layout, constrain)
-        if self.minimizer.fire is not None and self.iterations > 0:
-            self.fire_restarts += int(state["downhill"][0].item() == 0)  # set to 0 exactly on an uphill step
+        self.fire_restarts += int(self.minimizer.restarted(state)[0])
         self.gain = (float(state["lr"][0]), float(state["eps"][0]))
         self._store_state(nlocal, rows, state)
         step = displacement.detach().cpu().numpy().astype(np.float64)
