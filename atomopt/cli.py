@@ -166,13 +166,13 @@ def hea_command(args: argparse.Namespace) -> int:
     if args.cost_ranks:
         tag = "hea_cost" if args.tag == "hea" else args.tag
         hea.cost_model(n_atoms=args.atoms, grains=args.grains[0], budget=args.budget, ranks=args.cost_ranks,
-                       methods=args.methods or ("cg", "fire", "frankenstein"), seed=args.seed, potdir=args.potdir,
+                       methods=args.methods or ("cg", "fire", "frankenstein"), seed=args.seeds[0], potdir=args.potdir,
                        out=args.out, tag=tag, command="atomopt " + " ".join(sys.argv[1:]))
         print((Path(args.out) / f"{tag}.md").read_text())
         return 0
     payload = hea.run(n_atoms=args.atoms, grains=args.grains, budget=args.budget, ranks=args.ranks,
                       methods=args.methods or hea.DEFAULT_METHODS,
-                      box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box], seed=args.seed,
+                      box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box], seeds=args.seeds,
                       potdir=args.potdir, out=args.out, tag=args.tag, workers=args.workers, analyse=not args.no_dxa,
                       command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only)
     print((Path(args.out) / f"{args.tag}.md").read_text())
@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(e.g. frankenstein@dmax=0.1)")
     he.add_argument("--box", choices=("both", "fixed", "relaxed"), default="both",
                     help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)")
-    he.add_argument("--seed", type=int, default=0, help="seed of the polycrystals (default 0)")
+    he.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], metavar="S",
+                    help="seeds of the polycrystals: one realisation of each grain count per seed (default 0)")
     he.add_argument("--potdir", default="../shared/potentials", help="folder with library.meam and CoNiCrFeMn.meam")
     he.add_argument("--no-dxa", action="store_true", help="skip OVITO's dislocation analysis")
     he.add_argument("--cost-ranks", type=int, nargs="+", metavar="R",

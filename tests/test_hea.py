@@ -84,6 +84,13 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     assert partial["run_commands"] == ["atomopt bench hea (test)"]  # the command that ran them, kept in the journal
     assert "Runs made by: `atomopt bench hea (test)`" in (tmp_path / "t.md").read_text()
     assert not (tmp_path / "t_runs" / "g3_fixed_adan").exists()
+    # more seeds (other realisations of the polycrystal) and a variant: their keys name them, seed 0 keeps its key
+    seeded = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "frankenstein@fire_f_dec=0.97"],
+                     box=(False,), seeds=[0, 1], potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True,
+                     report_only=True)
+    assert seeded["not_run"] == ["g3_fixed_frankenstein@fire_f_dec=0.97", "g3_fixed_fire_s1",
+                                 "g3_fixed_frankenstein@fire_f_dec=0.97_s1"]
+    assert "3 grains fixed seed 1: fire, frankenstein@fire_f_dec=0.97." in (tmp_path / "t.md").read_text()
 
 
 def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
@@ -105,6 +112,43 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     assert box["faster_to_1_mev"] is False and box["dxa_no_longer"] is True
     alone, = targets(table[:1])  # nothing to compare with: no verdict
     assert alone["lowest"] is None and alone["faster_to_1_mev"] is None and alone["dxa_no_longer"] is None
+
+
+def test_targets_of_variants_and_over_seeds():
+    """A variant of Frankenstein competes with the issue's methods, not with the other settings tried; the
+    verdicts are counted over the seeds (realisations of one grain count)."""
+    from atomopt.bench.hea import _KEY, Job, targets, targets_over_seeds
+
+    def row(method, energy, to_1_mev, seed):
+        return {"grains": 8, "box": False, "seed": seed, "method": method, "energy": energy,
+                "evaluations_to_1_mev": to_1_mev}
+
+    table = [row("frankenstein", -10.0, 300, 0), row("frankenstein@eps=1", -9.0, 200, 0), row("fire", -9.5, 400, 0),
+             row("cg", -8.0, 350, 0),
+             row("frankenstein", -5.0, 300, 1), row("frankenstein@eps=1", -7.0, 500, 1), row("fire", -6.0, 350, 1),
+             row("cg", -5.5, 200, 1)]
+    default = targets(table)
+    variant = targets(table, "frankenstein@eps=1")
+    # seed 0: the default is lowest, 0.5 eV below FIRE (the variant's -9.0 does not count), sooner than both
+    assert [c["seed"] for c in default] == [0, 1] and default[0]["methods"] == 3
+    assert default[0]["lowest"] and default[0]["margin_ev"] == pytest.approx(0.5) and default[0]["runner_up"] == "fire"
+    assert default[0]["faster_to_1_mev"] and default[0]["dxa_no_longer"] is None
+    # seed 1: FIRE lowest by 1 eV; CG sooner
+    assert not default[1]["lowest"] and default[1]["margin_ev"] == pytest.approx(-1.0)
+    assert not default[1]["faster_to_1_mev"]
+    # the variant: 0.5 eV above FIRE on seed 0 (not compared with the default's -10), 1 eV below on seed 1
+    assert variant[0]["runner_up"] == "fire" and variant[0]["margin_ev"] == pytest.approx(-0.5)
+    assert variant[1]["lowest"] and variant[1]["margin_ev"] == pytest.approx(1.0) and variant[0]["methods"] == 3
+    over = {e["method"]: e for e in targets_over_seeds(default + variant)}
+    assert over["frankenstein"]["lowest"] == [1, 2] and over["frankenstein"]["faster_to_1_mev"] == [1, 2]
+    assert over["frankenstein"]["mean_margin_ev"] == pytest.approx(-0.25) and over["frankenstein"]["dxa_no_longer"] == [0, 0]
+    assert over["frankenstein@eps=1"]["lowest"] == [1, 2] and over["frankenstein@eps=1"]["seeds"] == [0, 1]
+    # journal keys: seed 0 keeps the key of the runs made before seeds existed; names with underscores parse back
+    job = Job(16, True, "frankenstein@fire_n_min=2,fire_f_inc=1.05", 3)
+    assert Job(16, True, "cg").key == "g16_box_cg" and job.key == "g16_box_frankenstein@fire_n_min=2,fire_f_inc=1.05_s3"
+    parsed = _KEY.fullmatch(job.key)
+    assert (parsed["grains"], parsed["box"], parsed["method"], parsed["seed"]) == ("16", "box", job.method, "3")
+    assert _KEY.fullmatch("g4_fixed_frankenstein@fire_f_dec=0.97")["method"] == "frankenstein@fire_f_dec=0.97"
 
 
 def test_burgers_vectors_fall_into_ovitos_fcc_families():

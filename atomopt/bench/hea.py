@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -299,10 +300,15 @@ class Job:
     grains: int
     box: bool
     method: str
+    seed: int = 0
 
     @property
     def key(self) -> str:
-        return f"g{self.grains}_{'box' if self.box else 'fixed'}_{self.method}"
+        return f"g{self.grains}_{'box' if self.box else 'fixed'}_{self.method}" + (f"_s{self.seed}" if self.seed else "")
+
+
+#: A journal key: g{grains}_{fixed|box}_{method}[_s{seed}] (method names may hold underscores: fire_f_dec=...).
+_KEY = re.compile(r"g(?P<grains>\d+)_(?P<box>fixed|box)_(?P<method>.+?)(?:_s(?P<seed>\d+))?")
 
 
 def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: Path) -> dict:
@@ -329,8 +335,8 @@ def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: P
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    row = {"grains": job.grains, "box": job.box, "method": job.method, "ranks": ranks, "budget": budget,
-           "wall_seconds": wall}
+    row = {"grains": job.grains, "box": job.box, "method": job.method, "seed": job.seed, "ranks": ranks,
+           "budget": budget, "wall_seconds": wall}
     result_file = folder / "result.json"
     if not result_file.exists():
         return row | {"status": "error", "message": done.stderr[-2000:]}
@@ -356,18 +362,20 @@ def cost_per_atom_evaluation_rank(row: dict) -> float:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per polycrystal and box mode: each method's gap to the best final energy and the evaluations it needed
-    to come within each of :data:`LEVELS` of that best."""
+    """Per polycrystal (grain count and seed) and box mode: each method's gap to the best final energy and the
+    evaluations it needed to come within each of :data:`LEVELS` of that best."""
     table = []
-    for grains, box in sorted({(r["grains"], r["box"]) for r in rows}):
-        group = [r for r in rows if r["grains"] == grains and r["box"] == box and r.get("status") == "ok"]
+    for grains, box, seed in sorted({(r["grains"], r["box"], r.get("seed", 0)) for r in rows}):
+        group = [r for r in rows if (r["grains"], r["box"], r.get("seed", 0)) == (grains, box, seed)
+                 and r.get("status") == "ok"]
         if not group:
             continue
         best = min(r["energy"] for r in group)
         for r in group:
             n = r["natoms"]
             evaluations, energies = (np.asarray(v) for v in r["curve"])
-            entry = {"grains": grains, "box": box, "method": r["method"], "natoms": n, "energy": r["energy"],
+            entry = {"grains": grains, "box": box, "seed": seed, "method": r["method"], "natoms": n,
+                     "energy": r["energy"],
                      "gap_ev": r["energy"] - best, "gap_mev_per_atom": 1000 * (r["energy"] - best) / n,
                      "force_evaluations": r.get("force_evaluations"), "stop": r.get("stop"),
                      "fnorm_final": r["fnorm_final"], "pressure_bar": r["pressure_bar"],
@@ -392,15 +400,20 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
     """The issue's three targets per polycrystal and box mode, from :func:`summarize`'s table: ``method``'s final
     energy is the lowest of all; it comes within 1 meV/atom of the best in fewer evaluations than each of
     ``rivals`` that ran (never = infinitely many); its DXA line length is no larger than theirs, at every trial
-    circuit length analysed (``None`` where there is no DXA, or nothing to compare with)."""
+    circuit length analysed (``None`` where there is no DXA, or nothing to compare with).
+
+    ``method`` may be a variant (``frankenstein@...``); "all" methods are the issue's other methods: neither
+    variants nor the same method under other settings (a variant stands in for the default, it does not compete
+    with it)."""
     checks = []
-    for grains, box in dict.fromkeys((r["grains"], r["box"]) for r in table):
-        group = {r["method"]: r for r in table if r["grains"] == grains and r["box"] == box}
+    for grains, box, seed in dict.fromkeys((r["grains"], r["box"], r.get("seed", 0)) for r in table):
+        group = {r["method"]: r for r in table if (r["grains"], r["box"], r.get("seed", 0)) == (grains, box, seed)}
         if method not in group:
             continue
         ours = group[method]
         others = [group[m] for m in rivals if m in group]
-        best_other = min((r for m, r in group.items() if m != method), key=lambda r: r["energy"], default=None)
+        competing = [m for m in group if "@" not in m and m != method.partition("@")[0]]
+        best_other = min((group[m] for m in competing), key=lambda r: r["energy"], default=None)
 
         def evaluations(r: dict) -> float:
             return r["evaluations_to_1_mev"] if r["evaluations_to_1_mev"] is not None else math.inf
@@ -409,7 +422,8 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
         dxa = None
         if lengths and others and all(r.get("dislocation_length_by_circuit") for r in others):
             dxa = all(lengths[c] <= r["dislocation_length_by_circuit"][c] for r in others for c in lengths)
-        checks.append({"grains": grains, "box": box, "methods": len(group), "rivals": [r["method"] for r in others],
+        checks.append({"method": method, "grains": grains, "box": box, "seed": seed,
+                       "methods": 1 + len(competing), "rivals": [r["method"] for r in others],
                        "lowest": None if best_other is None else ours["energy"] <= best_other["energy"],
                        "margin_ev": None if best_other is None else best_other["energy"] - ours["energy"],
                        "runner_up": None if best_other is None else best_other["method"],
@@ -418,14 +432,32 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
     return checks
 
 
+def targets_over_seeds(checks: list[dict]) -> list[dict]:
+    """:func:`targets` counted over the seeds, per method (the default and each variant), grain count and box
+    mode: of the seeds with a verdict, how many met each target, and the mean margin of the lowest-energy target
+    (eV; positive: below the runner-up)."""
+    summary = []
+    for method, grains, box in dict.fromkeys((c["method"], c["grains"], c["box"]) for c in checks):
+        group = [c for c in checks if (c["method"], c["grains"], c["box"]) == (method, grains, box)]
+        entry = {"method": method, "grains": grains, "box": box, "seeds": [c["seed"] for c in group]}
+        for target in ("lowest", "faster_to_1_mev", "dxa_no_longer"):
+            verdicts = [c[target] for c in group if c[target] is not None]
+            entry[target] = [sum(verdicts), len(verdicts)]
+        margins = [c["margin_ev"] for c in group if c["margin_ev"] is not None]
+        entry["mean_margin_ev"] = float(np.mean(margins)) if margins else None
+        summary.append(entry)
+    return summary
+
 
 def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: int = 3000, ranks: int = 1,
-        methods: Sequence[str] = DEFAULT_METHODS, box: Sequence[bool] = (False, True), seed: int = 0,
+        methods: Sequence[str] = DEFAULT_METHODS, box: Sequence[bool] = (False, True), seeds: Sequence[int] = (0,),
         potdir: str | Path = "../shared/potentials", out: str | Path = "benchmarks/results", tag: str = "hea",
         workers: int = 1, analyse: bool = True, command: str = "", quiet: bool = False,
         report_only: bool = False) -> dict:
-    """Build the polycrystals, run every method on each (resuming from ``{out}/{tag}.jsonl``), write the
-    results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``. ``report_only``: write the results of the
+    """Build the polycrystals (one per grain count and seed), run every method on each (resuming from
+    ``{out}/{tag}.jsonl``), write the results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``. Several
+    seeds give several realisations of each grain count: which local minimum a method ends in varies between
+    them, and the targets are counted over them. ``report_only``: write the results of the
     journal as it stands (e.g. after an interrupted run), run nothing."""
     import json
     from concurrent.futures import ThreadPoolExecutor
@@ -448,18 +480,19 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
         for line in journal.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[Job(row["grains"], row["box"], row["method"]).key] = row
-    planned = [Job(g, b, m) for g in grains for b in box for m in methods if not (b and m.partition("@")[0] in NO_BOX)]
+                rows[Job(row["grains"], row["box"], row["method"], row.get("seed", 0)).key] = row
+    planned = [Job(g, b, m, s) for s in seeds for g in grains for b in box for m in methods
+               if not (b and m.partition("@")[0] in NO_BOX)]
     pending = [job for job in planned if job.key not in rows]
     jobs = [] if report_only else pending
     data = {}
-    for g in sorted({job.grains for job in jobs}):
-        data[g] = work / f"polycrystal_{n_atoms}_g{g}_s{seed}.data"
-        if not data[g].exists():
-            write_data(polycrystal(n_atoms, g, seed), data[g])
+    for g, s in sorted({(job.grains, job.seed) for job in jobs}):
+        data[g, s] = work / f"polycrystal_{n_atoms}_g{g}_s{s}.data"
+        if not data[g, s].exists():
+            write_data(polycrystal(n_atoms, g, s), data[g, s])
     bar = tqdm(total=len(jobs), unit="run", disable=quiet or None, dynamic_ncols=True)
     with open(journal, "a") as handle, ThreadPoolExecutor(max(workers, 1)) as pool:
-        futures = [pool.submit(run_job, job, data[job.grains].resolve(), potdir, budget, ranks, work.resolve())
+        futures = [pool.submit(run_job, job, data[job.grains, job.seed].resolve(), potdir, budget, ranks, work.resolve())
                    for job in jobs]
         for job, future in zip(jobs, futures):
             row = future.result()
@@ -482,9 +515,11 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
     run_commands = list(dict.fromkeys(r["command"] for r in selected if r.get("command")))
     payload = {"command": command, "run_commands": run_commands, "n_atoms": n_atoms, "grains": list(grains),
                "budget": budget, "ranks": ranks,
-               "seed": seed, "machine": _machine(), "methods": list(methods),
+               "seeds": list(seeds), "machine": _machine(), "methods": list(methods),
                "not_run": [job.key for job in planned if job.key not in rows], "table": summarize(selected)}
-    payload["targets"] = targets(payload["table"])
+    tested = [m for m in methods if m.partition("@")[0] == "frankenstein"]  # the default and its variants
+    payload["targets"] = [check for m in tested for check in targets(payload["table"], m)]
+    payload["targets_over_seeds"] = targets_over_seeds(payload["targets"])
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
     (out / f"{tag}.md").write_text(markdown(payload))
     plot(payload, selected, out / f"{tag}.png")
@@ -615,9 +650,10 @@ def markdown(payload: dict) -> str:
              "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).", ""]
     if payload.get("not_run"):
         missing: dict[str, list[str]] = {}
-        for key in payload["not_run"]:  # g{grains}_{box}_{method}
-            grains, box, method = key.split("_", 2)
-            missing.setdefault(f"{grains[1:]} grains {box}", []).append(method)
+        for key in payload["not_run"]:
+            job = _KEY.fullmatch(key)
+            seed = f" seed {job['seed']}" if job["seed"] else ""
+            missing.setdefault(f"{job['grains']} grains {job['box']}{seed}", []).append(job["method"])
         lines += [f"Partial results: {len(payload['not_run'])} runs not done yet (the gaps are to the best of the "
                   "methods done): " + "; ".join(f"{group}: {', '.join(methods)}" for group, methods in missing.items())
                   + ".", ""]
@@ -631,19 +667,33 @@ def markdown(payload: dict) -> str:
                   "its own). Sooner: within 1 meV/atom of the best in fewer evaluations than FIRE and CG. DXA: "
                   "line length no larger than FIRE's and CG's at every trial circuit length "
                   f"({', '.join(map(str, DXA_CIRCUITS))}).",
-                  "", "| polycrystal | methods run | lowest | margin eV (runner-up) | sooner to 1 meV/atom | DXA |",
-                  "|---|---|---|---|---|---|"]
+                  "", "| method | polycrystal | methods compared | lowest | margin eV (runner-up) | "
+                  "sooner to 1 meV/atom | DXA |", "|---|---|---|---|---|---|---|"]
         for c in checks:
             margin = "–" if c["margin_ev"] is None else f"{c['margin_ev']:+.3f} ({c['runner_up']})"
-            lines.append(f"| {c['grains']} grains, {'box relaxed' if c['box'] else 'fixed box'} | {c['methods']} | "
+            lines.append(f"| {c['method']} | {_polycrystal(c)} | {c['methods']} | "
                          f"{mark(c['lowest'])} | {margin} | {mark(c['faster_to_1_mev'])} | "
                          f"{mark(c['dxa_no_longer'])} |")
         lines.append("")
+    over_seeds = [e for e in payload.get("targets_over_seeds") or [] if len(e["seeds"]) > 1]
+    if over_seeds:
+        lines += ["### Over the seeds (polycrystals of the same grain count): targets met / seeds with a verdict",
+                  "", "| method | polycrystals | seeds | lowest | mean margin eV | sooner to 1 meV/atom | DXA |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in over_seeds:
+            lines.append(f"| {e['method']} | {e['grains']} grains, {'box relaxed' if e['box'] else 'fixed box'} | "
+                         f"{len(e['seeds'])} | {e['lowest'][0]} / {e['lowest'][1]} | "
+                         + ("–" if e["mean_margin_ev"] is None else f"{e['mean_margin_ev']:+.2f}")
+                         + f" | {e['faster_to_1_mev'][0]} / {e['faster_to_1_mev'][1]} | "
+                         f"{e['dxa_no_longer'][0]} / {e['dxa_no_longer'][1]} |")
+        lines.append("")
     others = [str(c) for c in DXA_CIRCUITS[1:]]
-    for (grains, box) in dict.fromkeys((r["grains"], r["box"]) for r in payload["table"]):
-        rows = sorted((r for r in payload["table"] if r["grains"] == grains and r["box"] == box),
+    for polycrystal_key in dict.fromkeys((r["grains"], r["box"], r.get("seed", 0)) for r in payload["table"]):
+        rows = sorted((r for r in payload["table"] if (r["grains"], r["box"], r.get("seed", 0)) == polycrystal_key),
                       key=lambda r: r["energy"])
-        lines += [f"## {grains} grains, {rows[0]['natoms']} atoms, {'box relaxed (iso 0)' if box else 'fixed box'}", "",
+        grains, box, seed = polycrystal_key
+        lines += [f"## {grains} grains{f', seed {seed}' if seed else ''}, {rows[0]['natoms']} atoms, "
+                  f"{'box relaxed (iso 0)' if box else 'fixed box'}", "",
                   "| method | final energy eV | gap eV | gap meV/atom | evals to 1 meV/atom | evals to 0.1 meV/atom | "
                   "evaluations | stop | fnorm | pressure bar | DXA segments / length Å | "
                   f"DXA length at circuit {' / '.join(others)} | final lr Å / restarts | wall s |",
@@ -676,6 +726,11 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def _polycrystal(check: dict) -> str:
+    seed = f", seed {check['seed']}" if check.get("seed") else ""
+    return f"{check['grains']} grains{seed}, {'box relaxed' if check['box'] else 'fixed box'}"
+
+
 def plot(payload: dict, rows: list[dict], path: Path) -> None:
     """Energy gap by grain size per method (as the paper's Fig. 5) and energy against force evaluations."""
     import matplotlib
@@ -690,20 +745,24 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
     for k, box in enumerate(modes):
         ax = axes[0, 2 * k]
         for method in methods:
-            pts = sorted((r["grains"], max(r["gap_mev_per_atom"], 1e-4)) for r in payload["table"]
-                         if r["method"] == method and r["box"] == box)
+            gaps: dict[int, list[float]] = {}  # over the seeds: the mean gap
+            for r in payload["table"]:
+                if r["method"] == method and r["box"] == box:
+                    gaps.setdefault(r["grains"], []).append(r["gap_mev_per_atom"])
+            pts = sorted((g, max(float(np.mean(v)), 1e-4)) for g, v in gaps.items())
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method, color=color[method])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("grains")
-        ax.set_ylabel("gap to best, meV/atom (best at 1e-4)")
+        ax.set_ylabel("gap to best, meV/atom (mean over seeds; best at 1e-4)")
         ax.set_title("box relaxed" if box else "fixed box")
         ax.legend(fontsize=7)
         ax = axes[0, 2 * k + 1]
         done = [r for r in rows if r["box"] == box and r.get("status") == "ok"]
         largest = max((r["grains"] for r in done), default=None)
-        group = [r for r in done if r["grains"] == largest]
+        first_seed = min((r.get("seed", 0) for r in done if r["grains"] == largest), default=0)
+        group = [r for r in done if r["grains"] == largest and r.get("seed", 0) == first_seed]
         if group:
             best = min(min(r["curve"][1]) for r in group)
             for r in group:
@@ -712,7 +771,8 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
             ax.set_yscale("log")
             ax.set_xlabel("force evaluations")
             ax.set_ylabel("energy above best, meV/atom")
-            ax.set_title(f"{largest} grains, {'box relaxed' if box else 'fixed box'}")
+            ax.set_title(f"{largest} grains{f', seed {first_seed}' if first_seed else ''}, "
+                         f"{'box relaxed' if box else 'fixed box'}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
