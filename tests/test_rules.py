@@ -85,12 +85,40 @@ def test_frankenstein_forms_differ_after_first_step():
     assert EXPECTED["frankenstein-algorithm1"][1] != EXPECTED["frankenstein-released"][1]
 
 
+def test_frankenstein_beta1_from_a_fixed_lr():
+    """With beta1_lr the momentum coefficient no longer follows the step's lr (FIRE's cuts): step 2 of the first
+    coordinate by hand, lr 0.001 (β₁ of the paper, base_lr 10⁻³: 1 − 0.1·√1 = 0.9) but beta1_lr = 0.01 (β₁ = 0.683772).
+    Step 1: P = 0.5, ξ₁ = 1.606531/(1 + e^−|0.001 − 0.5|) = 0.996218 (x₀ = α = 0.001), m₁ = −0.001·ξ₁ (g/√x = 1).
+    Step 2 (g = 0.3): P = acos(tanh(m₁·0.3))/π, x = 0.09, v̂ = max(v₁, x) with v₁ = x₁ = 0.25 (β₂ = 1 at P = 0.5),
+    ρ = log(clip(e + 0.5 + 0.5 − P)) = 1.05, ξ₂ = 1.606531/(1 + e^−|0.25 − P|),
+    m₂ = ρβ₁m₁ − 0.001·ξ₂·0.3/0.5, Δθ₂ = β₁m₂ − 0.001·ξ₂·0.3/0.5."""
+    import math
+
+    xi1 = (1 + math.exp(-0.5)) / (1 + math.exp(-abs(0.001 - 0.5)))
+    m1 = -0.001 * xi1
+    p = math.acos(math.tanh(m1 * 0.3)) / math.pi
+    xi2 = (1 + math.exp(-0.5)) / (1 + math.exp(-abs(0.25 - p)))
+    displacements = {}
+    for beta1_lr, beta1 in ((None, 0.9), (0.01, 1 - 0.1 * math.sqrt(10.0))):
+        m2 = 1.05 * beta1 * m1 - 0.001 * xi2 * 0.3 / 0.5
+        expected = beta1 * m2 - 0.001 * xi2 * 0.3 / 0.5
+        minimizer = Minimizer(FrankensteinRule(beta1_lr=beta1_lr), lr=0.001, eps=0.0, max_step=None, fire=None)
+        layout = Layout.single(1)
+        state = minimizer.init(torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64), layout)
+        _, state = minimizer.step(state, torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64), layout)
+        step, _ = minimizer.step(state, torch.tensor([[0.3, 0.0, 0.0]], dtype=torch.float64), layout)
+        assert step[0, 0].item() == pytest.approx(expected, rel=1e-12)
+        displacements[beta1_lr] = step[0, 0].item()
+    assert displacements[0.01] > displacements[None]  # lighter momentum: a shorter step along −g
+
+
 @pytest.mark.parametrize(
     "make",
     [
         lambda: FrankensteinRule(form="nope"),
         lambda: FrankensteinRule(base_beta=1.5),
         lambda: FrankensteinRule(base_lr=-1.0),
+        lambda: FrankensteinRule(beta1_lr=0.0),
         lambda: AdanRule(beta1=-0.1),
         lambda: AdamNXRule(beta2=1.0),
         lambda: INNApropRule(sigma=2.0),

@@ -20,6 +20,12 @@ Three forms, selected by ``form``; line references are to the paper in
     reaches the update there, so it is kept here only for the record.
 
 The β₁ reference pair (α = 10⁻³, β = 0.9) of Eq. (3) is ``base_lr``/``base_beta``.
+
+``beta1_lr`` (atomistic option, off by default): the learning rate that sets β₁ in line 5, fixed, instead of the
+step's own α. In the paper α is the training schedule's, and a smaller α means heavier momentum by design. Under
+atomopt's FIRE control α is cut on every uphill step, so each cut also raises β₁ (to 0.95 at α ≤ base_lr/4, and
+ρ ≤ e^{1.05} lifts ρβ₁ to 0.9975): heavier momentum overshoots more, which brings more uphill steps and more cuts.
+A fixed ``beta1_lr`` keeps the momentum of the lr the user chose while FIRE scales the step.
 v₀ = 0 in all forms: App. B's v₀ = ε gives the same v̂₁ = max(v₀, x₁) = x₁.
 """
 
@@ -49,11 +55,13 @@ class FrankensteinRule(UpdateRule):
         form: ``"algorithm1"``, ``"appendix_b"`` or ``"released"`` (module docstring).
         base_lr: learning rate at which β₁ equals ``base_beta`` (Eq. 3), in the units of lr (Å).
         base_beta: momentum coefficient at ``base_lr``.
+        beta1_lr: if set, the learning rate (Å) that sets β₁ in place of the step's α (module docstring).
     """
 
     form: Literal["algorithm1", "appendix_b", "released"] = "algorithm1"
     base_lr: float = 1e-3
     base_beta: float = 0.9
+    beta1_lr: float | None = None
 
     name: ClassVar[str] = "frankenstein"
     eps_inside_sqrt: ClassVar[bool] = True  # x = g² + ε, denominator √v̂
@@ -63,6 +71,8 @@ class FrankensteinRule(UpdateRule):
             raise ValueError(f"frankenstein: form must be one of {FORMS}, got {self.form!r}")
         if not self.base_lr > 0:
             raise ValueError(f"frankenstein: base_lr must be positive, got {self.base_lr}")
+        if self.beta1_lr is not None and not self.beta1_lr > 0:
+            raise ValueError(f"frankenstein: beta1_lr must be positive, got {self.beta1_lr}")
         check_unit_interval("frankenstein", base_beta=self.base_beta)
 
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
@@ -77,9 +87,11 @@ class FrankensteinRule(UpdateRule):
         alpha = layout.rows(lr)
         if self.form == "appendix_b":
             alpha = alpha / torch.sqrt(t_rows)  # Eq. (10)
-            scale = alpha / self.base_lr  # Eq. (11): no square root
+        momentum_lr = alpha if self.beta1_lr is None else alpha.new_tensor(self.beta1_lr)
+        if self.form == "appendix_b":
+            scale = momentum_lr / self.base_lr  # Eq. (11): no square root
         else:
-            scale = torch.sqrt(alpha / self.base_lr)  # Alg. 1 line 5
+            scale = torch.sqrt(momentum_lr / self.base_lr)  # Alg. 1 line 5
         beta1 = 1.0 - torch.clamp((1.0 - self.base_beta) * scale, 0.05, _ONE_MINUS_BETA1_MAX[self.form])
         p = torch.acos(torch.tanh(m * g)) / math.pi  # Alg. 1 line 6, Eq. (12)
         x = g * g + layout.rows(eps)  # line 7, Eq. (13)
