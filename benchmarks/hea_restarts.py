@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -146,7 +147,7 @@ def main() -> None:
     if not (potdir / "library.meam").is_file():
         raise SystemExit(f"library.meam not in {potdir}: pass the MEAM folder with --potdir")
     payload = {"command": "python " + " ".join(sys.argv), "atoms_requested": args.atoms, "grains": args.grains,
-               "seed": args.seed, "steps": args.steps, "machine": f"{platform.platform()}, {platform.processor()}",
+               "seed": args.seed, "steps": args.steps, "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
                "torch": torch.__version__, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "polycrystal.data"
