@@ -11,8 +11,9 @@ change of the step that was found uphill. Summary per variant: restarts, runs of
 the share of restarts whose step had lowered the energy, lowest and final lr. Writes
 ``benchmarks/results/hea_restarts.{json,md}``.
 
-A variant is ``default`` or ``key=value,...`` of :func:`atomopt.rules.make_minimizer` options: ``lr``, ``eps``,
-a rule hyperparameter (``beta1_lr``), or ``fire_<field>`` for a field of the FIRE control.
+A variant is ``default`` or ``key=value,...`` in ``min_modify`` keywords (as the ``NAME@key=value`` variants of
+``atomopt bench hea``): ``lr``, ``eps``, a rule hyperparameter (``beta1_lr``), ``fire_<field>`` for a field of the
+FIRE control (``fire_measured_cut=yes``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 from atomopt.bench.hea import TYPE_ORDER, polycrystal, write_data
 from atomopt.core.layout import Layout
+from atomopt.frontends.lammps.runner import optimizer_options
 from atomopt.lammps import import_lammps
 from atomopt.rules import make_minimizer
 
@@ -38,21 +40,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def parse_variant(text: str) -> dict:
+    """``default`` or ``key=value,...`` in ``min_modify`` keywords, as ``atomopt bench hea``'s variants."""
     if text == "default":
         return {}
-    options: dict = {}
-    for pair in text.split(","):
-        key, _, value = pair.partition("=")
-        number: object = value
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-        if key.startswith("fire_"):
-            options.setdefault("fire", {})[key[5:]] = number
-        else:
-            options[key] = number
-    return options
+    return optimizer_options(dict(pair.partition("=")[::2] for pair in text.split(",")))
 
 
 class MeamForces:
@@ -140,7 +131,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--potdir", default="../shared/potentials")
     parser.add_argument("--variants", nargs="+", default=["default", "beta1_lr=0.05", "eps=1",
-                                                          "fire_measured_cut=1"])
+                                                          "fire_measured_cut=yes",
+                                                          "fire_acts_on=eps"])
     parser.add_argument("--tag", default="hea_restarts")
     args = parser.parse_args()
     potdir = Path(args.potdir).resolve()
@@ -156,8 +148,6 @@ def main() -> None:
         write_data(atoms, data)
         for variant in args.variants:
             options = parse_variant(variant)
-            if "measured_cut" in options.get("fire", {}):
-                options["fire"]["measured_cut"] = bool(options["fire"]["measured_cut"])
             payload["variants"][variant] = trace(data, potdir, options, args.steps)
             print(variant, {k: v for k, v in payload["variants"][variant].items() if k != "steps_trace"}, flush=True)
     RESULTS.mkdir(exist_ok=True)

@@ -304,11 +304,17 @@ class Job:
 
     @property
     def key(self) -> str:
-        return f"g{self.grains}_{'box' if self.box else 'fixed'}_{self.method}" + (f"_s{self.seed}" if self.seed else "")
+        seed = f"_s{self.seed}" if self.seed else ""
+        return f"g{self.grains}_{'box' if self.box else 'fixed'}_{self.method}{seed}"
 
 
 #: A journal key: g{grains}_{fixed|box}_{method}[_s{seed}] (method names may hold underscores: fire_f_dec=...).
 _KEY = re.compile(r"g(?P<grains>\d+)_(?P<box>fixed|box)_(?P<method>.+?)(?:_s(?P<seed>\d+))?")
+
+
+def polycrystal_of(row: dict) -> tuple[int, bool, int]:
+    """(grains, box relaxed, seed) of a journal row or table entry: the runs that compare with each other."""
+    return row["grains"], row["box"], row.get("seed", 0)
 
 
 def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: Path) -> dict:
@@ -365,8 +371,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Per polycrystal (grain count and seed) and box mode: each method's gap to the best final energy and the
     evaluations it needed to come within each of :data:`LEVELS` of that best."""
     table = []
-    for grains, box, seed in sorted({(r["grains"], r["box"], r.get("seed", 0)) for r in rows}):
-        group = [r for r in rows if (r["grains"], r["box"], r.get("seed", 0)) == (grains, box, seed)
+    for grains, box, seed in sorted({polycrystal_of(r) for r in rows}):
+        group = [r for r in rows if polycrystal_of(r) == (grains, box, seed)
                  and r.get("status") == "ok"]
         if not group:
             continue
@@ -406,8 +412,8 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
     variants nor the same method under other settings (a variant stands in for the default, it does not compete
     with it)."""
     checks = []
-    for grains, box, seed in dict.fromkeys((r["grains"], r["box"], r.get("seed", 0)) for r in table):
-        group = {r["method"]: r for r in table if (r["grains"], r["box"], r.get("seed", 0)) == (grains, box, seed)}
+    for grains, box, seed in dict.fromkeys(polycrystal_of(r) for r in table):
+        group = {r["method"]: r for r in table if polycrystal_of(r) == (grains, box, seed)}
         if method not in group:
             continue
         ours = group[method]
@@ -492,8 +498,8 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             write_data(polycrystal(n_atoms, g, s), data[g, s])
     bar = tqdm(total=len(jobs), unit="run", disable=quiet or None, dynamic_ncols=True)
     with open(journal, "a") as handle, ThreadPoolExecutor(max(workers, 1)) as pool:
-        futures = [pool.submit(run_job, job, data[job.grains, job.seed].resolve(), potdir, budget, ranks, work.resolve())
-                   for job in jobs]
+        futures = [pool.submit(run_job, job, data[job.grains, job.seed].resolve(), potdir, budget, ranks,
+                               work.resolve()) for job in jobs]
         for job, future in zip(jobs, futures):
             row = future.result()
             if analyse and "dump" in row:  # OVITO in this (main) thread: it crashes in a worker thread
@@ -681,15 +687,15 @@ def markdown(payload: dict) -> str:
                   "", "| method | polycrystals | seeds | lowest | mean margin eV | sooner to 1 meV/atom | DXA |",
                   "|---|---|---|---|---|---|---|"]
         for e in over_seeds:
-            lines.append(f"| {e['method']} | {e['grains']} grains, {'box relaxed' if e['box'] else 'fixed box'} | "
-                         f"{len(e['seeds'])} | {e['lowest'][0]} / {e['lowest'][1]} | "
+            lines.append(f"| {e['method']} | {_polycrystal(e)} | {len(e['seeds'])} | "
+                         f"{e['lowest'][0]} / {e['lowest'][1]} | "
                          + ("–" if e["mean_margin_ev"] is None else f"{e['mean_margin_ev']:+.2f}")
                          + f" | {e['faster_to_1_mev'][0]} / {e['faster_to_1_mev'][1]} | "
                          f"{e['dxa_no_longer'][0]} / {e['dxa_no_longer'][1]} |")
         lines.append("")
     others = [str(c) for c in DXA_CIRCUITS[1:]]
-    for polycrystal_key in dict.fromkeys((r["grains"], r["box"], r.get("seed", 0)) for r in payload["table"]):
-        rows = sorted((r for r in payload["table"] if (r["grains"], r["box"], r.get("seed", 0)) == polycrystal_key),
+    for polycrystal_key in dict.fromkeys(polycrystal_of(r) for r in payload["table"]):
+        rows = sorted((r for r in payload["table"] if polycrystal_of(r) == polycrystal_key),
                       key=lambda r: r["energy"])
         grains, box, seed = polycrystal_key
         lines += [f"## {grains} grains{f', seed {seed}' if seed else ''}, {rows[0]['natoms']} atoms, "

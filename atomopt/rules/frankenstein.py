@@ -21,12 +21,12 @@ Three forms, selected by ``form``; line references are to the paper in
 
 The β₁ reference pair (α = 10⁻³, β = 0.9) of Eq. (3) is ``base_lr``/``base_beta``.
 
-``beta1_lr`` (atomistic option, off by default): the learning rate that sets β₁ in line 5, fixed, instead of the
-step's own α. In the paper α is the training schedule's, and a smaller α means heavier momentum by design. Under
-atomopt's FIRE control α is cut on every uphill step, so each cut also raises β₁ (to 0.95 at α ≤ base_lr/4, and
-ρ ≤ e^{1.05} lifts ρβ₁ to 0.9975): heavier momentum overshoots more, which brings more uphill steps and more cuts.
-A fixed ``beta1_lr`` keeps the momentum of the lr the user chose while FIRE scales the step.
 v₀ = 0 in all forms: App. B's v₀ = ε gives the same v̂₁ = max(v₀, x₁) = x₁.
+
+``beta1_lr`` (atomistic option, off by default): the learning rate that sets β₁ in line 5, fixed, instead of the
+step's own α. Under atomopt's FIRE control α is cut on every uphill step, and each cut also makes the momentum
+heavier (β₁ up to 0.95, ρβ₁ up to 0.9975); a fixed ``beta1_lr`` keeps the momentum of the lr the user chose. On
+the HEA polycrystal it did not reduce the restarts (``docs/controls.md``).
 """
 
 from __future__ import annotations
