@@ -6,9 +6,9 @@
 The HEA benchmark's logs give only the final learning rate and the number of FIRE restarts (there ~460 in 3000
 steps, lr from 0.05 Å down to 0.001–0.003 Å). This drives atomopt's core minimizer directly on LAMMPS's 2NN MEAM
 forces of one polycrystal (built as ``atomopt bench hea`` builds it) and records every step: energy, force norm,
-learning rate, whether the step restarted (FIRE's power test P = F·Δθ < 0 on the step before) and the energy
-change of the step that was found uphill. Summary per variant: restarts, runs of consecutive restarts (bursts),
-the share of restarts whose step had lowered the energy, lowest and final lr. Writes
+learning rate, whether the step before was found uphill (FIRE's power test P = F·Δθ < 0), whether the rule was
+restarted for it, and that step's energy change. Summary per variant: uphill steps, restarts, runs of consecutive
+restarts (bursts), the share of restarts whose step had lowered the energy, lowest and final lr. Writes
 ``benchmarks/results/hea_restarts.{json,md}``.
 
 A variant is ``default`` or ``key=value,...`` in ``min_modify`` keywords (as the ``NAME@key=value`` variants of
@@ -78,12 +78,13 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
     state = minimizer.init(-f, layout)
     rows = []
     start = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
+        uphill = step > 0 and float((-f * state["last_step"]).sum()) > 0  # FIRE's power test, P = F·Δθ < 0
         d, state = minimizer.step(state, -f, layout)
         restarted = bool(minimizer.restarted(state)[0])
         f, new_energy = forces(d)
         rows.append({"energy": new_energy, "fnorm": float(f.norm()), "lr": float(state["lr"][0]),
-                     "restarted": restarted, "step_energy_change": rows[-1]["energy_change"] if rows else None,
+                     "uphill": uphill, "restarted": restarted, "step_energy_change": rows[-1]["energy_change"] if rows else None,
                      "energy_change": new_energy - energy})
         energy = new_energy
     wall = time.perf_counter() - start
@@ -100,7 +101,7 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
     found_downhill = [r["step_energy_change"] < 0 for r in rows if r["restarted"] and r["step_energy_change"] is not None]
     lrs = [r["lr"] for r in rows]
     return {"options": options, "steps": steps, "wall_seconds": wall, "final_energy": energy,
-            "restarts": sum(flags), "bursts": len(bursts), "longest_burst": max(bursts, default=0),
+            "uphill_steps": sum(r["uphill"] for r in rows), "restarts": sum(flags), "bursts": len(bursts), "longest_burst": max(bursts, default=0),
             "mean_burst": float(np.mean(bursts)) if bursts else 0.0,
             "restarts_after_a_lower_energy": float(np.mean(found_downhill)) if found_downhill else None,
             "lr_min": min(lrs), "lr_final": lrs[-1], "steps_trace": rows}
@@ -111,14 +112,16 @@ def markdown(payload: dict) -> str:
              f"grains, seed {payload['seed']}), {payload['steps']} steps", "",
              f"Command: `{payload['command']}`  ",
              f"Machine: {payload['machine']}; torch {payload['torch']}", "",
-             "Restart: FIRE's power test found the step before uphill (P = F·Δθ < 0); the rule restarted and lr was "
-             "cut. Burst: consecutive restarts. Lower energy: share of restarts whose uphill step had nevertheless "
-             "lowered the energy.", "",
-             "| variant | restarts | bursts | longest / mean burst | lower energy | lr min / final Å | final energy eV |",
-             "|---|---|---|---|---|---|---|"]
+             "Uphill: FIRE's power test found the step before uphill (P = F·Δθ < 0) and the gain was cut. Restart: "
+             "the rule's state was restarted too (on every uphill step unless `fire_restart_below` spares the mild "
+             "overshoots). Burst: consecutive restarts. Lower energy: share of restarts whose uphill step had "
+             "nevertheless lowered the energy.", "",
+             "| variant | uphill | restarts | bursts | longest / mean burst | lower energy | lr min / final Å | "
+             "final energy eV |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in payload["variants"].items():
         share = "–" if r["restarts_after_a_lower_energy"] is None else f"{r['restarts_after_a_lower_energy']:.2f}"
-        lines.append(f"| {name} | {r['restarts']} | {r['bursts']} | {r['longest_burst']} / {r['mean_burst']:.1f} | "
+        lines.append(f"| {name} | {r['uphill_steps']} | {r['restarts']} | {r['bursts']} | {r['longest_burst']} / {r['mean_burst']:.1f} | "
                      f"{share} | {r['lr_min']:.4f} / {r['lr_final']:.4f} | {r['final_energy']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -132,7 +135,7 @@ def main() -> None:
     parser.add_argument("--potdir", default="../shared/potentials")
     parser.add_argument("--variants", nargs="+", default=["default", "beta1_lr=0.05", "eps=1",
                                                           "fire_measured_cut=yes",
-                                                          "fire_acts_on=eps"])
+                                                          "fire_acts_on=eps", "fire_restart_below=0.5"])
     parser.add_argument("--tag", default="hea_restarts")
     args = parser.parse_args()
     potdir = Path(args.potdir).resolve()

@@ -177,3 +177,36 @@ def test_measured_cut_divides_the_gain_by_the_overshoot_along_the_step():
             assert torch.allclose(state["eps"], 1e-12 / cut) and torch.all(state["lr"] == 0.1)
     with pytest.raises(ValueError, match="f_dec_min"):
         FireControl(f_dec=0.5, f_dec_min=0.7)
+
+
+def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
+    # Same first step as above: s = −0.1 along x, s·g = −0.1. Structure 0: g′ₓ = −1.5 → r = 0.4 < ½ (the energy
+    # rose on the quadratic: s·g(1 − 1/(2r)) = −0.1·(1 − 1.25) = +0.025) → restart. Structure 1: g′ₓ = −0.25 →
+    # r = 0.8 (energy fell, −0.1·(1 − 0.625) = −0.0375) → gain cut by f_dec, momenta kept. Structure 2: g′ₓ = +0.5
+    # → still downhill → neither.
+    layout = Layout.from_sizes([1, 1, 1])
+    g = torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64)
+    g2 = torch.tensor([[-1.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None,
+                          fire=FireControl(f_dec=0.9, restart_below=0.5))
+    state = minimizer.init(g, layout)
+    _, state = minimizer.step(state, g, layout)
+    m_before = state["rule"]["m"].clone()
+    _, state = minimizer.step(state, g2, layout)
+    assert minimizer.restarted(state).tolist() == [True, False, False]
+    assert torch.allclose(state["lr"], torch.tensor([0.09, 0.09, 0.1], dtype=torch.float64))
+    assert state["downhill"].tolist() == [0.0, 0.0, 2.0]  # both uphill steps stop the lr growth count
+    # AdamNX restarted from g′ is at its first step again (β̂₁ = 0: m = g′); structure 1 goes on to its second
+    # step, β̂₁ = (β₁ − β₁²)/(1 − β₁²) = β₁/(1 + β₁), mixing the kept momentum m = g with g′.
+    beta1_hat = AdamNXRule().beta1 / (1 + AdamNXRule().beta1)
+    assert torch.allclose(state["rule"]["m"][0], g2[0])
+    assert torch.allclose(state["rule"]["m"][1], beta1_hat * m_before[1] + (1 - beta1_hat) * g2[1])
+    assert state["rule"]["t"].tolist() == [1.0, 2.0, 2.0]
+    # The default restarts on every uphill step.
+    default = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, fire=FireControl(f_dec=0.9))
+    state = default.init(g, layout)
+    _, state = default.step(state, g, layout)
+    _, state = default.step(state, g2, layout)
+    assert default.restarted(state).tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="restart_below"):
+        FireControl(restart_below=0.0)

@@ -17,7 +17,8 @@ each optional, make them usable; ``paper_exact`` switches all of them off.
   by ``f_inc`` up to ``lr_max``. With ``acts_on="eps"`` the same factors act
   on the force-proportional gain through ε instead of lr. With ``measured_cut``
   the cut is the overshoot measured along the last step (the secant ratio of
-  ``SecantControl``), between ``f_dec_min`` and ``f_dec``. Restarting also forgets the huge early
+  ``SecantControl``), between ``f_dec_min`` and ``f_dec``; with ``restart_below`` an overshoot milder than that
+  fraction (the energy still fell along the step) only cuts the gain. Restarting also forgets the huge early
   gradients that would otherwise keep v (and so the step) tiny for thousands
   of steps.
 * ``auto_eps`` (:class:`~atomopt.core.epsilon.AutoEpsilon`): sets ε from the
@@ -57,6 +58,12 @@ class FireControl:
     #: far, so a gain far too large for the system is found in a few restarts instead of tens.
     measured_cut: bool = False
     f_dec_min: float = 0.5
+    #: An uphill step restarts the rule's state only where the slope along it vanished before this fraction r of
+    #: it (the secant fraction of ``measured_cut``); a milder overshoot only cuts the gain and keeps the momenta.
+    #: 1 restarts on every uphill step (FIRE). 0.5 restarts only where the quadratic along the step says the
+    #: energy rose: E(s) − E(0) = s·g (1 − 1/(2r)) > 0 ⇔ r < ½ (s·g < 0). A step that was uphill from its start
+    #: (s·g ≥ 0, no r) always restarts.
+    restart_below: float = 1.0
     #: "lr" scales the learning rate; "eps" scales the force-proportional gain lr/ε (lr/√ε where ε sits under the
     #: root) through ε and leaves lr alone — for rules whose lr is bounded or also sets their dynamics (INNAprop).
     acts_on: str = "lr"
@@ -74,6 +81,12 @@ class FireControl:
             raise ValueError(f"FireControl: f_dec_min must lie in (0, f_dec], got {self.f_dec_min}")
         if not self.lr_max_factor >= 1.0:
             raise ValueError(f"FireControl: lr_max_factor must be >= 1, got {self.lr_max_factor}")
+        if not 0.0 < self.restart_below <= 1.0:
+            raise ValueError(f"FireControl: restart_below must lie in (0, 1], got {self.restart_below}")
+
+    @property
+    def restarts_every_uphill_step(self) -> bool:
+        return self.restart_below >= 1.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +152,13 @@ class Minimizer:
     @property
     def tracks_slope(self) -> bool:
         """Whether the state keeps s·g from before the last step (for the secant ratio)."""
-        return self.secant is not None or (self.fire is not None and self.fire.measured_cut)
+        return self.secant is not None or (self.fire is not None and (
+            self.fire.measured_cut or not self.fire.restarts_every_uphill_step))
+
+    @property
+    def tracks_restarts(self) -> bool:
+        """Whether restarts are a subset of the uphill steps, so the state records them apart."""
+        return self.fire is not None and not self.fire.restarts_every_uphill_step
 
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
@@ -157,6 +176,8 @@ class Minimizer:
         }
         if self.tracks_slope:
             state["last_slope"] = torch.zeros_like(per_structure)  # s·g before the last step s
+        if self.tracks_restarts:
+            state["restarted"] = torch.zeros_like(per_structure)
         return state
 
     def step(self, state: MinimizerState, gradient: Tensor, layout: Layout,
@@ -181,7 +202,10 @@ class Minimizer:
             lr = torch.where(steps > 0, torch.clamp(lr * ratio, max=self.lr_max), lr)
         if self.fire is not None:
             uphill = (slope > 0) & (steps > 0)
-            rule_state = self.rule.reset(rule_state, gradient, layout, lr, uphill)
+            restart = uphill
+            if self.tracks_restarts:
+                restart = uphill & ~(measured & (fraction >= self.fire.restart_below))
+            rule_state = self.rule.reset(rule_state, gradient, layout, lr, restart)
             downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
             grow = (~uphill) & (downhill > self.fire.n_min)
             cut = torch.full_like(lr, self.fire.f_dec)
@@ -211,13 +235,18 @@ class Minimizer:
         new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
         if self.tracks_slope:
             new_state["last_slope"] = layout.sum(gradient * displacement)
+        if self.tracks_restarts:
+            new_state["restarted"] = restart.to(gradient.dtype)
         return displacement, new_state
 
     def restarted(self, state: MinimizerState) -> Tensor:
         """Per structure: whether the last :meth:`step` found it uphill and restarted it (FIRE's power test; the
-        downhill count is set to 0 exactly then, and only by a step after the first)."""
+        downhill count is set to 0 exactly then, and only by a step after the first, unless ``restart_below`` spares
+        mild overshoots: then the state records the restarts)."""
         if self.fire is None:
             return torch.zeros_like(state["downhill"], dtype=torch.bool)
+        if self.tracks_restarts:
+            return state["restarted"] > 0
         return (state["downhill"] == 0) & (state["steps"] > 1)
 
     def merge(self, first: MinimizerState, second: MinimizerState) -> MinimizerState:
