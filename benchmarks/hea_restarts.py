@@ -78,13 +78,13 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
     state = minimizer.init(-f, layout)
     rows = []
     start = time.perf_counter()
-    for step in range(steps):
-        uphill = step > 0 and float((-f * state["last_step"]).sum()) > 0  # FIRE's power test, P = F·Δθ < 0
+    for _ in range(steps):
         d, state = minimizer.step(state, -f, layout)
-        restarted = bool(minimizer.restarted(state)[0])
+        uphill, restarted = bool(minimizer.found_uphill(state)[0]), bool(minimizer.restarted(state)[0])
         f, new_energy = forces(d)
         rows.append({"energy": new_energy, "fnorm": float(f.norm()), "lr": float(state["lr"][0]),
-                     "uphill": uphill, "restarted": restarted, "step_energy_change": rows[-1]["energy_change"] if rows else None,
+                     "uphill": uphill, "restarted": restarted,
+                     "step_energy_change": rows[-1]["energy_change"] if rows else None,
                      "energy_change": new_energy - energy})
         energy = new_energy
     wall = time.perf_counter() - start
@@ -101,7 +101,8 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
     found_downhill = [r["step_energy_change"] < 0 for r in rows if r["restarted"] and r["step_energy_change"] is not None]
     lrs = [r["lr"] for r in rows]
     return {"options": options, "steps": steps, "wall_seconds": wall, "final_energy": energy,
-            "uphill_steps": sum(r["uphill"] for r in rows), "restarts": sum(flags), "bursts": len(bursts), "longest_burst": max(bursts, default=0),
+            "uphill_steps": sum(r["uphill"] for r in rows), "restarts": sum(flags), "bursts": len(bursts),
+            "longest_burst": max(bursts, default=0),
             "mean_burst": float(np.mean(bursts)) if bursts else 0.0,
             "restarts_after_a_lower_energy": float(np.mean(found_downhill)) if found_downhill else None,
             "lr_min": min(lrs), "lr_final": lrs[-1], "steps_trace": rows}
@@ -121,8 +122,9 @@ def markdown(payload: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, r in payload["variants"].items():
         share = "–" if r["restarts_after_a_lower_energy"] is None else f"{r['restarts_after_a_lower_energy']:.2f}"
-        lines.append(f"| {name} | {r['uphill_steps']} | {r['restarts']} | {r['bursts']} | {r['longest_burst']} / {r['mean_burst']:.1f} | "
-                     f"{share} | {r['lr_min']:.4f} / {r['lr_final']:.4f} | {r['final_energy']:.3f} |")
+        lines.append(f"| {name} | {r['uphill_steps']} | {r['restarts']} | {r['bursts']} | "
+                     f"{r['longest_burst']} / {r['mean_burst']:.1f} | {share} | {r['lr_min']:.4f} / {r['lr_final']:.4f} | "
+                     f"{r['final_energy']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

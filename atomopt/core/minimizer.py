@@ -84,10 +84,6 @@ class FireControl:
         if not 0.0 < self.restart_below <= 1.0:
             raise ValueError(f"FireControl: restart_below must lie in (0, 1], got {self.restart_below}")
 
-    @property
-    def restarts_every_uphill_step(self) -> bool:
-        return self.restart_below >= 1.0
-
 
 @dataclass(frozen=True)
 class SecantControl:
@@ -152,13 +148,12 @@ class Minimizer:
     @property
     def tracks_slope(self) -> bool:
         """Whether the state keeps s·g from before the last step (for the secant ratio)."""
-        return self.secant is not None or (self.fire is not None and (
-            self.fire.measured_cut or not self.fire.restarts_every_uphill_step))
+        return self.secant is not None or self.tracks_restarts or (self.fire is not None and self.fire.measured_cut)
 
     @property
     def tracks_restarts(self) -> bool:
-        """Whether restarts are a subset of the uphill steps, so the state records them apart."""
-        return self.fire is not None and not self.fire.restarts_every_uphill_step
+        """Whether restarts are a subset of the uphill steps (``restart_below`` < 1), so the state records them."""
+        return self.fire is not None and self.fire.restart_below < 1.0
 
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
@@ -239,15 +234,20 @@ class Minimizer:
             new_state["restarted"] = restart.to(gradient.dtype)
         return displacement, new_state
 
-    def restarted(self, state: MinimizerState) -> Tensor:
-        """Per structure: whether the last :meth:`step` found it uphill and restarted it (FIRE's power test; the
-        downhill count is set to 0 exactly then, and only by a step after the first, unless ``restart_below`` spares
-        mild overshoots: then the state records the restarts)."""
+    def found_uphill(self, state: MinimizerState) -> Tensor:
+        """Per structure: whether the last :meth:`step` found the step before it uphill (FIRE's power test
+        P = F·Δθ < 0) and cut the gain; the downhill count is set to 0 exactly then, and only by a step after the
+        first."""
         if self.fire is None:
             return torch.zeros_like(state["downhill"], dtype=torch.bool)
+        return (state["downhill"] == 0) & (state["steps"] > 1)
+
+    def restarted(self, state: MinimizerState) -> Tensor:
+        """Per structure: whether the last :meth:`step` restarted the rule's state: on every uphill step, or only
+        on those ``restart_below`` does not spare (then the state records them)."""
         if self.tracks_restarts:
             return state["restarted"] > 0
-        return (state["downhill"] == 0) & (state["steps"] > 1)
+        return self.found_uphill(state)
 
     def merge(self, first: MinimizerState, second: MinimizerState) -> MinimizerState:
         """Two batches' states side by side: the rows and structures of ``second`` follow those of ``first``.
