@@ -194,6 +194,7 @@ def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
     m_before = state["rule"]["m"].clone()
     _, state = minimizer.step(state, g2, layout)
     assert minimizer.restarted(state).tolist() == [True, False, False]
+    assert minimizer.found_uphill(state).tolist() == [True, True, False]  # both uphill steps cut the gain
     assert torch.allclose(state["lr"], torch.tensor([0.09, 0.09, 0.1], dtype=torch.float64))
     assert state["downhill"].tolist() == [0.0, 0.0, 2.0]  # both uphill steps stop the lr growth count
     # AdamNX restarted from g′ is at its first step again (β̂₁ = 0: m = g′); structure 1 goes on to its second
