@@ -755,7 +755,8 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
 
     modes = sorted({r["box"] for r in payload["table"]})
     methods = list(dict.fromkeys(r["method"] for r in payload["table"]))
-    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one colour per method in every panel
+    palette = plt.get_cmap("tab10").colors + plt.get_cmap("tab20").colors[1::2]  # 20 colours, tab10's first
+    color = {m: palette[i % len(palette)] for i, m in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(1, 2 * len(modes), figsize=(7 * len(modes) * 2 / 2, 4.5), squeeze=False)
     for k, box in enumerate(modes):
         ax = axes[0, 2 * k]
@@ -770,9 +771,8 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("grains")
-        ax.set_ylabel("gap to best, meV/atom (mean over seeds; best at 1e-4)")
+        ax.set_ylabel("gap to best, meV/atom\n(mean over seeds; best at 1e-4)")
         ax.set_title("box relaxed" if box else "fixed box")
-        ax.legend(fontsize=7)
         ax = axes[0, 2 * k + 1]
         done = [r for r in rows if r["box"] == box and r.get("status") == "ok"]
         largest = max((r["grains"] for r in done), default=None)
@@ -788,7 +788,13 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
             ax.set_ylabel("energy above best, meV/atom")
             ax.set_title(f"{largest} grains{f', seed {first_seed}' if first_seed else ''}, "
                          f"{'box relaxed' if box else 'fixed box'}")
-    fig.tight_layout()
+    handles: dict[str, object] = {}  # one legend for all panels, below them, where it hides no data
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    rows_of_legend = -(-len(handles) // 4)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
