@@ -63,6 +63,24 @@ class CellFilter:
         return out
 
 
+def relaxable_stress(stress: Tensor, options: CellFilter) -> Tensor:
+    """The part of ``(S, 3, 3)`` stresses (eV/Å³) that the cell degrees of freedom of ``options`` drive to zero.
+
+    That is σ + p·I (ASE's sign: at equilibrium under pressure p the stress is −p·I), reduced to what the filter
+    can change: its mean trace under ``hydrostatic_strain``, its traceless part under ``constant_volume``, the
+    masked-in components under ``mask``.
+    """
+    eye = torch.eye(3, dtype=stress.dtype, device=stress.device)
+    residual = stress + options.scalar_pressure * eye
+    trace = residual.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] / 3.0
+    if options.hydrostatic_strain:
+        residual = trace * eye
+    if options.constant_volume:
+        residual = residual - trace * eye
+    mask = options.mask3x3(stress.dtype, stress.device)
+    return residual if mask is None else residual * mask
+
+
 def deformation(log_deformation: Tensor) -> Tensor:
     """F = exp(log F) for ``(S, 3, 3)`` log-deformations."""
     return torch.linalg.matrix_exp(log_deformation)

@@ -31,6 +31,7 @@ from atomopt.core.layout import Layout, row_sum
 from atomopt.core.minimizer import Minimizer
 from atomopt.frontends.ase_optimizer import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
+from atomopt.models.base import describe_error, resolve_device
 from atomopt.rules import make_minimizer
 
 #: How a structure's relaxation ended.
@@ -141,7 +142,11 @@ class InFlightRelaxer:
         model: a :class:`~atomopt.models.BatchedModel`, a name (``sevennet-0``, ``chgnet``, ``mace:PATH``,
             ``emt``, ``lj``), an ASE calculator or a TorchSim-style model (:func:`atomopt.models.load_model`).
         optimizer: ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
-        fmax: convergence threshold on the largest row force, eV/Å (atoms and cell rows).
+        fmax: convergence threshold on the largest row force, eV/Å (atoms and cell rows). A cell row's force is
+            the virial divided by the number of atoms (ASE's FrechetCellFilter, the Matbench Discovery protocol),
+            so with ``fmax`` alone a cell of few atoms may stop with a stress of up to ~``fmax``·N/V.
+        stress_tol: with a free cell, also require every component of the stress that the cell filter relaxes
+            (minus the target pressure) to be at most this, GPa; ``None``: forces only.
         steps: step budget per structure (at most ``steps + 1`` force calls, as ASE's ``run(steps=...)``).
         cell: ``True`` (a :class:`CellFilter` with ASE's defaults), a :class:`CellFilter`, or ``False``/``None``
             for fixed cells.
@@ -170,6 +175,7 @@ class InFlightRelaxer:
         fmax: float = 0.05,
         steps: int = 500,
         cell: CellFilter | bool | None = True,
+        stress_tol: float | None = None,
         capacity: float | None = None,
         capacity_metric: str = "atoms",
         dtype: torch.dtype = torch.float64,
@@ -187,11 +193,18 @@ class InFlightRelaxer:
             raise ValueError(f"capacity_metric must be one of {CAPACITY_METRICS}, got {capacity_metric!r}")
         if capacity is not None and not capacity > 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
+        if stress_tol is not None and not (stress_tol > 0 and math.isfinite(stress_tol)):
+            raise ValueError(f"stress_tol must be a positive number of GPa, got {stress_tol}")
+        if stress_tol is not None and not cell:
+            raise ValueError("stress_tol needs a free cell (cell=True or a CellFilter): a fixed cell cannot relax its stress")
+        if device is not None:
+            device = resolve_device(device)
         self.model: BatchedModel = load_model(model, device=device or "cpu")
         self.minimizer = optimizer if isinstance(optimizer, Minimizer) else make_minimizer(optimizer, **optimizer_options)
         self.fmax = float(fmax)
         self.steps = int(steps)
         self.cell = CellFilter() if cell is True else (cell or None)
+        self.stress_tol = stress_tol
         self.capacity_metric = capacity_metric
         if capacity_metric == "pairs" and self.model.cutoff is None:
             raise ValueError(f"capacity_metric='pairs' needs a model with a cutoff; {self.model.name} has none")
@@ -334,7 +347,7 @@ class InFlightRelaxer:
                 nan = torch.full((1,), math.nan, dtype=self.dtype, device=self.device)
                 return (ModelOutput(nan, torch.full((sizes[0], 3), math.nan, dtype=self.dtype, device=self.device),
                                     torch.full((1, 3, 3), math.nan, dtype=self.dtype, device=self.device)),
-                        {0: f"{type(err).__name__}: {err}"})
+                        {0: describe_error(err)})
         outputs, errors = [], {}
         for i in range(structures.n_structures):
             out, failed = self._evaluate(structures.slice(i, i + 1), loads[i : i + 1])
@@ -475,7 +488,11 @@ class InFlightRelaxer:
             batch.n_started = len(batch)
 
         status = [""] * len(batch)
-        converged = (largest <= self.fmax).tolist()
+        converged_now = largest <= self.fmax
+        if self.stress_tol is not None:
+            residual = cellmath.relaxable_stress(stress, self.cell)
+            converged_now &= residual.abs().amax(dim=(1, 2)) <= self.stress_tol * GPa
+        converged = converged_now.tolist()
         out_of_budget = (batch.calls >= self.steps + 1).tolist()
         for i, bad_i in enumerate(bad.tolist()):
             if i in errors:

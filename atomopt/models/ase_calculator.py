@@ -30,13 +30,21 @@ class ASECalculatorModel(BatchedModel):
         energies, forces, stresses = [], [], []
         for atoms in batch.split():
             atoms.calc = self.calculator
-            energies.append(atoms.get_potential_energy())
-            forces.append(atoms.get_forces())
-            if self.stress and atoms.pbc.all():
-                stresses.append(atoms.get_stress(voigt=False))
-            else:
-                stresses.append(np.full((3, 3), np.nan))
-            atoms.calc = None
+            try:
+                energies.append(atoms.get_potential_energy())
+                forces.append(atoms.get_forces())
+                if self.stress and atoms.pbc.all():
+                    stresses.append(atoms.get_stress(voigt=False))
+                else:
+                    stresses.append(np.full((3, 3), np.nan))
+            except Exception:
+                # A calculator that raised part-way (EMT on an element it has no parameters for) keeps the
+                # structure as its current one, so the next call would skip its set-up and fail with an unrelated
+                # error; reset it, so that every later call reports the same first cause.
+                self.calculator.reset()
+                raise
+            finally:
+                atoms.calc = None
         return ModelOutput(
             energy=torch.as_tensor(np.array(energies), dtype=torch.float64),
             forces=torch.as_tensor(np.concatenate(forces), dtype=torch.float64),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +26,46 @@ class ModelError(RuntimeError):
 
 class UnsupportedStructureError(ModelError):
     """The model cannot describe this structure at all, e.g. an element outside its training set."""
+
+
+def resolve_device(spec: torch.device | str) -> torch.device:
+    """The torch device ``spec`` names, or a ``ValueError`` saying why it cannot be used here.
+
+    Checked before any work, so that ``cuda`` on a CPU-only torch or a GPU index that does not exist is a one-line
+    error rather than a traceback from the first model call.
+    """
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {str(spec)!r}: expected cpu, cuda, cuda:1, mps, ...") from err
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"device {str(spec)!r}: this torch {torch.__version__} was built without CUDA "
+                             "(install a CUDA build of torch, or use --device cpu)")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device {str(spec)!r}: torch sees no CUDA device on this machine")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(spec)!r}: this machine has {count} CUDA device(s), numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(spec)!r}: MPS is not available on this machine")
+    return device
+
+
+def describe_error(err: BaseException) -> str:
+    """``"Type: message"`` of an exception; one raised without a message (a bare ``assert`` in a reader) is
+    described by the source line that raised it, which says what was expected."""
+    import traceback
+
+    text = str(err).strip()
+    if text:
+        return f"{type(err).__name__}: {text}"
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return type(err).__name__
+    last = frames[-1]
+    where = "/".join(Path(last.filename).parts[-3:]) + f":{last.lineno}"  # package/module/file.py:line
+    return f"{type(err).__name__} at {where}" + (f" ({last.line.strip()})" if last.line else "")
 
 
 @dataclass
