@@ -15,10 +15,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from ase import Atoms
 
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
+from atomopt.models.base import resolve_device
 
 
 def example_structure() -> Atoms:
@@ -41,21 +43,33 @@ def relax_command(args: argparse.Namespace) -> int:
         label = "built-in example (256-atom Cu, strained 3 %, rattled)"
     else:
         source, cell, label = args.input, bool(args.cell), args.input
+    if args.stress_tol is not None and not cell:
+        raise ValueError("--stress-tol needs --cell (a fixed cell cannot relax its stress)")
     options = {"paper_exact": args.paper_exact}
     if args.lr is not None:
         options["lr"] = args.lr
+    if args.stress_tol is not None:
+        options["stress_tol"] = args.stress_tol
     capacity = {}
     if args.batch_atoms is not None:
         capacity = {"capacity": args.batch_atoms, "capacity_metric": "atoms"}
     elif args.batch_pairs is not None:
         capacity = {"capacity": args.batch_pairs, "capacity_metric": "pairs"}
     shard = _parse_shard(args.shard) if args.shard else None
-    print(f"atomopt relax: {label}, {args.optimizer}, model {args.model}, fmax {args.fmax} eV/Å, "
-          f"at most {args.steps} steps, cell {'free' if cell else 'fixed'}", file=sys.stderr)
+    stress = f", stress ≤ {args.stress_tol:g} GPa" if args.stress_tol is not None else ""
+
+    def announce(plan) -> None:
+        print(f"atomopt relax: {label}, {args.optimizer}, model {args.model}, fmax {args.fmax:g} eV/Å{stress}, "
+              f"at most {args.steps} steps, cell {'free' if cell else 'fixed'}", file=sys.stderr)
+        if args.output is None and args.input is not None:
+            print("atomopt: no -o OUTPUT: the relaxed structures are not written anywhere", file=sys.stderr)
+        progress.start(plan)
+
     progress = _Progress(args.quiet)
     try:
-        summary = relax_file(source, args.output, args.model, args.optimizer, resume=args.resume, shard=shard,
-                             workers=args.workers, on_record=progress.update, fmax=args.fmax, steps=args.steps,
+        summary = relax_file(source, args.output, args.model, args.optimizer, resume=args.resume,
+                             overwrite=args.overwrite, shard=shard, workers=args.workers, on_start=announce,
+                             on_record=progress.update, fmax=args.fmax, steps=args.steps,
                              cell=CellFilter() if cell else None, device=args.device, **capacity, **options)
     finally:
         progress.close()
@@ -76,20 +90,27 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 class _Progress:
-    """Progress bar of finished structures: done, in the batch, failed, structures/s and ETA (tqdm)."""
+    """Progress bar of a run, counted in atoms of finished structures: the time a structure takes grows with its
+    atoms, so the rate (and the ETA) stays steady where a count of structures swings with their sizes. The
+    postfix gives structures done, in the batch and failed."""
 
     def __init__(self, quiet: bool):
-        self.quiet, self.bar, self.failed = quiet, None, 0
+        self.quiet, self.bar, self.failed, self.total = quiet, None, 0, 0
 
-    def update(self, record, done: int, total: int, stats) -> None:
+    def start(self, plan) -> None:
         from tqdm import tqdm
 
+        self.total = plan.structures
+        self.bar = tqdm(total=plan.atoms, initial=plan.resumed_atoms, unit="atom", unit_scale=True, smoothing=0.05,
+                        disable=True if self.quiet else None, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(self, record, done: int, total: int, stats) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, initial=done - 1, unit="structure", disable=True if self.quiet else None,
-                            file=sys.stderr, dynamic_ncols=True, leave=False)
+            return
         self.failed += record.status not in ("converged", "max_steps")
-        self.bar.update(1)
-        self.bar.set_postfix(in_batch=stats.in_batch if stats else "-", failed=self.failed, refresh=False)
+        self.bar.update(len(record.atoms) if record.atoms is not None else 0)
+        self.bar.set_postfix(structures=f"{done}/{total}", in_batch=stats.in_batch if stats else "-",
+                             failed=self.failed, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -122,6 +143,18 @@ def summary_text(summary) -> str:
     if summary.output is not None:
         lines.append(f"written:      {summary.output}")
     return "\n".join(lines)
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from atomopt.frontends.records import merge_outputs
+
+    missing = merge_outputs(args.parts, args.output, overwrite=args.overwrite)
+    print(f"written:      {args.output}")
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        print(f"atomopt merge: {len(missing)} input indices below the largest are in no part: {shown}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -180,31 +213,44 @@ def hea_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     relax = sub.add_parser("relax", help="relax structures (one or many) with a model, batched and resumable")
     relax.add_argument("input", nargs="?", metavar="STRUCTURES",
                        help="file ASE reads (all frames: extxyz, traj, db, ...) or a folder of CIF/POSCAR/... files "
                        "(default: built-in Cu example)")
-    relax.add_argument("-o", "--output", help="output .extxyz/.xyz/.traj/.db, one frame per input structure in input order")
+    relax.add_argument("-o", "--output", help="output .extxyz/.xyz/.traj/.db, one frame (database row) per input structure "
+                       "in input order (without -o nothing is written)")
+    relax.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (an input is never replaced)")
     relax.add_argument("--model", "--calculator", dest="model", default="emt",
                        help="sevennet-0, chgnet, mace:PATH, emt or lj (default emt)")
     relax.add_argument("--optimizer", default="frankenstein", type=str.lower, choices=sorted(OPTIMIZERS))
     relax.add_argument("--fmax", type=_positive, default=0.05, help="force threshold, eV/Å (default 0.05)")
-    relax.add_argument("--steps", type=int, default=500, help="step budget per structure (default 500)")
+    relax.add_argument("--steps", type=_at_least_one, default=500, help="step budget per structure (default 500)")
     relax.add_argument("--cell", action=argparse.BooleanOptionalAction, default=None,
-                       help="relax the cell too (FrechetCellFilter); default: on for the example, off for files")
+                       help="relax the cell too (FrechetCellFilter: converged when every atom force and every cell "
+                       "force, the virial divided by the number of atoms, is below fmax); default: on for the "
+                       "example, off for files")
+    relax.add_argument("--stress-tol", type=_positive, metavar="GPA",
+                       help="with --cell, also require every stress component below GPA (cells of few atoms otherwise "
+                       "stop with up to ~1 GPa at fmax 0.05)")
     relax.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     batch = relax.add_mutually_exclusive_group()
     batch.add_argument("--batch-atoms", type=_positive, help="batch capacity in atoms (default: 128 on CPU, from memory on GPU)")
     batch.add_argument("--batch-pairs", type=_positive, help="batch capacity in neighbour pairs within the model's cutoff")
     relax.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT's journal")
     relax.add_argument("--shard", metavar="I/N", help="relax only shard I (0-based) of N atom-balanced shards")
-    relax.add_argument("--workers", type=int, default=1, help="Ray workers (default 1: this process)")
+    relax.add_argument("--workers", type=_at_least_one, default=1, help="Ray workers (default 1: this process)")
     relax.add_argument("--lr", type=_positive, help="learning rate, Å")
     relax.add_argument("--paper-exact", action="store_true", help="the paper's update with no step control")
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)
+
+    merge = sub.add_parser("merge", help="join the outputs of `relax --shard I/N` runs into one file in input order")
+    merge.add_argument("parts", nargs="+", metavar="PART", help="outputs of the shards (any order)")
+    merge.add_argument("-o", "--output", required=True, help="merged output .extxyz/.xyz/.traj/.db")
+    merge.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (a part is never replaced)")
+    merge.set_defaults(handler=merge_command)
 
     sub.add_parser(
         "lammps",
@@ -212,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(atomopt lammps -in FILE [-var NAME VALUE] [-log FILE]; -h for details)",
     )
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True, parser_class=_OneLineParser)
     lj = bench_sub.add_parser("lj38", help="OptBench LJ38: every method on the same starts")
     lj.add_argument("--n", type=int, default=1000, help="number of starts (default 1000)")
     lj.add_argument("--methods", nargs="+", help="methods to run (default: all atomopt defaults, paper forms, baselines)")
@@ -268,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)")
     he.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], metavar="S",
                     help="seeds of the polycrystals: one realisation of each grain count per seed (default 0)")
-    he.add_argument("--potdir", default="../shared/potentials", help="folder with library.meam and CoNiCrFeMn.meam")
+    he.add_argument("--potdir", default="../shared/potentials", help="folder with library.meam and CoNiCrFeMn.meam "
+                    "(Choi et al. 2018, from the NIST Interatomic Potentials Repository)")
     he.add_argument("--no-dxa", action="store_true", help="skip OVITO's dislocation analysis")
     he.add_argument("--cost-ranks", type=int, nargs="+", metavar="R",
                     help="measure the cost model instead: each method (default cg fire frankenstein) for --budget "
@@ -281,6 +328,23 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     he.set_defaults(handler=hea_command)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line (``atomopt relax: error: ...``), exit status 2, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive(text: str) -> float:
@@ -303,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "steps", 1) < 0:
         parser.error("--steps must be non-negative")
+    if args.command == "relax":
+        try:  # before anything is read or loaded: a device this machine lacks is a bad argument
+            resolve_device(args.device)
+        except ValueError as err:
+            print(f"atomopt relax: error: --device: {err}", file=sys.stderr)
+            return 2
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from ase import Atoms
 from ase.io import read, write
 
 from atomopt.frontends.engine import RelaxRecord
+from atomopt.models.base import describe_error
 
 #: Files taken from a folder of structures.
 STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "*.poscar", "POSCAR*", "CONTCAR*", "*.xyz", "*.extxyz", "*.traj", "*.json")
@@ -38,7 +39,7 @@ def read_structures(source: str | Path) -> list[tuple[int, Atoms | str]]:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_dir():
-        files = sorted({f for pattern in STRUCTURE_PATTERNS for f in path.glob(pattern) if f.is_file()})
+        files = input_files(path)
         if not files:
             raise ValueError(f"no structure files ({', '.join(STRUCTURE_PATTERNS)}) in folder {path}")
         out: list[tuple[int, Atoms | str]] = []
@@ -48,12 +49,12 @@ def read_structures(source: str | Path) -> list[tuple[int, Atoms | str]]:
                 atoms.info["source"] = file.name
                 out.append((i, atoms))
             except Exception as err:  # noqa: BLE001 - one unreadable file is one failed record
-                out.append((i, f"cannot read {file.name}: {type(err).__name__}: {err}"))
+                out.append((i, f"cannot read {file.name}: {describe_error(err)}"))
         return out
     try:
         frames = read(path, index=":")
     except Exception as err:  # noqa: BLE001
-        raise ValueError(f"cannot read structures from {path}: {type(err).__name__}: {err}") from err
+        raise ValueError(f"cannot read structures from {path}: {describe_error(err)}") from err
     if not frames:
         raise ValueError(f"{path} holds no structures")
     return list(enumerate(frames))
@@ -134,16 +135,25 @@ class RecordJournal:
 
 
 def write_records(path: str | Path, records: Sequence[RelaxRecord]) -> None:
-    """Write the records (one frame each, in the given order) to ``path`` through a temporary file.
+    """Write the records (one frame each, in the given order) to ``path``, atomically (:func:`write_frames`)."""
+    write_frames(path, [record_to_atoms(r) for r in records])
+
+
+def write_frames(path: str | Path, frames: Sequence[Atoms]) -> None:
+    """Write record frames to ``path`` through a temporary file.
 
     The file appears complete or not at all; it gets the permissions the umask gives a new file.
     """
     path = Path(path)
-    frames = [record_to_atoms(r) for r in records]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fmt = output_format(path)
+    # The temporary file keeps the output's suffix: ASE's database picks its backend from the file name.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp, frames, format=output_format(path))
+        if fmt == "db":
+            _write_database(tmp, frames)
+        else:
+            write(tmp, frames, format=fmt)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -151,6 +161,79 @@ def write_records(path: str | Path, records: Sequence[RelaxRecord]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def merge_outputs(parts: Sequence[str | Path], output: str | Path, overwrite: bool = False) -> list[int]:
+    """Join the outputs of the shards of one job into ``output``, in input order; returns input indices missing.
+
+    Every frame carries its input index, so the parts may come in any order; an index found twice is an error (two
+    runs of the same shard, or parts of different jobs).
+    """
+    output = Path(output)
+    check_output(output, [Path(p) for p in parts], overwrite)
+    frames: dict[int, Atoms] = {}
+    for part in parts:
+        for atoms in read(part, index=":"):
+            if "index" not in atoms.info:
+                raise ValueError(f"{part} is not an atomopt output: a frame has no 'index' in its info")
+            index = int(atoms.info["index"])
+            if index in frames:
+                raise ValueError(f"structure {index} is in more than one part (the second in {part})")
+            frames[index] = atoms
+    if not frames:
+        raise ValueError("the parts hold no structures")
+    write_frames(output, [frames[i] for i in sorted(frames)])
+    return sorted(set(range(max(frames) + 1)) - set(frames))
+
+
+#: Database columns of a record (``ase db`` queries them: ``ase db out.db status=converged``). ASE's own ``fmax``
+#: and ``volume`` are computed from the row's forces and cell; the record's ``fmax`` also counts the cell rows.
+_DATABASE_KEYS = {"index": "index", "status": "status", "converged": "converged", "force_calls": "force_calls",
+                  "message": "message", "fmax": "max_row_force", "max_stress": "max_stress"}
+
+
+def _write_database(path: str, frames: Sequence[Atoms]) -> None:
+    """One ASE database row per record, the record's fields as key-value pairs (SQLite, new file)."""
+    import ase.db
+
+    Path(path).unlink()  # the database is created from scratch, not opened as an existing (empty) file
+    with ase.db.connect(path, type="db", append=False) as database:
+        for atoms in frames:
+            pairs = {column: atoms.info[key] for key, column in _DATABASE_KEYS.items() if key in atoms.info}
+            pairs = {k: v.item() if isinstance(v, np.generic) else v for k, v in pairs.items()}
+            stripped = atoms.copy()
+            stripped.calc = atoms.calc
+            stripped.info = {}
+            database.write(stripped, key_value_pairs=pairs)
+
+
+def check_output(output: Path, inputs: Sequence[Path], overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written or that would replace a file it should not.
+
+    Never over an input (the structures file, a file of an input folder, or the journal beside the output);
+    over another existing file only with ``overwrite``.
+    """
+    output_format(output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"the output folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise PermissionError(f"cannot write into the output folder {output.parent}")
+    for candidate in (output, output.with_name(output.name + ".journal.extxyz")):
+        for source in inputs:
+            if candidate.exists() and source.exists() and os.path.samefile(candidate, source):
+                raise FileExistsError(f"{candidate} is an input of this run: choose another output name")
+    if output.is_dir():
+        raise IsADirectoryError(f"output {output} is a folder")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"output {output} exists: pass --overwrite (overwrite=True) to replace it")
+
+
+def input_files(source: str | Path) -> list[Path]:
+    """The files a run reads: the structures file, or the structure files of a folder."""
+    path = Path(source)
+    if path.is_dir():
+        return sorted({f for pattern in STRUCTURE_PATTERNS for f in path.glob(pattern) if f.is_file()})
+    return [path]
 
 
 def output_format(path: Path) -> str:
