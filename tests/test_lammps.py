@@ -298,7 +298,9 @@ def test_example_without_its_potential_files_stops_at_once_and_says_where_to_get
     text = log.read_text()
     assert f"ERROR: MEAM files {tmp_path / 'missing'}/library.meam" in text and "ctcms.nist.gov/potentials" in text
     assert "create_atoms" not in text  # nothing was built before the check
-    assert text.strip().splitlines()[-1].startswith("ERROR")
+    errors = [line for line in text.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 2 and "MEAM_potential_files_missing: see the ERROR line above" in errors[1]  # LAMMPS's stop
+    assert "Cannot open file" not in text
 
 
 LOG_INPUT = """variable s index cg
