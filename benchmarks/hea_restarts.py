@@ -34,7 +34,7 @@ from atomopt.bench.hea import TYPE_ORDER, polycrystal, write_data
 from atomopt.core.layout import Layout
 from atomopt.frontends.lammps.runner import optimizer_options
 from atomopt.lammps import import_lammps
-from atomopt.rules import make_minimizer
+from atomopt.optimizers import make_minimizer
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -30,7 +30,7 @@ from ase.calculators.emt import EMT
 
 from atomopt.bench import lj38
 from atomopt.bench.counting import BudgetExceeded, CallCounter
-from atomopt.core.minimizer import FireControl
+from atomopt.controls import FireControl
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
 LJ55_GLOBAL_MINIMUM = -279.248470

@@ -23,12 +23,13 @@ import torch
 
 from atomopt.bench import lj38
 from atomopt.calculators import cluster_lj_tensor
-from atomopt.core.epsilon import AutoEpsilon
+from atomopt.controls import AutoEpsilon
 from atomopt.core.layout import Layout, row_sum
-from atomopt.core.minimizer import FireControl, Minimizer, SecantControl
+from atomopt.controls import FireControl, SecantControl
+from atomopt.core.minimizer import Minimizer
 from atomopt.core.rule import UpdateRule
 from atomopt.frontends.batch import relax_tensors
-from atomopt.rules import make_minimizer
+from atomopt.optimizers import make_minimizer
 from atomopt.rules.frankenstein import FrankensteinRule
 
 OLD_FIRE = FireControl()  # Bitzek et al.'s f_dec 0.5, f_inc 1.1 (the defaults until this search)

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from atomopt.core.epsilon import AutoEpsilon
-from atomopt.core.minimizer import FireControl, SecantControl
-from atomopt.rules import ATOMISTIC_DEFAULTS
+from atomopt.controls import AutoEpsilon
+from atomopt.controls import FireControl, SecantControl
+from atomopt.optimizers import ATOMISTIC_DEFAULTS
 
 DEFAULT_FIRE = ATOMISTIC_DEFAULTS["frankenstein"]["fire"]
 

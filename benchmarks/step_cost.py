@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from atomopt.core.layout import Layout
-from atomopt.rules import RULES, make_minimizer
+from atomopt.optimizers import make_minimizer
+from atomopt.rules import RULES
 
 RESULTS = Path(__file__).parent / "results"
 

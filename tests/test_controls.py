@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from atomopt.core.epsilon import AutoEpsilon, epsilon_range, segment_quantile
+from atomopt.controls import AutoEpsilon
+from atomopt.core.epsilon import epsilon_range, segment_quantile
 from atomopt.core.layout import Layout
-from atomopt.core.minimizer import FireControl, Minimizer, SecantControl
-from atomopt.rules import AdamNXRule, FrankensteinRule, make_minimizer
+from atomopt.controls import FireControl, SecantControl
+from atomopt.core.minimizer import Minimizer
+from atomopt.optimizers import make_minimizer
+from atomopt.rules import AdamNXRule, FrankensteinRule
 
 LAYOUT = Layout.from_sizes([2, 1])
 # Structure 0 holds 1..6; structure 1 holds 0.002, 0.003, 700.
@@ -31,7 +34,7 @@ def test_epsilon_range_rounds_to_powers_of_ten():
 
 
 def test_auto_epsilon_is_set_after_warmup():
-    minimizer = Minimizer(AdamNXRule(), lr=0.01, eps=1e-8, max_step=None, fire=None, auto_eps=AutoEpsilon(warmup=1, choose="upper"))
+    minimizer = Minimizer(AdamNXRule(), lr=0.01, eps=1e-8, max_step=None, controls=(AutoEpsilon(warmup=1, choose="upper"),))
     layout = Layout.single(2)
     g = Z[:2].clone()
     state = minimizer.init(g, layout)
@@ -41,7 +44,7 @@ def test_auto_epsilon_is_set_after_warmup():
 
 
 def test_max_step_limits_the_largest_atom_and_keeps_direction():
-    minimizer = Minimizer(AdamNXRule(), lr=1.0, eps=1.0, max_step=0.2, fire=None)
+    minimizer = Minimizer(AdamNXRule(), lr=1.0, eps=1.0, max_step=0.2)
     layout = Layout.from_sizes([2, 1])
     g = torch.tensor([[1e5, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1e-3]], dtype=torch.float64)
     state = minimizer.init(g, layout)
@@ -56,7 +59,7 @@ def test_max_step_limits_the_largest_atom_and_keeps_direction():
 
 def test_fire_control_restarts_and_halves_lr_on_uphill_steps():
     fire = FireControl(n_min=1, f_inc=1.5, f_dec=0.5, lr_max_factor=2.0)
-    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1.0, max_step=None, fire=fire)
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1.0, max_step=None, controls=(fire,))
     layout = Layout.from_sizes([1, 1])
     g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     state = minimizer.init(g, layout)
@@ -74,7 +77,7 @@ def test_fire_control_restarts_and_halves_lr_on_uphill_steps():
 
 def test_secant_control_rescales_lr_by_the_quadratic_step_fraction():
     # AdamNX first step with eps ≈ 0: Δ = −lr·g/|g| = −0.1 along x for g = (1, 0, 0).
-    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, fire=None, secant=SecantControl(max_factor=4.0))
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, controls=(SecantControl(max_factor=4.0),))
     layout = Layout.from_sizes([1, 1])
     g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     state = minimizer.init(g, layout)
@@ -88,7 +91,7 @@ def test_secant_control_rescales_lr_by_the_quadratic_step_fraction():
 
 
 def test_secant_control_grows_lr_without_positive_curvature():
-    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, fire=None, secant=SecantControl(max_factor=2.0))
+    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, controls=(SecantControl(max_factor=2.0),))
     layout = Layout.single(1)
     g = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
     state = minimizer.init(g, layout)
@@ -104,28 +107,28 @@ def test_atomistic_rule_defaults_apply_unless_paper_exact_or_overridden():
     assert make_minimizer("frankenstein", base_lr=0.5).rule.base_lr == 0.5
     assert make_minimizer("frankenstein", paper_exact=True).rule.base_lr == 1e-3  # Eq. (3)'s α = 10⁻³
     assert make_minimizer("adan").rule.beta1 == 0.1 and make_minimizer("adan", paper_exact=True).rule.beta1 == 0.02
-    assert make_minimizer("frankenstein").fire == FireControl(f_dec=0.9, f_inc=1.02)
+    assert make_minimizer("frankenstein").control("fire") == FireControl(f_dec=0.9, f_inc=1.02)
 
 
 def test_restarted_flags_the_structures_whose_last_step_went_uphill():
     g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     overshot = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)  # structure 1 passed its minimum
     layout = Layout.from_sizes([1, 1])
-    minimizer = Minimizer(FrankensteinRule(), lr=0.1, eps=1.0, max_step=None, fire=FireControl())
+    minimizer = Minimizer(FrankensteinRule(), lr=0.1, eps=1.0, max_step=None, controls=(FireControl(),))
     _, state = minimizer.step(minimizer.init(g, layout), g, layout)
     assert minimizer.restarted(state).tolist() == [False, False]  # the first step has nothing to test
     _, state = minimizer.step(state, overshot, layout)
     assert minimizer.restarted(state).tolist() == [False, True]
-    no_fire = Minimizer(FrankensteinRule(), lr=0.1, eps=1.0, max_step=None, fire=None)
+    no_fire = Minimizer(FrankensteinRule(), lr=0.1, eps=1.0, max_step=None)
     _, state = no_fire.step(no_fire.init(g, layout), g, layout)
     _, state = no_fire.step(state, overshot, layout)
     assert no_fire.restarted(state).tolist() == [False, False]
 
 
 def test_fire_fields_given_as_a_dict_change_the_optimizers_own_fire_control():
-    assert make_minimizer("frankenstein", fire={"f_dec": 0.5}).fire == FireControl(f_dec=0.5, f_inc=1.02)
-    assert make_minimizer("adamnx", fire={"n_min": 2}).fire == FireControl(n_min=2)  # Bitzek et al.'s otherwise
-    assert make_minimizer("frankenstein", paper_exact=True, fire={"f_dec": 0.7}).fire == FireControl(f_dec=0.7)
+    assert make_minimizer("frankenstein", fire={"f_dec": 0.5}).control("fire") == FireControl(f_dec=0.5, f_inc=1.02)
+    assert make_minimizer("adamnx", fire={"n_min": 2}).control("fire") == FireControl(n_min=2)  # Bitzek et al.'s otherwise
+    assert make_minimizer("frankenstein", paper_exact=True, fire={"f_dec": 0.7}).control("fire") == FireControl(f_dec=0.7)
     with pytest.raises(ValueError, match="no 'fdec'"):
         make_minimizer("frankenstein", fire={"fdec": 0.5})
     with pytest.raises(ValueError, match="f_dec must lie"):
@@ -138,7 +141,7 @@ def test_fire_control_on_eps_scales_the_gain_and_leaves_lr():
     g2 = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)  # structure 1 overshot
     layout = Layout.from_sizes([1, 1])
     for rule, power in ((AdamNXRule(), 1), (FrankensteinRule(), 2)):  # ε outside / under the root
-        minimizer = Minimizer(rule, lr=0.1, eps=1.0, max_step=None, fire=fire)
+        minimizer = Minimizer(rule, lr=0.1, eps=1.0, max_step=None, controls=(fire,))
         state = minimizer.init(g, layout)
         _, state = minimizer.step(state, g, layout)
         _, state = minimizer.step(state, g2, layout)
@@ -163,7 +166,7 @@ def test_measured_cut_divides_the_gain_by_the_overshoot_along_the_step():
     g2 = torch.tensor([[-1.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [-0.05, 0.0, 0.0]], dtype=torch.float64)
     for acts_on in ("lr", "eps"):
         minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12 if acts_on == "lr" else 1.0, max_step=None,
-                              fire=FireControl(**{**fire.__dict__, "acts_on": acts_on}))
+                              controls=(FireControl(**{**fire.__dict__, "acts_on": acts_on}),))
         state = minimizer.init(g, layout)
         if acts_on == "eps":  # sign-like first step of exactly 0.1 needs ε ≈ 0: set the state's ε, keep ε₀ = 1
             state["eps"] = torch.full((3,), 1e-12, dtype=torch.float64)
@@ -188,7 +191,7 @@ def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
     g = torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64)
     g2 = torch.tensor([[-1.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
     minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None,
-                          fire=FireControl(f_dec=0.9, restart_below=0.5))
+                          controls=(FireControl(f_dec=0.9, restart_below=0.5),))
     state = minimizer.init(g, layout)
     _, state = minimizer.step(state, g, layout)
     m_before = state["rule"]["m"].clone()
@@ -196,7 +199,7 @@ def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
     assert minimizer.restarted(state).tolist() == [True, False, False]
     assert minimizer.found_uphill(state).tolist() == [True, True, False]  # both uphill steps cut the gain
     assert torch.allclose(state["lr"], torch.tensor([0.09, 0.09, 0.1], dtype=torch.float64))
-    assert state["downhill"].tolist() == [0.0, 0.0, 2.0]  # both uphill steps stop the lr growth count
+    assert state["controls"]["fire"]["downhill"].tolist() == [0.0, 0.0, 2.0]  # both uphill steps stop the lr growth count
     # AdamNX restarted from g′ is at its first step again (β̂₁ = 0: m = g′); structure 1 goes on to its second
     # step, β̂₁ = (β₁ − β₁²)/(1 − β₁²) = β₁/(1 + β₁), mixing the kept momentum m = g with g′.
     beta1_hat = AdamNXRule().beta1 / (1 + AdamNXRule().beta1)
@@ -204,7 +207,7 @@ def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
     assert torch.allclose(state["rule"]["m"][1], beta1_hat * m_before[1] + (1 - beta1_hat) * g2[1])
     assert state["rule"]["t"].tolist() == [1.0, 2.0, 2.0]
     # The default restarts on every uphill step.
-    default = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, fire=FireControl(f_dec=0.9))
+    default = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, controls=(FireControl(f_dec=0.9),))
     state = default.init(g, layout)
     _, state = default.step(state, g, layout)
     _, state = default.step(state, g2, layout)

@@ -68,7 +68,7 @@ RULES = {
 @pytest.mark.parametrize("key", sorted(RULES))
 def test_first_three_steps_match_the_paper(key):
     rule = RULES[key]
-    minimizer = Minimizer(rule, lr=0.01, eps=1e-8, max_step=None, fire=None)
+    minimizer = Minimizer(rule, lr=0.01, eps=1e-8, max_step=None)
     layout = Layout.single(1)
     grads = [torch.tensor([g], dtype=torch.float64) for g in GRADIENTS]
     state = minimizer.init(grads[0], layout)
@@ -102,7 +102,7 @@ def test_frankenstein_beta1_from_a_fixed_lr():
     for beta1_lr, beta1 in ((None, 0.9), (0.01, 1 - 0.1 * math.sqrt(10.0))):
         m2 = 1.05 * beta1 * m1 - 0.001 * xi2 * 0.3 / 0.5
         expected = beta1 * m2 - 0.001 * xi2 * 0.3 / 0.5
-        minimizer = Minimizer(FrankensteinRule(beta1_lr=beta1_lr), lr=0.001, eps=0.0, max_step=None, fire=None)
+        minimizer = Minimizer(FrankensteinRule(beta1_lr=beta1_lr), lr=0.001, eps=0.0, max_step=None)
         layout = Layout.single(1)
         state = minimizer.init(torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64), layout)
         _, state = minimizer.step(state, torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64), layout)
@@ -126,7 +126,7 @@ def test_frankenstein_beta1_from_a_fixed_lr():
         lambda: Minimizer(AdamNXRule(), lr=-0.1, eps=1e-8),
         lambda: Minimizer(AdamNXRule(), lr=0.1, eps=-1.0),
         lambda: Minimizer(AdamNXRule(), lr=0.1, eps=1e-8, max_step=0.0),
-        lambda: Minimizer(INNApropRule(), lr=0.95, eps=1e-8, fire=None),  # γ must stay below β = 0.9
+        lambda: Minimizer(INNApropRule(), lr=0.95, eps=1e-8),  # γ must stay below β = 0.9
     ],
 )
 def test_invalid_hyperparameters_raise(make):

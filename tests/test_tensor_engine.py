@@ -9,7 +9,7 @@ from atomopt.calculators import ClusterLennardJones, cluster_lj_tensor
 from atomopt.core.layout import Layout
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 from atomopt.frontends.batch import relax_tensors
-from atomopt.rules import make_minimizer
+from atomopt.optimizers import make_minimizer
 
 
 def lj38_batch(starts):

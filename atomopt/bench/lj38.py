@@ -148,7 +148,7 @@ PAPER_LR = 0.01
 
 
 def atomopt_methods() -> dict[str, tuple[str, dict]]:
-    """atomopt methods: name -> (optimizer, options of :func:`atomopt.rules.make_minimizer`)."""
+    """atomopt methods: name -> (optimizer, options of :func:`atomopt.optimizers.make_minimizer`)."""
     table: dict[str, tuple[str, dict]] = {name: (name, {}) for name in ATOMOPT_NAMES}
     for name in ATOMOPT_NAMES:
         table[f"{name}-paper"] = (name, {"paper_exact": True, "lr": PAPER_LR})
@@ -177,10 +177,10 @@ def run_batched(
 
     The minimizer is the one the ASE optimizer builds, so each start follows the trajectory it follows
     alone (up to round-off); force calls are counted per start in the same way. ``overrides`` replace
-    options of :func:`atomopt.rules.make_minimizer` (used for tuning); ``progress(calls, active)`` is called
+    options of :func:`atomopt.optimizers.make_minimizer` (used for tuning); ``progress(calls, active)`` is called
     after every force evaluation with the indices of the starts evaluated.
     """
-    from atomopt.rules import make_minimizer
+    from atomopt.optimizers import make_minimizer
 
     optimizer, options = atomopt_methods().get(method, (method, {}))
     return relax_starts(make_minimizer(optimizer, **(options | overrides)), starts, method, progress)

@@ -187,7 +187,7 @@ def run_engine(method: str, items: Sequence[tuple[int, Atoms]], model_spec: str,
                capacity: float = 128, label: str | None = None, device: str | None = None,
                **options: Any) -> list[dict]:
     """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run,
-    the model on ``device`` (default: the worker's). ``options`` go to :func:`atomopt.rules.make_minimizer` (a
+    the model on ``device`` (default: the worker's). ``options`` go to :func:`atomopt.optimizers.make_minimizer` (a
     variant of the default, rows named ``label``)."""
     from atomopt.frontends.engine import InFlightRelaxer
 

@@ -6,13 +6,11 @@ them to powers of ten (lines 13–14). ε below the range makes every coordinate
 adaptive (step ≈ α·g/ẑ, size set by α); ε above it makes every coordinate
 "immutable" (step ≈ α·g/ε, proportional to the force). Here every structure is
 one "layer" of the algorithm: it gets its own range. Percentiles are linearly
-interpolated, as ``torch.quantile`` does.
+interpolated, as ``torch.quantile`` does. The control that applies it is
+:class:`atomopt.controls.AutoEpsilon`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -54,30 +52,3 @@ def epsilon_range(z: Tensor, layout: Layout, rule: UpdateRule) -> tuple[Tensor, 
     if rule.eps_inside_sqrt:
         return lower**2, upper**2
     return lower, upper
-
-
-@dataclass(frozen=True)
-class AutoEpsilon:
-    """Set ε per structure from Algorithm 2 after ``warmup`` steps.
-
-    ``choose`` picks the bound: ``"upper"`` (force-proportional steps for all
-    but the largest 2 % of coordinates), ``"lower"`` (fully adaptive) or
-    ``"geometric"`` (their geometric mean).
-    """
-
-    warmup: int = 10
-    choose: Literal["upper", "lower", "geometric"] = "upper"
-
-    def __post_init__(self) -> None:
-        if self.warmup < 1:
-            raise ValueError(f"AutoEpsilon: warmup must be at least 1 step, got {self.warmup}")
-        if self.choose not in ("upper", "lower", "geometric"):
-            raise ValueError(f"AutoEpsilon: choose must be 'upper', 'lower' or 'geometric', got {self.choose!r}")
-
-    def pick(self, z: Tensor, layout: Layout, rule: UpdateRule) -> Tensor:
-        lower, upper = epsilon_range(z, layout, rule)
-        if self.choose == "upper":
-            return upper
-        if self.choose == "lower":
-            return lower
-        return torch.sqrt(lower * upper)

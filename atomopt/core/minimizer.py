@@ -1,132 +1,136 @@
-"""A minimizer: one update rule composed with atomistic step controls.
+"""A minimizer: one update rule composed with a chain of step controls.
 
-The deep-learning rules alone do not converge on atomistic problems: the
-first forces can be 10⁵ times the convergence threshold and a step that does
-not shrink with the force oscillates around the minimum. Three controls,
-each optional, make them usable; ``paper_exact`` switches all of them off.
+The deep-learning rules alone do not converge on atomistic problems: the first forces can be 10⁵ times the
+convergence threshold and a step that does not shrink with the force oscillates around the minimum. Step controls
+(:mod:`atomopt.controls`) make them usable; ``paper_exact`` switches all of them off. A step runs in this order:
 
-* ``max_step`` (Å): the displacement of a structure is scaled down uniformly
-  until no row moves more than ``max_step`` — ASE's ``maxstep`` of BFGS/LBFGS,
-  which keeps the direction.
-* ``fire`` (:class:`FireControl`): FIRE's uphill test (Bitzek et al., PRL 97,
-  170201, 2006), which the Frankenstein paper itself cites for its momentum
-  reset. When the power P = F·Δθ_{last} of a structure is negative the last step
-  overshot a minimum along its direction: that structure's optimizer state is
-  restarted from the current gradient and its learning rate multiplied by
-  ``f_dec``; after ``n_min`` downhill steps in a row the learning rate grows
-  by ``f_inc`` up to ``lr_max``. With ``acts_on="eps"`` the same factors act
-  on the force-proportional gain through ε instead of lr. With ``measured_cut``
-  the cut is the overshoot measured along the last step (the secant ratio of
-  ``SecantControl``), between ``f_dec_min`` and ``f_dec``; with ``restart_below`` an overshoot milder than that
-  fraction (the energy still fell along the step) only cuts the gain. Restarting also forgets the huge early
-  gradients that would otherwise keep v (and so the step) tiny for thousands
-  of steps.
-* ``auto_eps`` (:class:`~atomopt.core.epsilon.AutoEpsilon`): sets ε from the
-  gradient-histogram rule after a warm-up; a large ε turns the adaptive step
-  α·g/√v into the force-proportional α·g/ε that converges to small fmax.
-* ``secant`` (:class:`SecantControl`, off by default): lr rescaled by the
-  secant estimate of where the last step should have stopped (docs/controls.md).
+1. the gain controls, in the order of :attr:`Minimizer.controls` (as optax's ``chain``): each reads what the last
+   step measured (the slope along it, the secant fraction where the slope vanished) from a
+   :class:`StepContext`, may restart the rule's state of some structures, and sets the per-structure learning rate
+   lr and safeguard ε the rule will use; each keeps its own state under ``state["controls"][name]``;
+2. the rule proposes a displacement (:meth:`UpdateRule.update`);
+3. the displacement path: the largest row move is limited to ``max_step`` (ASE's ``maxstep``), then the front end's
+   ``constrain`` (cell-step projections, fixed atoms, LAMMPS's ``vmax``), then the rule commits the step actually
+   taken;
+4. the gain controls' ``after_commit`` (the gradient-histogram ε is picked there, from the state after the step).
+
+The context measures lazily, so a chain that reads no line measurement costs nothing for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
 
 from atomopt.core.allocator import retain_freed_memory
-from atomopt.core.epsilon import AutoEpsilon
 from atomopt.core.layout import Layout, row_sum
 from atomopt.core.rule import State, UpdateRule
 
 MinimizerState = dict[str, object]
+#: A map of the proposed displacement (Å, ``(n_rows, 3)``) onto what the front end can take.
+Constraint = Callable[[Tensor], Tensor]
 
 
-@dataclass(frozen=True)
-class FireControl:
-    """FIRE's learning-rate control (defaults of Bitzek et al. 2006)."""
+class GainControl:
+    """A step control: adapts the per-structure lr and ε, and restarts the rule where it must.
 
-    n_min: int = 5
-    f_inc: float = 1.1
-    f_dec: float = 0.5
-    lr_max_factor: float = 10.0  # lr_max = lr_max_factor × initial lr (capped by the rule's lr_limit)
-    #: Cut on an uphill step by the measured overshoot r = −s·g / (s·g′ − s·g) (the fraction of the last step s
-    #: at which the slope along s vanished; g, g′ the gradients before and after s), clipped to
-    #: [f_dec_min, f_dec]: a gentle f_dec where the step barely overshot, down to f_dec_min where it overshot by
-    #: far, so a gain far too large for the system is found in a few restarts instead of tens.
-    measured_cut: bool = False
-    f_dec_min: float = 0.5
-    #: An uphill step restarts the rule's state only where the slope along it vanished before this fraction r of
-    #: it (the secant fraction of ``measured_cut``); a milder overshoot only cuts the gain and keeps the momenta.
-    #: 1 restarts on every uphill step (FIRE). 0.5 restarts only where the quadratic along the step says the
-    #: energy rose: E(s) − E(0) = s·g (1 − 1/(2r)) > 0 ⇔ r < ½ (s·g < 0). A step that was uphill from its start
-    #: (s·g ≥ 0, no r) always restarts.
-    restart_below: float = 1.0
-    #: "lr" scales the learning rate; "eps" scales the force-proportional gain lr/ε (lr/√ε where ε sits under the
-    #: root) through ε and leaves lr alone — for rules whose lr is bounded or also sets their dynamics (INNAprop).
-    acts_on: str = "lr"
+    Subclasses are frozen dataclasses of their settings (so ``make_minimizer``, the ASE optimizers and LAMMPS's
+    ``min_modify`` read their fields from one declaration) and set:
 
-    def __post_init__(self) -> None:
-        if self.acts_on not in ("lr", "eps"):
-            raise ValueError(f"FireControl: acts_on must be 'lr' or 'eps', got {self.acts_on!r}")
-        if self.n_min < 0:
-            raise ValueError(f"FireControl: n_min must be >= 0, got {self.n_min}")
-        if not self.f_inc >= 1.0:
-            raise ValueError(f"FireControl: f_inc must be >= 1, got {self.f_inc}")
-        if not 0.0 < self.f_dec <= 1.0:
-            raise ValueError(f"FireControl: f_dec must lie in (0, 1], got {self.f_dec}")
-        if not 0.0 < self.f_dec_min <= self.f_dec:
-            raise ValueError(f"FireControl: f_dec_min must lie in (0, f_dec], got {self.f_dec_min}")
-        if not self.lr_max_factor >= 1.0:
-            raise ValueError(f"FireControl: lr_max_factor must be >= 1, got {self.lr_max_factor}")
-        if not 0.0 < self.restart_below <= 1.0:
-            raise ValueError(f"FireControl: restart_below must lie in (0, 1], got {self.restart_below}")
-
-
-@dataclass(frozen=True)
-class SecantControl:
-    """Learning rate from the secant curvature along the last step (no extra force call).
-
-    With s the last displacement and g, g' the gradients before and after it,
-    the 1-D quadratic through the slopes s·g and s·g' has its minimum at the
-    fraction r = −s·g / (s·g' − s·g) of s. A step that stopped short (r > 1)
-    or overshot (r < 1) rescales lr by r, clipped to [1/max_factor, max_factor];
-    without positive curvature along s, lr grows by max_factor. With a
-    FireControl as well, FIRE only restarts: the secant sets lr alone.
+    * ``name``: the keyword that turns the control on or off everywhere (``fire``, ``secant``, ...), and the key of
+      its state;
+    * ``reads_line``: whether it reads the secant fraction of the last step (the minimizer then keeps s·g);
+    * ``lr_max_factor``: a ceiling for a learning rate it grows, as a multiple of the initial lr, or ``None``.
     """
 
-    max_factor: float = 2.0
-    lr_max_factor: float = 10.0  # ceiling as in FireControl (a FireControl's own ceiling wins when set)
+    name: ClassVar[str]
+    lr_max_factor: float | None = None
 
-    def __post_init__(self) -> None:
-        if not self.max_factor >= 1.0:
-            raise ValueError(f"SecantControl: max_factor must be >= 1, got {self.max_factor}")
-        if not self.lr_max_factor >= 1.0:
-            raise ValueError(f"SecantControl: lr_max_factor must be >= 1, got {self.lr_max_factor}")
+    @property
+    def reads_line(self) -> bool:
+        return False
+
+    def init(self, per_structure: Tensor) -> dict[str, Tensor]:
+        """Its own per-structure state before the first step (``per_structure`` is a ``(S,)`` tensor of ones)."""
+        return {}
+
+    def before_update(self, context: "StepContext", own: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Adjust ``context`` (lr, ε, restarts) before the rule's update; returns its new state."""
+        return own
+
+    def after_commit(self, context: "StepContext", own: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Adjust ``context`` after the step was committed (``context.steps`` already counts it)."""
+        return own
+
+
+@dataclass
+class StepContext:
+    """What the gain controls of one step read and change (per structure unless said).
+
+    ``steps`` counts the steps taken before this one (in ``after_commit``: including it). ``lr_set_by`` names the
+    control that set lr this step, so that a later control can leave it alone (FIRE does when the secant control
+    set it). ``uphill`` and ``restarted`` record what the controls found and did; the minimizer keeps them.
+    """
+
+    rule: UpdateRule
+    gradient: Tensor
+    layout: Layout
+    rule_state: State
+    lr: Tensor
+    eps: Tensor
+    steps: Tensor
+    last_step: Tensor
+    last_slope: Tensor | None
+    initial_eps: float
+    lr_max: float
+    uphill: Tensor
+    restarted: Tensor
+    lr_set_by: str | None = None
+    _slope: Tensor | None = field(default=None, repr=False)
+    _line: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def slope(self) -> Tensor:
+        """s·g: the slope along the last step s at the current gradient g (−FIRE's power P = F·s)."""
+        if self._slope is None:
+            self._slope = self.layout.sum(self.gradient * self.last_step)
+        return self._slope
+
+    @property
+    def line(self) -> tuple[Tensor, Tensor]:
+        """The secant fraction r of the last step and where it is measured (:func:`secant_fraction`)."""
+        if self._line is None:
+            if self.last_slope is None:
+                raise RuntimeError("a control reads the line along the last step but does not say so (reads_line)")
+            self._line = secant_fraction(self.last_slope, self.slope)
+        return self._line
+
+    def restart(self, mask: Tensor) -> None:
+        """Restart the rule's state of the structures in ``mask`` from the current gradient and lr."""
+        self.rule_state = self.rule.reset(self.rule_state, self.gradient, self.layout, self.lr, mask)
+        self.restarted = self.restarted | mask
 
 
 @dataclass(frozen=True)
 class Minimizer:
-    """An update rule with its learning rate, ε and step controls.
+    """An update rule with its learning rate, ε and a chain of step controls.
 
     Args:
-        rule: the update rule (e.g. :class:`atomopt.rules.Frankenstein`).
+        rule: the update rule (e.g. :class:`atomopt.rules.FrankensteinRule`).
         lr: initial learning rate (Å for the adaptive rules, whose step is ~lr·sign(g)).
         eps: safeguard ε in the rule's own units ((eV/Å)² where it sits under the root).
         max_step: largest displacement of any row in one step, Å; ``None`` for no limit.
-        fire: FIRE learning-rate control, or ``None``.
-        auto_eps: gradient-histogram ε rule, or ``None``.
+        controls: gain controls, run in this order (:mod:`atomopt.controls`; ``make_minimizer`` orders them).
     """
 
     rule: UpdateRule
     lr: float
     eps: float
     max_step: float | None = 0.2
-    fire: FireControl | None = field(default_factory=FireControl)
-    auto_eps: AutoEpsilon | None = None
-    secant: SecantControl | None = None
+    controls: tuple[GainControl, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -135,48 +139,51 @@ class Minimizer:
             raise ValueError(f"{self.rule.name}: eps must be non-negative, got {self.eps}")
         if self.max_step is not None and not self.max_step > 0:
             raise ValueError(f"{self.rule.name}: max_step must be positive (Å), got {self.max_step}")
+        names = [c.name for c in self.controls]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.rule.name}: each control may appear once, got {names}")
         self.rule.validate_lr(torch.tensor([self.lr, self.lr_max], dtype=torch.float64))
+
+    def control(self, name: str) -> GainControl | None:
+        """The control named ``name`` (``"fire"``, ``"secant"``, ...), or ``None`` when it is off."""
+        return next((c for c in self.controls if c.name == name), None)
 
     @property
     def lr_max(self) -> float:
-        """Ceiling of the grown learning rate: lr_max_factor × lr, within the rule's limit."""
-        control = self.fire or self.secant
-        if control is None:
+        """Ceiling of a grown learning rate: lr_max_factor × lr, within the rule's limit. The factor is that of the
+        last control in the chain that declares one (FIRE's over the secant control's, in the standard order)."""
+        factors = [c.lr_max_factor for c in self.controls if c.lr_max_factor is not None]
+        if not factors:
             return self.lr
-        return max(self.lr, min(self.lr * control.lr_max_factor, self.rule.lr_limit))
+        return max(self.lr, min(self.lr * factors[-1], self.rule.lr_limit))
 
     @property
-    def tracks_slope(self) -> bool:
-        """Whether the state keeps s·g from before the last step (for the secant ratio)."""
-        return self.secant is not None or self.tracks_restarts or (self.fire is not None and self.fire.measured_cut)
-
-    @property
-    def tracks_restarts(self) -> bool:
-        """Whether restarts are a subset of the uphill steps (``restart_below`` < 1), so the state records them."""
-        return self.fire is not None and self.fire.restart_below < 1.0
+    def reads_line(self) -> bool:
+        """Whether the state keeps s·g from before the last step (a control reads the secant fraction)."""
+        return any(c.reads_line for c in self.controls)
 
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
         check_gradient(gradient, layout)
         retain_freed_memory()  # the step's temporaries reuse heap memory (atomopt.core.allocator)
-        per_structure = torch.ones(layout.n_structures, dtype=gradient.dtype, device=gradient.device)
-        lr = per_structure * self.lr
-        state = {
+        ones = torch.ones(layout.n_structures, dtype=gradient.dtype, device=gradient.device)
+        lr = ones * self.lr
+        state: MinimizerState = {
             "rule": self.rule.init(gradient, layout, lr),
             "lr": lr,
-            "eps": per_structure * self.eps,
-            "downhill": torch.zeros_like(per_structure),
-            "steps": torch.zeros_like(per_structure),
+            "eps": ones * self.eps,
+            "steps": torch.zeros_like(ones),
             "last_step": torch.zeros_like(gradient),
+            "uphill": torch.zeros_like(ones),  # whether the last step found the one before it uphill
+            "restarted": torch.zeros_like(ones),  # whether the last step restarted the rule's state
+            "controls": {c.name: c.init(ones) for c in self.controls},
         }
-        if self.tracks_slope:
-            state["last_slope"] = torch.zeros_like(per_structure)  # s·g before the last step s
-        if self.tracks_restarts:
-            state["restarted"] = torch.zeros_like(per_structure)
+        if self.reads_line:
+            state["last_slope"] = torch.zeros_like(ones)  # s·g before the last step s
         return state
 
     def step(self, state: MinimizerState, gradient: Tensor, layout: Layout,
-             constrain: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, MinimizerState]:
+             constrain: Constraint | None = None) -> tuple[Tensor, MinimizerState]:
         """The displacement (Å) for the current ``gradient`` and the new state.
 
         ``constrain`` maps the displacement onto what the front end can take (cell-step projections, fixed atoms,
@@ -184,70 +191,46 @@ class Minimizer:
         of FIRE's power test) holds the step actually taken.
         """
         check_gradient(gradient, layout)
-        rule_state: State = state["rule"]
-        lr, eps, downhill = state["lr"], state["eps"], state["downhill"]
-        steps = state["steps"]
-        if self.fire is not None or self.secant is not None:
-            slope = layout.sum(gradient * state["last_step"])  # s·g after the last step s: −FIRE's power
-        if self.tracks_slope:
-            fraction, measured = secant_fraction(state["last_slope"], slope)
-        if self.secant is not None:
-            ratio = torch.where(measured & (steps > 0), fraction, self.secant.max_factor)
-            ratio = torch.clamp(ratio, 1.0 / self.secant.max_factor, self.secant.max_factor)
-            lr = torch.where(steps > 0, torch.clamp(lr * ratio, max=self.lr_max), lr)
-        if self.fire is not None:
-            uphill = (slope > 0) & (steps > 0)
-            restart = uphill
-            if self.tracks_restarts:
-                restart = uphill & ~(measured & (fraction >= self.fire.restart_below))
-            rule_state = self.rule.reset(rule_state, gradient, layout, lr, restart)
-            downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
-            grow = (~uphill) & (downhill > self.fire.n_min)
-            cut = torch.full_like(lr, self.fire.f_dec)
-            if self.fire.measured_cut:
-                cut = torch.clamp(torch.where(measured, fraction, self.fire.f_dec_min),
-                                  min=self.fire.f_dec_min, max=self.fire.f_dec)
-            if self.fire.acts_on == "eps":
-                power_of_eps = 2.0 if self.rule.eps_inside_sqrt else 1.0  # the gain goes as ε^(−1/power)
-                eps_min = self.eps / self.fire.lr_max_factor**power_of_eps
-                eps = torch.where(uphill, eps / cut**power_of_eps, eps)
-                eps = torch.where(grow, torch.clamp(eps / self.fire.f_inc**power_of_eps, min=eps_min), eps)
-            elif self.secant is None:
-                lr = torch.where(uphill, lr * cut, lr)
-                lr = torch.where(grow, torch.clamp(lr * self.fire.f_inc, max=self.lr_max), lr)
-        displacement, rule_state = self.rule.update(rule_state, gradient, lr, eps, layout)
-        if self.max_step is not None:
-            displacement = limit_step(displacement, layout, self.max_step)
-        if constrain is not None:
-            displacement = constrain(displacement)
-        rule_state = self.rule.commit(rule_state, displacement)
-        steps = steps + 1
-        if self.auto_eps is not None:
-            ready = steps == self.auto_eps.warmup
-            if bool(ready.any()):
-                picked = self.auto_eps.pick(self.rule.adaptive_term(rule_state, layout), layout, self.rule)
-                eps = torch.where(ready, picked, eps)
-        new_state = {"rule": rule_state, "lr": lr, "eps": eps, "downhill": downhill, "steps": steps, "last_step": displacement}
-        if self.tracks_slope:
+        no = torch.zeros_like(state["steps"], dtype=torch.bool)
+        context = StepContext(
+            rule=self.rule, gradient=gradient, layout=layout, rule_state=state["rule"], lr=state["lr"],
+            eps=state["eps"], steps=state["steps"], last_step=state["last_step"], last_slope=state.get("last_slope"),
+            initial_eps=self.eps, lr_max=self.lr_max, uphill=no, restarted=no)
+        owns = state["controls"]
+        owns = {c.name: c.before_update(context, owns[c.name]) for c in self.controls}
+        displacement, rule_state = self.rule.update(context.rule_state, gradient, context.lr, context.eps, layout)
+        for move in self.displacement_path(layout, constrain):
+            displacement = move(displacement)
+        context.rule_state = self.rule.commit(rule_state, displacement)
+        context.steps = context.steps + 1
+        owns = {c.name: c.after_commit(context, owns[c.name]) for c in self.controls}
+        new_state: MinimizerState = {
+            "rule": context.rule_state, "lr": context.lr, "eps": context.eps, "steps": context.steps,
+            "last_step": displacement, "uphill": context.uphill.to(gradient.dtype),
+            "restarted": context.restarted.to(gradient.dtype), "controls": owns}
+        if self.reads_line:
             new_state["last_slope"] = layout.sum(gradient * displacement)
-        if self.tracks_restarts:
-            new_state["restarted"] = restart.to(gradient.dtype)
         return displacement, new_state
+
+    def displacement_path(self, layout: Layout, constrain: Constraint | None = None) -> list[Constraint]:
+        """What a proposed displacement goes through before the rule commits it: the max step, then the front
+        end's constraint."""
+        path: list[Constraint] = []
+        if self.max_step is not None:
+            max_step = self.max_step
+            path.append(lambda displacement: limit_step(displacement, layout, max_step))
+        if constrain is not None:
+            path.append(constrain)
+        return path
 
     def found_uphill(self, state: MinimizerState) -> Tensor:
         """Per structure: whether the last :meth:`step` found the step before it uphill (FIRE's power test
-        P = F·Δθ < 0) and cut the gain; the downhill count is set to 0 exactly then, and only by a step after the
-        first."""
-        if self.fire is None:
-            return torch.zeros_like(state["downhill"], dtype=torch.bool)
-        return (state["downhill"] == 0) & (state["steps"] > 1)
+        P = F·Δθ < 0) and cut the gain."""
+        return state["uphill"] > 0
 
     def restarted(self, state: MinimizerState) -> Tensor:
-        """Per structure: whether the last :meth:`step` restarted the rule's state: on every uphill step, or only
-        on those ``restart_below`` does not spare (then the state records them)."""
-        if self.tracks_restarts:
-            return state["restarted"] > 0
-        return self.found_uphill(state)
+        """Per structure: whether the last :meth:`step` restarted the rule's state."""
+        return state["restarted"] > 0
 
     def merge(self, first: MinimizerState, second: MinimizerState) -> MinimizerState:
         """Two batches' states side by side: the rows and structures of ``second`` follow those of ``first``.
@@ -263,9 +246,7 @@ class Minimizer:
         sizes = torch.bincount(layout.structure, minlength=layout.n_structures)[keep]
         new_layout = Layout.from_sizes(sizes.tolist(), device=layout.structure.device)
         per_row, rest = self.split_rows(state)
-        per_row = {k: v[rows] for k, v in per_row.items()}
-        rest = {k: {n: t[keep] for n, t in v.items()} if k == "rule" else v[keep] for k, v in rest.items()}
-        return self.join_rows(per_row, rest), new_layout
+        return self.join_rows({k: v[rows] for k, v in per_row.items()}, _select_structures(rest, keep)), new_layout
 
     # Per-row fields (one value per atom) and per-structure fields of a state. Front ends that keep the
     # per-row part elsewhere (LAMMPS per-atom arrays that follow atoms across ranks) split and join with these.
@@ -290,6 +271,11 @@ class Minimizer:
         state["last_step"] = per_row["last_step"]
         state["rule"] = rest["rule"] | {k: v for k, v in per_row.items() if k != "last_step"}
         return state
+
+
+def _select_structures(per_structure: MinimizerState, keep: Tensor) -> MinimizerState:
+    """Every per-structure field (nested dicts included) at the structures ``keep`` marks."""
+    return {k: _select_structures(v, keep) if isinstance(v, dict) else v[keep] for k, v in per_structure.items()}
 
 
 def secant_fraction(slope_before: Tensor, slope_after: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,10 +22,10 @@ from ase import Atoms
 from ase.cell import Cell
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 
-from atomopt.core.epsilon import AutoEpsilon
 from atomopt.core.layout import Layout
-from atomopt.core.minimizer import FireControl, Minimizer, state_from_numpy, state_to_numpy
-from atomopt.rules import make_minimizer
+from atomopt.controls import CONTROL_NAMES
+from atomopt.core.minimizer import Minimizer, state_from_numpy, state_to_numpy
+from atomopt.optimizers import make_minimizer
 
 #: Two atoms closer than this (Å) are taken as overlapping: no stable structure
 #: has them (the shortest bond, H₂, is 0.74 Å) and most potentials blow up there.
@@ -48,11 +48,12 @@ class AtomoptOptimizer(Optimizer):
         lr: learning rate, Å (the adaptive rules move ~lr per coordinate per step).
         eps: safeguard ε of the update rule.
         maxstep: largest displacement of any atom in one step, Å (``None``: no limit).
-        fire: FIRE learning-rate control (:class:`FireControl`), ``None`` to switch off.
-        auto_eps: gradient-histogram ε rule (:class:`AutoEpsilon`), ``None`` to switch off.
-        paper_exact: the paper's update with no step control (see :func:`atomopt.rules.make_minimizer`).
+        paper_exact: the paper's update with no step control (see :func:`atomopt.optimizers.make_minimizer`).
         dtype, device: torch dtype and device of the optimizer math.
-        **rule_options: hyperparameters of the update rule (e.g. ``form`` for Frankenstein).
+        **options: the step controls by name (:data:`atomopt.controls.CONTROLS`): ``fire`` (:class:`FireControl`,
+            on by default), ``secant`` (:class:`SecantControl`), ``auto_eps`` (:class:`AutoEpsilon`), each an
+            instance, a dict of fields, ``True`` or ``None`` (off); and hyperparameters of the update rule (e.g.
+            ``form`` for Frankenstein).
     """
 
     rule_name: ClassVar[str]
@@ -68,23 +69,13 @@ class AtomoptOptimizer(Optimizer):
         lr: float | None = None,
         eps: float | None = None,
         maxstep: float | None | str = "default",
-        fire: FireControl | None | str = "default",
-        auto_eps: AutoEpsilon | None | str = "default",
         paper_exact: bool = False,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
-        **rule_options: Any,
+        **options: Any,
     ):
         self.minimizer: Minimizer = make_minimizer(
-            self.rule_name,
-            paper_exact=paper_exact,
-            lr=lr,
-            eps=eps,
-            max_step=maxstep,
-            fire=fire,
-            auto_eps=auto_eps,
-            **rule_options,
-        )
+            self.rule_name, paper_exact=paper_exact, lr=lr, eps=eps, max_step=maxstep, **options)
         self.paper_exact = paper_exact
         self.dtype = dtype
         self.device = torch.device(device)
@@ -139,8 +130,7 @@ class AtomoptOptimizer(Optimizer):
             {
                 "lr": self.minimizer.lr,
                 "eps": self.minimizer.eps,
-                "fire": self.minimizer.fire is not None,
-                "auto_eps": self.minimizer.auto_eps is not None,
+                **{name: self.minimizer.control(name) is not None for name in CONTROL_NAMES},
                 "paper_exact": self.paper_exact,
                 "rule": {k: v for k, v in vars(rule).items()},
             }

@@ -21,7 +21,7 @@ from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.ase_optimizer import check_structure
 from atomopt.frontends.engine import InFlightRelaxer
 from atomopt.models import TensorFunctionModel
-from atomopt.rules import make_minimizer
+from atomopt.optimizers import make_minimizer
 
 
 @dataclass
@@ -55,7 +55,7 @@ def relax_batch(
         steps: maximum number of optimizer steps per structure.
         dtype, device: torch dtype and device of the optimizer math.
         observer: called as ``observer(step, indices)`` after every step, with the indices of the structures that took it.
-        **options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, max_step, paper_exact, ...).
+        **options: passed to :func:`atomopt.optimizers.make_minimizer` (lr, eps, max_step, paper_exact, ...).
 
     Returns:
         One :class:`BatchResult` per structure, in input order.

@@ -32,7 +32,7 @@ from atomopt.core.minimizer import Minimizer
 from atomopt.frontends.ase_optimizer import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
 from atomopt.models.base import describe_error, resolve_device
-from atomopt.rules import make_minimizer
+from atomopt.optimizers import make_minimizer
 
 #: How a structure's relaxation ended.
 STATUSES = ("converged", "max_steps", "non_finite", "cell_collapsed", "cell_exploded", "model_error", "invalid")
@@ -164,7 +164,7 @@ class InFlightRelaxer:
             ASE's ``Optimizer.attach``; benchmarks use it to record several thresholds in one run.
         check_structures: run the entry checks (overlaps, periodicity, model elements); off for rows that are
             not atoms (e.g. an ASE Filter's cell rows in :func:`~atomopt.frontends.batch.relax_batch`).
-        **optimizer_options: passed to :func:`atomopt.rules.make_minimizer` (lr, eps, paper_exact, ...).
+        **optimizer_options: passed to :func:`atomopt.optimizers.make_minimizer` (lr, eps, paper_exact, ...).
     """
 
     def __init__(

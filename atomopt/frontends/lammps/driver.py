@@ -47,7 +47,7 @@ from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax, stress_tensor
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
-from atomopt.rules import make_minimizer
+from atomopt.optimizers import make_minimizer
 
 #: Steps after an energy rise during which the energy tolerance is not tested (LAMMPS FIRE's DELAYSTEP).
 ETOL_DELAY = 5
@@ -465,7 +465,7 @@ def minimize(
     import_lammps()
     comm = world_comm(lmp.extract_setting("world_size")) if comm is None else comm
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
-    if minimizer.auto_eps is not None and comm.size > 1:
+    if minimizer.control("auto_eps") is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
     box = BoxRelax.parse(box_relax) if isinstance(box_relax, str) else box_relax

@@ -16,11 +16,12 @@ runner's back; drive loops from Python with ``atomopt.lammps.minimize``.
 Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
 (``-var``, ``-log``, ``-screen``, ``-echo``, ``-sf``, ``-pk``, ...).
 
-atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``fire yes|no``,
-``auto_eps yes|no``, ``paper_exact yes|no``, ``device cpu|cuda``,
-``dtype float64|float32``, the update rule's hyperparameters by name
-(e.g. ``form appendix_b`` for Frankenstein, ``beta1 0.02`` for Adan) and the
-FIRE control's fields as ``fire_<field>`` (e.g. ``fire_f_dec 0.5``).
+atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``paper_exact yes|no``,
+``device cpu|cuda``, ``dtype float64|float32``, the update rule's
+hyperparameters by name (e.g. ``form appendix_b`` for Frankenstein, ``beta1
+0.02`` for Adan), and for every step control of :data:`atomopt.controls.CONTROLS`
+``NAME yes|no`` and its fields as ``NAME_FIELD value`` (``fire no``,
+``fire_f_dec 0.5``, ``secant yes``, ``auto_eps_warmup 20``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from typing import Any
 
 import torch
 
-from atomopt.core.epsilon import AutoEpsilon
-from atomopt.core.minimizer import FireControl
+from atomopt.controls import CONTROL_NAMES, keyword_fields
 from atomopt.frontends.lammps.box import BoxRelax
 from atomopt.frontends.lammps.driver import NORMS, MinimizeResult, minimize
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
@@ -42,9 +42,9 @@ from atomopt.frontends.lammps.transcript import ECHO_MODES, Transcript
 from atomopt.rules import RULES
 
 ATOMOPT_STYLES = tuple(RULES)
-_GENERAL_KEYWORDS = ("lr", "eps", "fire", "auto_eps", "paper_exact", "device", "dtype")
-#: ``fire_<field>``: a field of the optimizer's FIRE control (``fire_f_dec 0.5``, ``fire_lr_max_factor 20``, ...).
-_FIRE_KEYWORDS = {f"fire_{f.name}": f for f in dataclasses.fields(FireControl)}
+_GENERAL_KEYWORDS = ("lr", "eps", "paper_exact", "device", "dtype") + CONTROL_NAMES
+#: ``NAME_FIELD``: a field of a step control (``fire_f_dec 0.5``, ``secant_max_factor 1.5``, ...).
+_CONTROL_FIELD_KEYWORDS = keyword_fields()
 _RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule)}
 #: Rule hyperparameters that take a word (the others take numbers).
 _WORD_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)}
@@ -148,14 +148,14 @@ class InputRunner:
             raise InputError(f"min_modify expects keyword value pairs, got {' '.join(args)!r}")
         native = []
         for key, value in zip(args[::2], args[1::2]):
-            if key in _GENERAL_KEYWORDS or key in _RULE_KEYWORDS or key in _FIRE_KEYWORDS:
+            if key in _GENERAL_KEYWORDS or key in _RULE_KEYWORDS or key in _CONTROL_FIELD_KEYWORDS:
                 optimizer_options({key: value})  # validate now, where the line is
                 self.options[key] = value
                 continue
             if key not in _NATIVE_KEYWORDS:
                 raise InputError(
                     f"min_modify: unknown keyword {key!r}. atomopt keywords: {', '.join(_GENERAL_KEYWORDS)}; "
-                    f"FIRE control: {', '.join(_FIRE_KEYWORDS)}; "
+                    f"step-control fields: {', '.join(_CONTROL_FIELD_KEYWORDS)}; "
                     f"update-rule hyperparameters: {', '.join(sorted(_RULE_KEYWORDS))}; LAMMPS keywords: "
                     f"{', '.join(_NATIVE_KEYWORDS)}")
             if key == "norm":
@@ -193,16 +193,12 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
     """Convert ``min_modify`` keyword strings into :func:`minimize` keyword arguments."""
     options: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _FIRE_KEYWORDS:
-            continue  # below, once "fire yes|no" is known
-        if key in ("fire", "paper_exact", "auto_eps"):
-            flag = parse_flag(key, value)
-            if key == "fire":
-                options[key] = "default" if flag else None
-            elif key == "auto_eps":
-                options[key] = AutoEpsilon() if flag else None
-            else:
-                options[key] = flag
+        if key in _CONTROL_FIELD_KEYWORDS:
+            continue  # below, once "NAME yes|no" is known
+        if key in CONTROL_NAMES:
+            options[key] = parse_flag(key, value)  # yes: the optimizer's preset, or the control's defaults
+        elif key == "paper_exact":
+            options[key] = parse_flag(key, value)
         elif key == "dtype":
             if value not in _DTYPES:
                 raise InputError(f"min_modify dtype must be one of {sorted(_DTYPES)}, got {value!r}")
@@ -213,20 +209,25 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
             options[key] = value
         else:
             options[key] = parse_number(key, value)
-    fire = {}
-    for key in raw.keys() & _FIRE_KEYWORDS.keys():
-        field, value = _FIRE_KEYWORDS[key], raw[key]
+    fields: dict[str, dict[str, Any]] = {}
+    for key in sorted(raw.keys() & _CONTROL_FIELD_KEYWORDS.keys()):
+        (name, field), value = _CONTROL_FIELD_KEYWORDS[key], raw[key]
         kind = str(field.type)
-        number = None if kind in ("str", "bool") else parse_number(key, value)
-        if kind == "int" and not float(number).is_integer():
-            raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
-        fire[field.name] = (value if kind == "str" else parse_flag(key, value) if kind == "bool"
-                            else int(number) if kind == "int" else number)
-    if fire:
-        if options.get("fire", "default") is None:
-            raise InputError(f"min_modify {', '.join(sorted(raw.keys() & _FIRE_KEYWORDS.keys()))}: the FIRE control "
-                             "is off (fire no)")
-        options["fire"] = fire
+        if kind == "bool":
+            parsed: Any = parse_flag(key, value)
+        elif kind in ("int", "float"):
+            number = parse_number(key, value)
+            if kind == "int" and not float(number).is_integer():
+                raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
+            parsed = int(number) if kind == "int" else number
+        else:  # a word (FIRE's acts_on, auto_eps's choose)
+            parsed = value
+        fields.setdefault(name, {})[field.name] = parsed
+    for name, changes in fields.items():
+        if options.get(name, True) is False:
+            raise InputError(f"min_modify {', '.join(f'{name}_{k}' for k in changes)}: the {name} control is off "
+                             f"({name} no)")
+        options[name] = changes
     return options
 
 
