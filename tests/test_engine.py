@@ -16,7 +16,7 @@ from atomopt import Frankenstein
 from atomopt.core.cell import CellFilter
 from atomopt.frontends.engine import InFlightRelaxer, relax_many
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch
-from atomopt.models.ase_calculator import ASECalculatorModel
+from atomopt.models.from_ase_calculator import ASECalculatorModel
 
 
 def crystal(symbol="Cu", repeat=(2, 2, 2), strain=1.03, seed=0, a=3.61):

@@ -10,7 +10,7 @@ import pytest
 
 from atomopt import OPTIMIZERS
 from atomopt.bench import lj38
-from atomopt.calculators import ClusterLennardJones
+from atomopt.models.cluster_lj import ClusterLennardJones
 
 try:
     from atomopt.frontends.lammps.library import find_mpirun

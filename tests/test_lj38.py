@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from atomopt.bench import lj38
-from atomopt.calculators import ClusterLennardJones
+from atomopt.models.cluster_lj import ClusterLennardJones
 
 SHARED_START = Path(__file__).resolve().parents[2] / "shared" / "optbench" / "lj38-start.xyz"
 

@@ -13,7 +13,7 @@ from atomopt.bench import matbench
 from atomopt.bench.matbench import Target, Trace
 from atomopt.frontends.engine import InFlightRelaxer
 from atomopt.models import load_model
-from atomopt.models.calculator import ModelCalculator
+from atomopt.models.as_ase_calculator import ModelCalculator
 
 
 def strained_cells(n=3):

@@ -63,7 +63,7 @@ def lj38_tensors() -> dict:
     import torch
 
     from atomopt.bench import lj38
-    from atomopt.calculators import cluster_lj_tensor
+    from atomopt.models.cluster_lj import cluster_lj_tensor
     from atomopt.core.layout import Layout
     from atomopt.frontends.batch import relax_tensors
     from atomopt.optimizers import make_minimizer

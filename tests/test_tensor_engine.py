@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from atomopt.bench import lj38
-from atomopt.calculators import ClusterLennardJones, cluster_lj_tensor
+from atomopt.models.cluster_lj import ClusterLennardJones, cluster_lj_tensor
 from atomopt.core.layout import Layout
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 from atomopt.frontends.batch import relax_tensors

@@ -23,7 +23,7 @@ import torch
 from ase import Atoms
 
 from atomopt.bench.counting import BudgetExceeded, CallCounter
-from atomopt.calculators import ClusterLennardJones
+from atomopt.models.cluster_lj import ClusterLennardJones
 
 N_ATOMS = 38
 FMAX = 0.01
@@ -191,7 +191,7 @@ def relax_starts(
 ) -> list[RunResult]:
     """Relax equal-size ``starts`` with ``minimizer`` (a :class:`~atomopt.core.minimizer.Minimizer`) in one
     batch under the benchmark's protocol; results are labelled ``label``."""
-    from atomopt.calculators import cluster_lj_tensor
+    from atomopt.models.cluster_lj import cluster_lj_tensor
     from atomopt.core.layout import Layout
     from atomopt.frontends.batch import relax_tensors
 

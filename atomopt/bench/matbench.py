@@ -158,7 +158,7 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
     from ase.filters import FrechetCellFilter
 
     from atomopt.bench.counting import CallCounter
-    from atomopt.models.calculator import ModelCalculator
+    from atomopt.models.as_ase_calculator import ModelCalculator
 
     atoms = atoms.copy()
     atoms.calc = ModelCalculator(get_model(model_spec))

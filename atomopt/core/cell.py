@@ -93,11 +93,6 @@ def deformed(undeformed: Tensor, reference_cell: Tensor, F: Tensor, structure: T
     return positions, cell
 
 
-def undeform(positions: Tensor, F: Tensor, structure: Tensor) -> Tensor:
-    """Positions in the reference cell, u = x·F⁻ᵀ (the inverse of :func:`deformed`)."""
-    return torch.linalg.solve(F[structure], positions.unsqueeze(-1)).squeeze(-1)
-
-
 def cell_forces(
     forces: Tensor,
     stress: Tensor,

@@ -25,12 +25,8 @@ from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from atomopt.core.layout import Layout
 from atomopt.controls import CONTROL_NAMES
 from atomopt.core.minimizer import Minimizer, state_from_numpy, state_to_numpy
+from atomopt.frontends.structures import structure_problem
 from atomopt.optimizers import make_minimizer
-
-#: Two atoms closer than this (Å) are taken as overlapping: no stable structure
-#: has them (the shortest bond, H₂, is 0.74 Å) and most potentials blow up there.
-OVERLAP_DISTANCE = 0.1
-
 
 class MissingCalculatorError(RuntimeError):
     """The structure has no calculator attached (``atoms.calc is None``)."""
@@ -183,32 +179,6 @@ def check_structure(target: Any) -> None:
         raise ValueError(problem)
     if base.calc is None:
         raise MissingCalculatorError("the structure has no calculator: set atoms.calc before optimizing")
-
-
-def structure_problem(atoms: Atoms) -> str | None:
-    """Why ``atoms`` cannot be optimized by any front end (empty, NaN/inf coordinates, overlapping atoms), or ``None``."""
-    if len(atoms) == 0:
-        return "cannot optimize an empty structure (no atoms)"
-    if not np.isfinite(atoms.positions).all() or not np.isfinite(atoms.cell[:]).all():
-        return "positions or cell contain NaN or inf"
-    close = closest_pair(atoms)
-    if close is not None:
-        i, j, d = close
-        return f"atoms {i} and {j} overlap ({d:.3g} Å apart, below {OVERLAP_DISTANCE} Å)"
-    return None
-
-
-def closest_pair(atoms: Atoms, cutoff: float = OVERLAP_DISTANCE) -> tuple[int, int, float] | None:
-    """The first pair of atoms closer than ``cutoff`` (Å), or ``None``."""
-    from ase.neighborlist import neighbor_list
-
-    if len(atoms) < 2:
-        return None
-    i, j, d = neighbor_list("ijd", atoms, cutoff, self_interaction=False)
-    if len(i) == 0:
-        return None
-    k = int(np.argmin(d))
-    return int(i[k]), int(j[k]), float(d[k])
 
 
 class Frankenstein(AtomoptOptimizer):

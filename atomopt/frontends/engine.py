@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -29,58 +29,17 @@ from atomopt.core import cell as cellmath
 from atomopt.core.cell import CellFilter
 from atomopt.core.layout import Layout, row_sum
 from atomopt.core.minimizer import Minimizer
-from atomopt.frontends.ase_optimizer import structure_problem
+from atomopt.frontends.batch_rows import Batch, Evaluated, Member, RowIndex
+from atomopt.frontends.model_calls import ModelCalls
+from atomopt.frontends.records import RelaxRecord, tag_atoms
+from atomopt.frontends.structures import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
-from atomopt.models.base import describe_error, resolve_device
+from atomopt.models.base import resolve_device
 from atomopt.optimizers import make_minimizer
-
-#: How a structure's relaxation ended.
-STATUSES = ("converged", "max_steps", "non_finite", "cell_collapsed", "cell_exploded", "model_error", "invalid")
 
 #: What a structure's load in the batch counts: its atoms, its neighbour pairs within the model's cutoff
 #: (what graph models' memory grows with), or 1 per structure.
 CAPACITY_METRICS = ("atoms", "pairs", "structures")
-
-#: Default capacity on a CPU, atoms. One core's cost per atom grows with the batch past ~150 atoms (SevenNet-0:
-#: 7–11 ms per atom up to 136 atoms, 14 at 291, 18 at 574, 25 at 1545; benchmarks/results/cpu_batch_cost.md).
-CPU_CAPACITY_ATOMS = 128
-
-
-@dataclass
-class RelaxRecord:
-    """The outcome of one structure.
-
-    Attributes:
-        index: position of the structure in the input.
-        status: one of :data:`STATUSES`.
-        message: why it failed (empty when it did not).
-        force_calls: model evaluations of this structure.
-        energy: final energy, eV (the model's, without the pV term of a target pressure).
-        fmax: largest row force at the end, eV/Å, over atoms and cell rows (as ASE's FrechetCellFilter counts).
-        max_stress: largest |σ_ij| at the end, GPa.
-        volume: final cell volume, Å³.
-        atoms: the final structure with its energy, forces and stress attached, ``status``, ``converged`` and
-            ``force_calls`` in ``atoms.info`` (``None`` only when the input itself could not be read).
-    """
-
-    index: int
-    status: str
-    message: str = ""
-    force_calls: int = 0
-    energy: float = math.nan
-    fmax: float = math.nan
-    max_stress: float = math.nan
-    volume: float = math.nan
-    atoms: Atoms | None = None
-
-    @property
-    def converged(self) -> bool:
-        return self.status == "converged"
-
-    def summary(self) -> dict[str, Any]:
-        """The record without the structure, as plain values (for JSON and tables)."""
-        return {k: v for k, v in self.__dict__.items() if k != "atoms"}
-
 
 @dataclass
 class EngineStats:
@@ -101,38 +60,6 @@ class EngineStats:
     @property
     def packing(self) -> float:
         return self.load_sum / self.capacity_sum if self.capacity_sum else 0.0
-
-
-@dataclass
-class _Member:
-    """Host-side facts of a structure in the batch."""
-
-    index: int
-    atoms: Atoms
-    load: float
-    fixed: np.ndarray  # atoms that FixAtoms holds
-
-
-@dataclass
-class _Batch:
-    """The structures in flight and their rows (see the module docstring)."""
-
-    members: list[_Member] = field(default_factory=list)
-    rows: Tensor | None = None  # (n_rows, 3): positions in the reference cell, then N·log F per structure
-    reference_cell: Tensor | None = None  # (S, 3, 3)
-    numbers: Tensor | None = None
-    pbc: Tensor | None = None
-    fixed: Tensor | None = None  # (N,) bool
-    calls: Tensor | None = None  # (S,) long
-    state: dict | None = None  # minimizer state of the first ``n_started`` structures
-    n_started: int = 0
-
-    @property
-    def load(self) -> float:
-        return sum(m.load for m in self.members)
-
-    def __len__(self) -> int:
-        return len(self.members)
 
 
 class InFlightRelaxer:
@@ -210,30 +137,16 @@ class InFlightRelaxer:
             raise ValueError(f"capacity_metric='pairs' needs a model with a cutoff; {self.model.name} has none")
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else self.model.device
-        self.capacity = float(capacity) if capacity is not None else self._default_capacity()
-        self._calibrate = capacity is None and self.device.type == "cuda"
-        self.stats = EngineStats(capacity=self.capacity)
+        self.stats = EngineStats()
+        self.calls = ModelCalls(self.model, capacity, capacity_metric, self.cell is not None, dtype, self.device, self.stats)
         self.on_evaluation = on_evaluation
         self.observer = observer
         self.check_structures = check_structures
 
-    # ------------------------------------------------------------------ capacity
-
-    def _default_capacity(self) -> float:
-        if self.capacity_metric == "structures":
-            return 64.0
-        if self.device.type != "cuda":  # pairs: ~50 neighbours per atom within a 5 Å cutoff
-            return float(CPU_CAPACITY_ATOMS) * (50.0 if self.capacity_metric == "pairs" else 1.0)
-        # A first batch of modest size; after its first evaluation the capacity is set from the memory it used.
-        return 512.0
-
-    def _calibrate_capacity(self, peak_bytes: int, load: float) -> None:
-        """Set a GPU capacity from the memory one evaluation of ``load`` took (70 % of the free memory)."""
-        free, _ = torch.cuda.mem_get_info(self.device)
-        per_unit = max(peak_bytes, 1) / max(load, 1.0)
-        self.capacity = max(self.capacity, 0.7 * (free + peak_bytes) / per_unit)
-        self.stats.capacity = self.capacity
-        self._calibrate = False
+    @property
+    def capacity(self) -> float:
+        """The most load a batch holds now (set from memory on a GPU after the first evaluation)."""
+        return self.calls.capacity
 
     def load_of(self, atoms: Atoms) -> float:
         """The capacity a structure takes: its atoms, or its neighbour pairs within the model's cutoff."""
@@ -271,7 +184,7 @@ class InFlightRelaxer:
 
     # ------------------------------------------------------------------ batch membership
 
-    def _admit(self, batch: _Batch, new: list[_Member]) -> None:
+    def _admit(self, batch: Batch, new: list[Member]) -> None:
         """Append ``new`` structures at the end of the batch (their optimizer state starts at their first evaluation)."""
         f64 = dict(dtype=self.dtype, device=self.device)
         rows, cells, numbers, pbc, fixed = [], [], [], [], []
@@ -291,7 +204,7 @@ class InFlightRelaxer:
         batch.rows, batch.reference_cell, batch.numbers, batch.pbc, batch.fixed, batch.calls = joined
         batch.members.extend(new)
 
-    def _keep(self, batch: _Batch, keep: Tensor, index: "_Index") -> None:
+    def _keep(self, batch: Batch, keep: Tensor, index: RowIndex) -> None:
         """Drop the structures where ``keep`` is false."""
         keep_list = keep.tolist()
         batch.members = [m for m, k in zip(batch.members, keep_list) if k]
@@ -303,72 +216,6 @@ class InFlightRelaxer:
             batch.state, _ = self.minimizer.select(batch.state, index.layout, keep)
         batch.n_started = len(batch.members)
 
-    # ------------------------------------------------------------------ model calls
-
-    def _call_model(self, structures: StructureBatch, loads: list[float]) -> ModelOutput:
-        """One model call, in consecutive chunks of at most the capacity; CUDA out-of-memory shrinks the capacity and retries."""
-        while True:
-            chunks, start, used = [], 0, 0.0
-            for i, load in enumerate(loads):
-                if i > start and used + load > self.capacity:
-                    chunks.append((start, i))
-                    start, used = i, 0.0
-                used += load
-            chunks.append((start, len(loads)))
-            try:
-                outputs = [self.model(structures if len(chunks) == 1 else structures.slice(a, b)) for a, b in chunks]
-            except torch.cuda.OutOfMemoryError:
-                if max(b - a for a, b in chunks) == 1:
-                    raise
-                self.stats.out_of_memory += 1
-                torch.cuda.empty_cache()
-                self.capacity = max(max(loads), 0.7 * min(self.capacity, sum(loads)))
-                self.stats.capacity = self.capacity
-                continue
-            if len(outputs) == 1:
-                return outputs[0]
-            stresses = [o.stress for o in outputs]
-            return ModelOutput(
-                energy=torch.cat([o.energy.reshape(-1) for o in outputs]),
-                forces=torch.cat([o.forces for o in outputs]),
-                stress=None if any(s is None for s in stresses) else torch.cat(stresses),
-            )
-
-    def _evaluate(self, structures: StructureBatch, loads: list[float]) -> tuple[ModelOutput, dict[int, str]]:
-        """Model output for every structure; a structure whose evaluation raises gets NaN and an error message.
-
-        When the batched call raises, each structure is evaluated alone to find the one at fault.
-        """
-        try:
-            return self._cast(self._call_model(structures, loads), structures), {}
-        except Exception as err:  # noqa: BLE001 - any model failure becomes a record, never a crash of the run
-            if structures.n_structures == 1:
-                sizes = structures.sizes
-                nan = torch.full((1,), math.nan, dtype=self.dtype, device=self.device)
-                return (ModelOutput(nan, torch.full((sizes[0], 3), math.nan, dtype=self.dtype, device=self.device),
-                                    torch.full((1, 3, 3), math.nan, dtype=self.dtype, device=self.device)),
-                        {0: describe_error(err)})
-        outputs, errors = [], {}
-        for i in range(structures.n_structures):
-            out, failed = self._evaluate(structures.slice(i, i + 1), loads[i : i + 1])
-            outputs.append(out)
-            if failed:
-                errors[i] = failed[0]
-        return ModelOutput(torch.cat([o.energy for o in outputs]), torch.cat([o.forces for o in outputs]),
-                           torch.cat([o.stress for o in outputs])), errors
-
-    def _cast(self, out: ModelOutput, structures: StructureBatch) -> ModelOutput:
-        if out.energy.shape != (structures.n_structures,) or out.forces.shape != structures.positions.shape:
-            raise ValueError(f"{self.model.name} returned energy {tuple(out.energy.shape)} and forces {tuple(out.forces.shape)} "
-                             f"for {structures.n_structures} structures of {structures.positions.shape[0]} atoms")
-        stress = out.stress
-        if stress is None:
-            if self.cell is not None:
-                raise ValueError(f"{self.model.name} computes no stress: relax with a fixed cell")
-            stress = torch.zeros(structures.n_structures, 3, 3)
-        to = dict(dtype=self.dtype, device=self.device)
-        return ModelOutput(out.energy.to(**to), out.forces.to(**to), stress.reshape(-1, 3, 3).to(**to))
-
     # ------------------------------------------------------------------ the loop
 
     def run(self, structures: Iterable[Atoms | tuple[int, Atoms]]) -> Iterator[RelaxRecord]:
@@ -378,12 +225,12 @@ class InFlightRelaxer:
         structure (e.g. the message of a file that could not be read) yields an ``invalid`` record. The input structures are not modified.
         """
         source = iter(structures)
-        batch = _Batch()
-        waiting: _Member | None = None
+        batch = Batch()
+        waiting: Member | None = None
         counter = 0
         exhausted = False
         while True:
-            new: list[_Member] = []
+            new: list[Member] = []
             while not exhausted:
                 if waiting is None:
                     try:
@@ -404,7 +251,7 @@ class InFlightRelaxer:
                     fixed = np.zeros(len(atoms), bool)
                     for constraint in atoms.constraints:
                         fixed[constraint.get_indices()] = True
-                    waiting = _Member(index, atoms.copy(), self.load_of(atoms), fixed)
+                    waiting = Member(index, atoms.copy(), self.load_of(atoms), fixed)
                 if len(batch) + len(new) > 0 and batch.load + sum(m.load for m in new) + waiting.load > self.capacity:
                     break
                 new.append(waiting)
@@ -417,11 +264,40 @@ class InFlightRelaxer:
                 continue
             yield from self._iterate(batch)
 
-    def _iterate(self, batch: _Batch) -> Iterator[RelaxRecord]:
+    def _iterate(self, batch: Batch) -> Iterator[RelaxRecord]:
         """One model evaluation of the whole batch, the records of the structures that end, one step for the rest."""
         clock = time.perf_counter()
-        index = _Index.build(batch, self.cell is not None, self.device)
+        index = RowIndex.build(batch, self.cell is not None, self.device)
+        frame = self._deform(batch, index)
+        loads = [m.load for m in batch.members]
+        self._sync()
+        self.stats.optimizer_seconds += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        out, errors = self.calls.evaluate(frame.structures, loads)
+        self._sync()
+        self.stats.model_seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
+        self._count(batch, loads, frame.structures.ids)
+        forces = self._row_forces(batch, index, frame, out, errors)
+        self._start_new(batch, index, forces.gradient)
+        evaluated = Evaluated(list(range(len(batch))), index.atom_offsets.tolist(), frame.structures.positions,
+                              frame.structures.cell, out, forces.largest)
+        if self.observer is not None:
+            self.observer(Observation([m.index for m in batch.members], batch.calls.tolist(), forces.largest,
+                                      out.energy, [m.atoms for m in batch.members], evaluated))
+        records = self._end(batch, index, self._endings(batch, forces, errors), evaluated)
+        if len(batch):
+            records += self._advance(batch, index, forces.gradient, evaluated, left=bool(records))
+        self.stats.in_batch = len(batch)
+        self._sync()
+        self.stats.optimizer_seconds += time.perf_counter() - clock
+        yield from records
+
+    def _deform(self, batch: Batch, index: RowIndex) -> "_Frame":
+        """The structures as the model sees them: positions and cells after each cell's deformation."""
         rows, n = batch.rows, index.n_atoms.to(self.dtype)
+        log_f = F = None
         if self.cell is not None:
             log_f = rows[index.cell_rows] / n[:, None, None]
             F = cellmath.deformation(log_f)
@@ -429,21 +305,9 @@ class InFlightRelaxer:
         else:
             positions, cell = rows, batch.reference_cell
         ids = torch.as_tensor([m.index for m in batch.members], device=self.device)
-        structures = StructureBatch(positions, cell, batch.numbers, batch.pbc, index.atom_structure, ids)
-        loads = [m.load for m in batch.members]
-        self._sync()
-        self.stats.optimizer_seconds += time.perf_counter() - clock
+        return _Frame(StructureBatch(positions, cell, batch.numbers, batch.pbc, index.atom_structure, ids), log_f, F)
 
-        clock = time.perf_counter()
-        if self._calibrate:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            baseline = torch.cuda.memory_allocated(self.device)
-        out, errors = self._evaluate(structures, loads)
-        self._sync()
-        if self._calibrate:
-            self._calibrate_capacity(torch.cuda.max_memory_allocated(self.device) - baseline, sum(loads))
-        self.stats.model_seconds += time.perf_counter() - clock
-        clock = time.perf_counter()
+    def _count(self, batch: Batch, loads: list[float], ids: Tensor) -> None:
         self.stats.evaluations += 1
         self.stats.structure_evaluations += len(batch)
         self.stats.load_sum += sum(loads)
@@ -452,6 +316,9 @@ class InFlightRelaxer:
         if self.on_evaluation is not None:
             self.on_evaluation(self.stats.evaluations, ids)
 
+    def _row_forces(self, batch: Batch, index: RowIndex, frame: "_Frame", out: ModelOutput,
+                    errors: dict[int, str]) -> "_RowForces":
+        """Forces on every row (atoms, and cell rows by the cell filter), with NaN kept out of the optimizer math."""
         energy, forces, stress = out.energy, out.forces, out.stress
         per_atom_bad = ~torch.isfinite(forces).all(dim=1)
         bad = torch.zeros(len(batch), dtype=torch.long, device=self.device).index_add_(
@@ -468,80 +335,80 @@ class InFlightRelaxer:
             forces = torch.where(zero_rows[index.atom_structure, None], 0.0, forces)
             stress = torch.where(zero_rows[:, None, None], 0.0, stress)
 
-        row_forces = torch.zeros_like(rows)
+        row_forces = torch.zeros_like(batch.rows)
         if self.cell is not None:
-            atom_forces, log_forces = cellmath.cell_forces(forces, stress, cell, log_f, F, index.atom_structure, self.cell)
+            n = index.n_atoms.to(self.dtype)
+            atom_forces, log_forces = cellmath.cell_forces(forces, stress, frame.structures.cell, frame.log_f, frame.F,
+                                                           index.atom_structure, self.cell)
             row_forces[index.atom_rows] = atom_forces
             row_forces[index.cell_rows] = log_forces / n[:, None, None]
         else:
             row_forces[index.atom_rows] = forces
         if bool(batch.fixed.any()):
             row_forces[index.atom_rows[batch.fixed]] = 0.0
-        gradient = -row_forces
         largest = torch.sqrt(index.layout.max(row_sum(row_forces * row_forces)))
         largest = torch.where(zero_rows, math.nan, largest)  # unknown where the model failed
+        return _RowForces(-row_forces, largest, bad, stress)
 
-        if batch.n_started < len(batch):  # structures evaluated for the first time start their optimizer state
+    def _start_new(self, batch: Batch, index: RowIndex, gradient: Tensor) -> None:
+        """Structures evaluated for the first time start their optimizer state."""
+        if batch.n_started < len(batch):
             first_row = int(index.row_offsets[batch.n_started])
             fresh = self.minimizer.init(gradient[first_row:], Layout.from_sizes(index.row_sizes[batch.n_started:], device=self.device))
             batch.state = fresh if batch.state is None else self.minimizer.merge(batch.state, fresh)
             batch.n_started = len(batch)
 
-        status = [""] * len(batch)
-        converged_now = largest <= self.fmax
+    def _endings(self, batch: Batch, forces: "_RowForces", errors: dict[int, str]) -> dict[int, tuple[str, str]]:
+        """(status, message) of the structures that end at this evaluation, by batch position."""
+        converged_now = forces.largest <= self.fmax
         if self.stress_tol is not None:
-            residual = cellmath.relaxable_stress(stress, self.cell)
+            residual = cellmath.relaxable_stress(forces.stress, self.cell)
             converged_now &= residual.abs().amax(dim=(1, 2)) <= self.stress_tol * GPa
         converged = converged_now.tolist()
         out_of_budget = (batch.calls >= self.steps + 1).tolist()
-        for i, bad_i in enumerate(bad.tolist()):
+        ending = {}
+        for i, bad_i in enumerate(forces.bad.tolist()):
             if i in errors:
-                status[i] = "model_error"
+                ending[i] = ("model_error", errors[i])
             elif bad_i:
-                status[i] = "non_finite"
+                ending[i] = ("non_finite", "the model returned NaN or inf energy, forces or stress")
             elif converged[i]:
-                status[i] = "converged"
+                ending[i] = ("converged", "")
             elif out_of_budget[i]:
-                status[i] = "max_steps"
-        messages = {i: errors.get(i, "the model returned NaN or inf energy, forces or stress" if s == "non_finite" else "")
-                    for i, s in enumerate(status) if s}
-        evaluated = _Evaluated(list(range(len(batch))), index.atom_offsets.tolist(), positions, cell, out, largest)
-        if self.observer is not None:
-            self.observer(Observation([m.index for m in batch.members], batch.calls.tolist(), largest, energy,
-                                      [m.atoms for m in batch.members], evaluated))
-        records = self._end(batch, index, {i: (status[i], messages[i]) for i in messages}, evaluated)
-        if len(batch):
-            if records:
-                still = torch.zeros(len(evaluated.atom_offsets), dtype=torch.bool, device=self.device)
-                still[evaluated.slot] = True
-                gradient = gradient[still[index.layout.structure]]
-                index = _Index.build(batch, self.cell is not None, self.device)
-            fixed_rows = index.atom_rows[batch.fixed] if bool(batch.fixed.any()) else None
+                ending[i] = ("max_steps", "")
+        return ending
 
-            def constrain(displacement: Tensor) -> Tensor:
-                if self.cell is not None:
-                    displacement[index.cell_rows] = cellmath.constrain_cell_step(displacement[index.cell_rows], self.cell)
-                if fixed_rows is not None:
-                    displacement[fixed_rows] = 0.0
-                return displacement
+    def _advance(self, batch: Batch, index: RowIndex, gradient: Tensor, evaluated: Evaluated,
+                 left: bool) -> list[RelaxRecord]:
+        """One optimizer step for the structures still in the batch (``left``: some have just left it); a step that
+        takes a cell out of its volume bounds is not taken, and that structure ends."""
+        if left:
+            still = torch.zeros(len(evaluated.atom_offsets), dtype=torch.bool, device=self.device)
+            still[evaluated.slot] = True
+            gradient = gradient[still[index.layout.structure]]
+            index = RowIndex.build(batch, self.cell is not None, self.device)
+        fixed_rows = index.atom_rows[batch.fixed] if bool(batch.fixed.any()) else None
 
-            displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout, constrain)
-            batch.rows = batch.rows + displacement
-            if self.cell is not None:  # a step that takes a cell out of bounds is not taken: the structure stops
-                lower, upper = self.cell.volume_bounds
-                log_volume = batch.rows[index.cell_rows].diagonal(dim1=1, dim2=2).sum(-1) / index.n_atoms  # tr log F
-                ratio = torch.exp(log_volume).tolist()
-                outside = {i: ("cell_collapsed", f"the next step would shrink the cell below {lower:g} × its starting volume")
-                           if r < lower else ("cell_exploded", f"the next step would grow the cell above {upper:g} × its "
-                                              "starting volume") for i, r in enumerate(ratio) if not lower <= r <= upper}
-                if outside:
-                    records += self._end(batch, index, outside, evaluated)
-        self.stats.in_batch = len(batch)
-        self._sync()
-        self.stats.optimizer_seconds += time.perf_counter() - clock
-        yield from records
+        def constrain(displacement: Tensor) -> Tensor:
+            if self.cell is not None:
+                displacement[index.cell_rows] = cellmath.constrain_cell_step(displacement[index.cell_rows], self.cell)
+            if fixed_rows is not None:
+                displacement[fixed_rows] = 0.0
+            return displacement
 
-    def _end(self, batch: _Batch, index: "_Index", ending: dict[int, tuple[str, str]], evaluated: "_Evaluated") -> list[RelaxRecord]:
+        displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout, constrain)
+        batch.rows = batch.rows + displacement
+        if self.cell is None:
+            return []
+        lower, upper = self.cell.volume_bounds
+        log_volume = batch.rows[index.cell_rows].diagonal(dim1=1, dim2=2).sum(-1) / index.n_atoms  # tr log F
+        ratio = torch.exp(log_volume).tolist()
+        outside = {i: ("cell_collapsed", f"the next step would shrink the cell below {lower:g} × its starting volume")
+                   if r < lower else ("cell_exploded", f"the next step would grow the cell above {upper:g} × its "
+                                      "starting volume") for i, r in enumerate(ratio) if not lower <= r <= upper}
+        return self._end(batch, index, outside, evaluated)
+
+    def _end(self, batch: Batch, index: RowIndex, ending: dict[int, tuple[str, str]], evaluated: Evaluated) -> list[RelaxRecord]:
         """Records of the structures ``ending`` (batch position → (status, message)) at their last evaluation;
         they leave the batch."""
         if not ending:
@@ -572,7 +439,7 @@ class InFlightRelaxer:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, member: _Member, status: str, message: str, calls: int, positions: Tensor, cell: Tensor,
+    def _record(self, member: Member, status: str, message: str, calls: int, positions: Tensor, cell: Tensor,
                 energy: Tensor, forces: Tensor, stress: Tensor, fmax: float) -> RelaxRecord:
         atoms = member.atoms.copy()
         atoms.positions = positions.detach().cpu().numpy()
@@ -588,7 +455,7 @@ class InFlightRelaxer:
             max_stress=float(np.abs(stress_np).max() / GPa) if atoms.pbc.all() else math.nan,
             volume=float(abs(np.linalg.det(atoms.cell[:]))) if atoms.pbc.all() else math.nan, atoms=atoms,
         )
-        _tag(atoms, record)
+        tag_atoms(atoms, record)
         return record
 
     def _finish_early(self, index: int, atoms: Atoms | None, status: str, message: str) -> RelaxRecord:
@@ -598,15 +465,8 @@ class InFlightRelaxer:
         copy = atoms.copy() if atoms is not None else None
         record = RelaxRecord(index=index, status=status, message=message, atoms=copy)
         if copy is not None:
-            _tag(copy, record)
+            tag_atoms(copy, record)
         return record
-
-
-def _tag(atoms: Atoms, record: RelaxRecord) -> None:
-    atoms.info.update(status=record.status, converged=record.converged, force_calls=record.force_calls,
-                      index=record.index)
-    if record.message:
-        atoms.info["message"] = record.message
 
 
 @dataclass
@@ -625,7 +485,7 @@ class Observation:
     fmax: Tensor
     energy: Tensor
     _templates: list[Atoms]
-    _evaluated: "_Evaluated"
+    _evaluated: Evaluated
 
     def structure(self, i: int) -> Atoms:
         """The i-th evaluated structure as it was evaluated (positions and cell; no calculator)."""
@@ -637,46 +497,22 @@ class Observation:
 
 
 @dataclass
-class _Evaluated:
-    """The last evaluation of the batch, for the records of structures that end; ``slot[i]`` is where the
-    structure now at batch position i sits in these tensors (structures leave, the tensors stay)."""
+class _Frame:
+    """The batch as evaluated: the model's input, and each free cell's log-deformation and deformation."""
 
-    slot: list[int]
-    atom_offsets: list[int]
-    positions: Tensor
-    cell: Tensor
-    out: ModelOutput
-    fmax: Tensor
+    structures: StructureBatch
+    log_f: Tensor | None
+    F: Tensor | None
 
 
 @dataclass
-class _Index:
-    """Where each structure's atoms and cell rows sit in the row tensor."""
+class _RowForces:
+    """Per-row gradient (−forces), largest row force and non-finite flags per structure, the stresses used."""
 
-    layout: Layout
-    n_atoms: Tensor  # (S,)
-    atom_structure: Tensor  # (N,)
-    atom_offsets: Tensor  # (S,) first atom of each structure
-    atom_rows: Tensor  # (N,) row of each atom
-    cell_rows: Tensor  # (S, 3) rows of the log-deformation, when the cell is free
-    row_offsets: Tensor  # (S,)
-    row_sizes: list[int]
-
-    @classmethod
-    def build(cls, batch: _Batch, free_cell: bool, device: torch.device) -> "_Index":
-        sizes = [len(m.atoms) for m in batch.members]
-        n_atoms = torch.as_tensor(sizes, device=device)
-        extra = 3 if free_cell else 0
-        row_sizes = [s + extra for s in sizes]
-        rows = n_atoms + extra
-        row_offsets = torch.cumsum(rows, 0) - rows
-        atom_offsets = torch.cumsum(n_atoms, 0) - n_atoms
-        atom_structure = torch.repeat_interleave(torch.arange(len(sizes), device=device), n_atoms)
-        local = torch.arange(int(n_atoms.sum()), device=device) - atom_offsets[atom_structure]
-        atom_rows = row_offsets[atom_structure] + local
-        cell_rows = (row_offsets + n_atoms)[:, None] + torch.arange(3, device=device)
-        layout = Layout.from_sizes(row_sizes, device=device)
-        return cls(layout, n_atoms, atom_structure, atom_offsets, atom_rows, cell_rows, row_offsets, row_sizes)
+    gradient: Tensor
+    largest: Tensor
+    bad: Tensor
+    stress: Tensor
 
 
 def relax_iter(structures: Iterable[Atoms | tuple[int, Atoms]], model: Any, optimizer: str = "frankenstein",

@@ -1,4 +1,4 @@
-"""Structures in, records out: input reading, the crash-safe record journal, shards.
+"""Structures in, records out: the record of a relaxation, input reading, the crash-safe record journal, shards.
 
 A run appends each finished structure to a journal (extended XYZ, one frame per
 record, written with a single ``write`` and flushed to disk before the next),
@@ -14,15 +14,63 @@ import io
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-from atomopt.frontends.engine import RelaxRecord
 from atomopt.models.base import describe_error
+
+#: How a structure's relaxation ended.
+STATUSES = ("converged", "max_steps", "non_finite", "cell_collapsed", "cell_exploded", "model_error", "invalid")
+
+
+@dataclass
+class RelaxRecord:
+    """The outcome of one structure.
+
+    Attributes:
+        index: position of the structure in the input.
+        status: one of :data:`STATUSES`.
+        message: why it failed (empty when it did not).
+        force_calls: model evaluations of this structure.
+        energy: final energy, eV (the model's, without the pV term of a target pressure).
+        fmax: largest row force at the end, eV/Å, over atoms and cell rows (as ASE's FrechetCellFilter counts).
+        max_stress: largest |σ_ij| at the end, GPa.
+        volume: final cell volume, Å³.
+        atoms: the final structure with its energy, forces and stress attached, ``status``, ``converged`` and
+            ``force_calls`` in ``atoms.info`` (``None`` only when the input itself could not be read).
+    """
+
+    index: int
+    status: str
+    message: str = ""
+    force_calls: int = 0
+    energy: float = math.nan
+    fmax: float = math.nan
+    max_stress: float = math.nan
+    volume: float = math.nan
+    atoms: Atoms | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "converged"
+
+    def summary(self) -> dict[str, Any]:
+        """The record without the structure, as plain values (for JSON and tables)."""
+        return {k: v for k, v in self.__dict__.items() if k != "atoms"}
+
+
+def tag_atoms(atoms: Atoms, record: RelaxRecord) -> None:
+    """Write the record's outcome into ``atoms.info`` (status, converged, force_calls, index, message)."""
+    atoms.info.update(status=record.status, converged=record.converged, force_calls=record.force_calls,
+                      index=record.index)
+    if record.message:
+        atoms.info["message"] = record.message
+
 
 #: Files taken from a folder of structures.
 STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "*.poscar", "POSCAR*", "CONTCAR*", "*.xyz", "*.extxyz", "*.traj", "*.json")

@@ -41,7 +41,7 @@ def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel
     if isinstance(spec, BatchedModel):
         return spec
     if isinstance(spec, BaseCalculator):
-        from atomopt.models.ase_calculator import ASECalculatorModel
+        from atomopt.models.from_ase_calculator import ASECalculatorModel
 
         return ASECalculatorModel(spec)
     if isinstance(spec, str):
@@ -66,8 +66,8 @@ def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel
         if lower in ("emt", "lj"):
             from ase.calculators.emt import EMT
 
-            from atomopt.calculators import ClusterLennardJones
-            from atomopt.models.ase_calculator import ASECalculatorModel
+            from atomopt.models.cluster_lj import ClusterLennardJones
+            from atomopt.models.from_ase_calculator import ASECalculatorModel
 
             return ASECalculatorModel(EMT() if lower == "emt" else ClusterLennardJones(), name=lower)
         raise ValueError(f"unknown model {spec!r}; choose from {list(MODEL_NAMES)} (or pass a model object)")
