@@ -7,9 +7,30 @@ tensor core in :mod:`atomopt.core`.
 
 from atomopt.core.cell import CellFilter
 from atomopt.core.minimizer import NonFiniteForcesError
-from atomopt.frontends.ase_optimizer import OPTIMIZERS, AdamNX, Adan, AtomoptOptimizer, Frankenstein, INNAprop, MissingCalculatorError
+from atomopt.frontends.ase_optimizer import (
+    OPTIMIZERS,
+    AdamNX,
+    Adan,
+    AtomoptOptimizer,
+    Frankenstein,
+    INNAprop,
+    MissingCalculatorError,
+)
 from atomopt.frontends.engine import InFlightRelaxer, RelaxRecord, relax_iter, relax_many
 
 __version__ = "0.1.0"
-__all__ = ["Frankenstein", "Adan", "AdamNX", "INNAprop", "AtomoptOptimizer", "OPTIMIZERS", "MissingCalculatorError",
-           "NonFiniteForcesError", "relax_many", "relax_iter", "InFlightRelaxer", "RelaxRecord", "CellFilter"]
+__all__ = [
+    "Frankenstein",
+    "Adan",
+    "AdamNX",
+    "INNAprop",
+    "AtomoptOptimizer",
+    "OPTIMIZERS",
+    "MissingCalculatorError",
+    "NonFiniteForcesError",
+    "relax_many",
+    "relax_iter",
+    "InFlightRelaxer",
+    "RelaxRecord",
+    "CellFilter",
+]

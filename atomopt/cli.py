@@ -59,18 +59,35 @@ def relax_command(args: argparse.Namespace) -> int:
     stress = f", stress ≤ {args.stress_tol:g} GPa" if args.stress_tol is not None else ""
 
     def announce(plan) -> None:
-        print(f"atomopt relax: {label}, {args.optimizer}, model {args.model}, fmax {args.fmax:g} eV/Å{stress}, "
-              f"at most {args.steps} steps, cell {'free' if cell else 'fixed'}", file=sys.stderr)
+        print(
+            f"atomopt relax: {label}, {args.optimizer}, model {args.model}, fmax {args.fmax:g} eV/Å{stress}, "
+            f"at most {args.steps} steps, cell {'free' if cell else 'fixed'}",
+            file=sys.stderr,
+        )
         if args.output is None and args.input is not None:
             print("atomopt: no -o OUTPUT: the relaxed structures are not written anywhere", file=sys.stderr)
         progress.start(plan)
 
     progress = _Progress(args.quiet)
     try:
-        summary = relax_file(source, args.output, args.model, args.optimizer, resume=args.resume,
-                             overwrite=args.overwrite, shard=shard, workers=args.workers, on_start=announce,
-                             on_record=progress.update, fmax=args.fmax, steps=args.steps,
-                             cell=CellFilter() if cell else None, device=args.device, **capacity, **options)
+        summary = relax_file(
+            source,
+            args.output,
+            args.model,
+            args.optimizer,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            shard=shard,
+            workers=args.workers,
+            on_start=announce,
+            on_record=progress.update,
+            fmax=args.fmax,
+            steps=args.steps,
+            cell=CellFilter() if cell else None,
+            device=args.device,
+            **capacity,
+            **options,
+        )
     finally:
         progress.close()
     print(summary_text(summary))
@@ -78,7 +95,10 @@ def relax_command(args: argparse.Namespace) -> int:
     for r in failures[:20]:
         print(f"atomopt: structure {r.index}: {r.status}" + (f" ({r.message})" if r.message else ""), file=sys.stderr)
     if len(failures) > 20:
-        print(f"atomopt: ... and {len(failures) - 20} more (status and message in each frame's atoms.info)", file=sys.stderr)
+        print(
+            f"atomopt: ... and {len(failures) - 20} more (status and message in each frame's atoms.info)",
+            file=sys.stderr,
+        )
     return summary.exit_code
 
 
@@ -101,16 +121,26 @@ class _Progress:
         from tqdm import tqdm
 
         self.total = plan.structures
-        self.bar = tqdm(total=plan.atoms, initial=plan.resumed_atoms, unit="atom", unit_scale=True, smoothing=0.05,
-                        disable=True if self.quiet else None, file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.bar = tqdm(
+            total=plan.atoms,
+            initial=plan.resumed_atoms,
+            unit="atom",
+            unit_scale=True,
+            smoothing=0.05,
+            disable=True if self.quiet else None,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     def update(self, record, done: int, total: int, stats) -> None:
         if self.bar is None:
             return
         self.failed += record.status not in ("converged", "max_steps")
         self.bar.update(len(record.atoms) if record.atoms is not None else 0)
-        self.bar.set_postfix(structures=f"{done}/{total}", in_batch=stats.in_batch if stats else "-",
-                             failed=self.failed, refresh=False)
+        self.bar.set_postfix(
+            structures=f"{done}/{total}", in_batch=stats.in_batch if stats else "-", failed=self.failed, refresh=False
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -123,23 +153,29 @@ def summary_text(summary) -> str:
     lines = []
     if len(records) == 1:
         r = records[0]
-        lines += [f"converged:    {'yes' if r.converged else 'no'} ({r.status})",
-                  f"steps:        {max(r.force_calls - 1, 0)}",
-                  f"force calls:  {r.force_calls}",
-                  f"energy:       {r.energy:.6f} eV",
-                  f"max force:    {r.fmax:.6f} eV/Å"]
+        lines += [
+            f"converged:    {'yes' if r.converged else 'no'} ({r.status})",
+            f"steps:        {max(r.force_calls - 1, 0)}",
+            f"force calls:  {r.force_calls}",
+            f"energy:       {r.energy:.6f} eV",
+            f"max force:    {r.fmax:.6f} eV/Å",
+        ]
     else:
-        lines += [f"structures:   {len(records)}" + (f" ({summary.resumed} from an earlier run)" if summary.resumed else ""),
-                  "status:       " + ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())),
-                  f"force calls:  {sum(r.force_calls for r in records)}"]
+        lines += [
+            f"structures:   {len(records)}" + (f" ({summary.resumed} from an earlier run)" if summary.resumed else ""),
+            "status:       " + ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items())),
+            f"force calls:  {sum(r.force_calls for r in records)}",
+        ]
     done_now = len(records) - summary.resumed
     rate = done_now / summary.wall_seconds if summary.wall_seconds > 0 else float("nan")
     lines.append(f"wall time:    {summary.wall_seconds:.2f} s ({rate:.3g} structures/s)")
     if summary.stats is not None and summary.stats.evaluations:
         stats = summary.stats
         share = stats.optimizer_seconds / max(stats.optimizer_seconds + stats.model_seconds, 1e-12)
-        lines.append(f"batches:      {stats.evaluations} model calls, packing {stats.packing:.2f}, "
-                     f"optimizer share {100 * share:.1f} %")
+        lines.append(
+            f"batches:      {stats.evaluations} model calls, packing {stats.packing:.2f}, "
+            f"optimizer share {100 * share:.1f} %"
+        )
     if summary.output is not None:
         lines.append(f"written:      {summary.output}")
     return "\n".join(lines)
@@ -168,8 +204,17 @@ def bench_command(args: argparse.Namespace) -> int:
         if not count.isdigit():
             raise ValueError(f"--limit takes METHOD=N, got {item!r}")
         limits[method] = int(count)
-    payload = run_lj38(args.n, names, args.workers, Path(args.out), tag=args.tag, engine=args.engine, limits=limits,
-                       reuse=Path(args.reuse) if args.reuse else None, rerun=args.rerun or ())
+    payload = run_lj38(
+        args.n,
+        names,
+        args.workers,
+        Path(args.out),
+        tag=args.tag,
+        engine=args.engine,
+        limits=limits,
+        reuse=Path(args.reuse) if args.reuse else None,
+        rerun=args.rerun or (),
+    )
     print((Path(args.out) / f"{args.tag}.md").read_text())
     return 0 if payload else 1
 
@@ -184,11 +229,24 @@ def matbench_command(args: argparse.Namespace) -> int:
             raise ValueError(f"--subset takes METHOD=N, got {item!r}")
         subsets[method] = int(count)
     payload = matbench.run(
-        model=args.model, structure_set=args.set, fmax=args.fmax, steps=args.steps,
-        methods=args.methods or matbench.DEFAULT_METHODS, reference=args.reference, n=args.n, workers=args.workers,
-        out=args.out, tag=args.tag, subsets=subsets, capacity=args.capacity, torchsim_env=args.torchsim_env,
-        command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only,
-        device=args.device)
+        model=args.model,
+        structure_set=args.set,
+        fmax=args.fmax,
+        steps=args.steps,
+        methods=args.methods or matbench.DEFAULT_METHODS,
+        reference=args.reference,
+        n=args.n,
+        workers=args.workers,
+        out=args.out,
+        tag=args.tag,
+        subsets=subsets,
+        capacity=args.capacity,
+        torchsim_env=args.torchsim_env,
+        command="atomopt " + " ".join(sys.argv[1:]),
+        quiet=args.quiet,
+        report_only=args.report_only,
+        device=args.device,
+    )
     print((Path(args.out) / f"{payload['tag']}.md").read_text())
     return 0
 
@@ -198,16 +256,37 @@ def hea_command(args: argparse.Namespace) -> int:
 
     if args.cost_ranks:
         tag = "hea_cost" if args.tag == "hea" else args.tag
-        hea.cost_model(n_atoms=args.atoms, grains=args.grains[0], budget=args.budget, ranks=args.cost_ranks,
-                       methods=args.methods or ("cg", "fire", "frankenstein"), seed=args.seeds[0], potdir=args.potdir,
-                       out=args.out, tag=tag, command="atomopt " + " ".join(sys.argv[1:]))
+        hea.cost_model(
+            n_atoms=args.atoms,
+            grains=args.grains[0],
+            budget=args.budget,
+            ranks=args.cost_ranks,
+            methods=args.methods or ("cg", "fire", "frankenstein"),
+            seed=args.seeds[0],
+            potdir=args.potdir,
+            out=args.out,
+            tag=tag,
+            command="atomopt " + " ".join(sys.argv[1:]),
+        )
         print((Path(args.out) / f"{tag}.md").read_text())
         return 0
-    payload = hea.run(n_atoms=args.atoms, grains=args.grains, budget=args.budget, ranks=args.ranks,
-                      methods=args.methods or hea.DEFAULT_METHODS,
-                      box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box], seeds=args.seeds,
-                      potdir=args.potdir, out=args.out, tag=args.tag, workers=args.workers, analyse=not args.no_dxa,
-                      command="atomopt " + " ".join(sys.argv[1:]), quiet=args.quiet, report_only=args.report_only)
+    payload = hea.run(
+        n_atoms=args.atoms,
+        grains=args.grains,
+        budget=args.budget,
+        ranks=args.ranks,
+        methods=args.methods or hea.DEFAULT_METHODS,
+        box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box],
+        seeds=args.seeds,
+        potdir=args.potdir,
+        out=args.out,
+        tag=args.tag,
+        workers=args.workers,
+        analyse=not args.no_dxa,
+        command="atomopt " + " ".join(sys.argv[1:]),
+        quiet=args.quiet,
+        report_only=args.report_only,
+    )
     print((Path(args.out) / f"{args.tag}.md").read_text())
     return 0 if payload["table"] else 1
 
@@ -216,28 +295,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="atomopt", description="Adaptive-gradient structure relaxation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     relax = sub.add_parser("relax", help="relax structures (one or many) with a model, batched and resumable")
-    relax.add_argument("input", nargs="?", metavar="STRUCTURES",
-                       help="file ASE reads (all frames: extxyz, traj, db, ...) or a folder of CIF/POSCAR/... files "
-                       "(default: built-in Cu example)")
-    relax.add_argument("-o", "--output", help="output .extxyz/.xyz/.traj/.db, one frame (database row) per input structure "
-                       "in input order (without -o nothing is written)")
-    relax.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (an input is never replaced)")
-    relax.add_argument("--model", "--calculator", dest="model", default="emt",
-                       help="sevennet-0, chgnet, mace:PATH, emt or lj (default emt)")
+    relax.add_argument(
+        "input",
+        nargs="?",
+        metavar="STRUCTURES",
+        help="file ASE reads (all frames: extxyz, traj, db, ...) or a folder of CIF/POSCAR/... files "
+        "(default: built-in Cu example)",
+    )
+    relax.add_argument(
+        "-o",
+        "--output",
+        help="output .extxyz/.xyz/.traj/.db, one frame (database row) per input structure "
+        "in input order (without -o nothing is written)",
+    )
+    relax.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (an input is never replaced)"
+    )
+    relax.add_argument(
+        "--model",
+        "--calculator",
+        dest="model",
+        default="emt",
+        help="sevennet-0, chgnet, mace:PATH, emt or lj (default emt)",
+    )
     relax.add_argument("--optimizer", default="frankenstein", type=str.lower, choices=sorted(OPTIMIZERS))
     relax.add_argument("--fmax", type=_positive, default=0.05, help="force threshold, eV/Å (default 0.05)")
     relax.add_argument("--steps", type=_at_least_one, default=500, help="step budget per structure (default 500)")
-    relax.add_argument("--cell", action=argparse.BooleanOptionalAction, default=None,
-                       help="relax the cell too (FrechetCellFilter: converged when every atom force and every cell "
-                       "force, the virial divided by the number of atoms, is below fmax); default: on for the "
-                       "example, off for files")
-    relax.add_argument("--stress-tol", type=_positive, metavar="GPA",
-                       help="with --cell, also require every stress component below GPA (cells of few atoms otherwise "
-                       "stop with up to ~1 GPa at fmax 0.05)")
+    relax.add_argument(
+        "--cell",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="relax the cell too (FrechetCellFilter: converged when every atom force and every cell "
+        "force, the virial divided by the number of atoms, is below fmax); default: on for the "
+        "example, off for files",
+    )
+    relax.add_argument(
+        "--stress-tol",
+        type=_positive,
+        metavar="GPA",
+        help="with --cell, also require every stress component below GPA (cells of few atoms otherwise "
+        "stop with up to ~1 GPa at fmax 0.05)",
+    )
     relax.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     batch = relax.add_mutually_exclusive_group()
-    batch.add_argument("--batch-atoms", type=_positive, help="batch capacity in atoms (default: 128 on CPU, from memory on GPU)")
-    batch.add_argument("--batch-pairs", type=_positive, help="batch capacity in neighbour pairs within the model's cutoff")
+    batch.add_argument(
+        "--batch-atoms", type=_positive, help="batch capacity in atoms (default: 128 on CPU, from memory on GPU)"
+    )
+    batch.add_argument(
+        "--batch-pairs", type=_positive, help="batch capacity in neighbour pairs within the model's cutoff"
+    )
     relax.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT's journal")
     relax.add_argument("--shard", metavar="I/N", help="relax only shard I (0-based) of N atom-balanced shards")
     relax.add_argument("--workers", type=_at_least_one, default=1, help="Ray workers (default 1: this process)")
@@ -249,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="join the outputs of `relax --shard I/N` runs into one file in input order")
     merge.add_argument("parts", nargs="+", metavar="PART", help="outputs of the shards (any order)")
     merge.add_argument("-o", "--output", required=True, help="merged output .extxyz/.xyz/.traj/.db")
-    merge.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (a part is never replaced)")
+    merge.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (a part is never replaced)"
+    )
     merge.set_defaults(handler=merge_command)
 
     sub.add_parser(
@@ -261,70 +369,135 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="benchmark", required=True, parser_class=_OneLineParser)
     lj = bench_sub.add_parser("lj38", help="OptBench LJ38: every method on the same starts")
     lj.add_argument("--n", type=int, default=1000, help="number of starts (default 1000)")
-    lj.add_argument("--methods", nargs="+", help="methods to run (default: all atomopt defaults, paper forms, baselines)")
+    lj.add_argument(
+        "--methods", nargs="+", help="methods to run (default: all atomopt defaults, paper forms, baselines)"
+    )
     lj.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
     lj.add_argument("--out", default="benchmarks/results", help="output folder")
     lj.add_argument("--tag", default="lj38", help="file name stem of the results")
-    lj.add_argument("--engine", choices=("batch", "ase"), default="batch",
-                    help="run the atomopt methods batched on tensors (default) or through the ASE optimizers")
+    lj.add_argument(
+        "--engine",
+        choices=("batch", "ase"),
+        default="batch",
+        help="run the atomopt methods batched on tensors (default) or through the ASE optimizers",
+    )
     lj.add_argument("--limit", nargs="+", metavar="METHOD=N", help="run METHOD on its first N starts only")
-    lj.add_argument("--reuse", metavar="JSON", help="keep the runs of an earlier results file (same protocol) "
-                    "instead of running those methods again")
+    lj.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help="keep the runs of an earlier results file (same protocol) instead of running those methods again",
+    )
     lj.add_argument("--rerun", nargs="+", metavar="METHOD", help="with --reuse: methods to run again anyway")
     lj.set_defaults(handler=bench_command)
 
-    mb = bench_sub.add_parser("matbench", help="Matbench Discovery protocol: ASE, TorchSim and atomopt on the same "
-                              "starts and model (WBM-like proxy set shipped; WBM files if you have them)")
+    mb = bench_sub.add_parser(
+        "matbench",
+        help="Matbench Discovery protocol: ASE, TorchSim and atomopt on the same "
+        "starts and model (WBM-like proxy set shipped; WBM files if you have them)",
+    )
     mb.add_argument("--model", default="sevennet-0", help="sevennet-0, chgnet or mace:PATH (default sevennet-0)")
-    mb.add_argument("--set", default="proxy", help="proxy (160 WBM-like structures, shipped), Matbench Discovery's "
-                    "wbm-initial-atoms.extxyz.zip[:summary.csv], or any structure file ASE reads")
-    mb.add_argument("--fmax", type=_positive, nargs="+", default=[0.05, 0.02, 0.01],
-                    help="thresholds, eV/Å, all from one run per method (default 0.05 0.02 0.01)")
+    mb.add_argument(
+        "--set",
+        default="proxy",
+        help="proxy (160 WBM-like structures, shipped), Matbench Discovery's "
+        "wbm-initial-atoms.extxyz.zip[:summary.csv], or any structure file ASE reads",
+    )
+    mb.add_argument(
+        "--fmax",
+        type=_positive,
+        nargs="+",
+        default=[0.05, 0.02, 0.01],
+        help="thresholds, eV/Å, all from one run per method (default 0.05 0.02 0.01)",
+    )
     mb.add_argument("--steps", type=int, default=500, help="step budget per threshold (default 500)")
-    mb.add_argument("--methods", nargs="+", help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's four; "
-                    "also ase-frankenstein, torchsim-fire")
-    mb.add_argument("--reference", nargs="+", default=["ase-bfgs", "frankenstein"],
-                    help="methods that run on to fmax 0.001 / 2000 steps to fix the reference energies")
+    mb.add_argument(
+        "--methods",
+        nargs="+",
+        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's four; also ase-frankenstein, torchsim-fire",
+    )
+    mb.add_argument(
+        "--reference",
+        nargs="+",
+        default=["ase-bfgs", "frankenstein"],
+        help="methods that run on to fmax 0.001 / 2000 steps to fix the reference energies",
+    )
     mb.add_argument("--n", type=int, help="first N structures only")
     mb.add_argument("--subset", nargs="+", metavar="METHOD=N", help="run METHOD on the first N structures only")
     mb.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (default: all cores)")
     mb.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, ... (default cpu)")
-    mb.add_argument("--capacity", type=_positive, default=128,
-                    help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 128, the "
-                    "engine's CPU default)")
+    mb.add_argument(
+        "--capacity",
+        type=_positive,
+        default=128,
+        help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 128, the "
+        "engine's CPU default)",
+    )
     mb.add_argument("--torchsim-env", default=".venv-torchsim", help="TorchSim's own environment (made on first use)")
     mb.add_argument("--out", default="benchmarks/results", help="output folder")
     mb.add_argument("--tag", help="file name stem of the results (default matbench_MODEL)")
-    mb.add_argument("--report-only", action="store_true",
-                    help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing")
+    mb.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing",
+    )
     mb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mb.set_defaults(handler=matbench_command)
 
-    he = bench_sub.add_parser("hea", help="CoCrFeMnNi polycrystals in LAMMPS (2NN MEAM): native fire/cg/hftn/sd and "
-                              "atomopt's styles at an equal force-evaluation budget, with dislocation analysis")
+    he = bench_sub.add_parser(
+        "hea",
+        help="CoCrFeMnNi polycrystals in LAMMPS (2NN MEAM): native fire/cg/hftn/sd and "
+        "atomopt's styles at an equal force-evaluation budget, with dislocation analysis",
+    )
     he.add_argument("--atoms", type=int, default=20000, help="atoms per polycrystal (default 20000)")
     he.add_argument("--grains", type=int, nargs="+", default=[4, 8, 16, 32], help="grain counts (default 4 8 16 32)")
     he.add_argument("--budget", type=int, default=3000, help="force evaluations per run (default 3000)")
     he.add_argument("--ranks", type=int, default=1, help="MPI ranks per run (default 1)")
     he.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
-    he.add_argument("--methods", nargs="+", help="default: fire cg hftn sd frankenstein adan adamnx innaprop "
-                    "frankenstein-paper; a variant adds min_modify keywords: NAME@key=value,key=value "
-                    "(e.g. frankenstein@dmax=0.1)")
-    he.add_argument("--box", choices=("both", "fixed", "relaxed"), default="both",
-                    help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)")
-    he.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], metavar="S",
-                    help="seeds of the polycrystals: one realisation of each grain count per seed (default 0)")
-    he.add_argument("--potdir", default="../shared/potentials", help="folder with library.meam and CoNiCrFeMn.meam "
-                    "(Choi et al. 2018, from the NIST Interatomic Potentials Repository)")
+    he.add_argument(
+        "--methods",
+        nargs="+",
+        help="default: fire cg hftn sd frankenstein adan adamnx innaprop "
+        "frankenstein-paper; a variant adds min_modify keywords: NAME@key=value,key=value "
+        "(e.g. frankenstein@dmax=0.1)",
+    )
+    he.add_argument(
+        "--box",
+        choices=("both", "fixed", "relaxed"),
+        default="both",
+        help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)",
+    )
+    he.add_argument(
+        "--seeds",
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="S",
+        help="seeds of the polycrystals: one realisation of each grain count per seed (default 0)",
+    )
+    he.add_argument(
+        "--potdir",
+        default="../shared/potentials",
+        help="folder with library.meam and CoNiCrFeMn.meam "
+        "(Choi et al. 2018, from the NIST Interatomic Potentials Repository)",
+    )
     he.add_argument("--no-dxa", action="store_true", help="skip OVITO's dislocation analysis")
-    he.add_argument("--cost-ranks", type=int, nargs="+", metavar="R",
-                    help="measure the cost model instead: each method (default cg fire frankenstein) for --budget "
-                         "evaluations on the first --grains polycrystal under each rank count R, one run at a time, "
-                         "and project the paper's 5.5-million-atom run (results hea_cost.* unless --tag)")
+    he.add_argument(
+        "--cost-ranks",
+        type=int,
+        nargs="+",
+        metavar="R",
+        help="measure the cost model instead: each method (default cg fire frankenstein) for --budget "
+        "evaluations on the first --grains polycrystal under each rank count R, one run at a time, "
+        "and project the paper's 5.5-million-atom run (results hea_cost.* unless --tag)",
+    )
     he.add_argument("--out", default="benchmarks/results", help="output folder")
     he.add_argument("--tag", default="hea", help="file name stem of the results (default hea)")
-    he.add_argument("--report-only", action="store_true",
-                    help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing")
+    he.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing",
+    )
     he.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     he.set_defaults(handler=hea_command)
     return parser

@@ -48,24 +48,29 @@ def make_minimizer(
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(RULES)}")
     defaults = ATOMISTIC_DEFAULTS[key]
     controls = {k: options.pop(k) for k in CONTROL_NAMES if k in options}
-    known = {f.name for f in dataclasses.fields(RULES[key])}
+    rule_class: Any = RULES[key]  # every rule is a dataclass
+    known = {f.name for f in dataclasses.fields(rule_class)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"{key} has no option {', '.join(map(repr, unknown))}: its options are lr, eps, max_step "
-                        f"(maxstep in ASE), {', '.join(CONTROL_NAMES)}, paper_exact and {sorted(known)} "
-                        "(keywords such as alpha, dt or maxmove belong to ASE's BFGS, FIRE or MDMin)")
-    rule = RULES[key](**(options if paper_exact else defaults.get("rule", {}) | options))
+        raise TypeError(
+            f"{key} has no option {', '.join(map(repr, unknown))}: its options are lr, eps, max_step "
+            f"(maxstep in ASE), {', '.join(CONTROL_NAMES)}, paper_exact and {sorted(known)} "
+            "(keywords such as alpha, dt or maxmove belong to ASE's BFGS, FIRE or MDMin)"
+        )
+    rule = rule_class(**(options if paper_exact else defaults.get("rule", {}) | options))
     chain: list[GainControl] = []
     for cls in CONTROLS:
         preset = None if paper_exact else defaults.get(cls.name, FireControl() if cls is FireControl else None)
         control = resolve_control(cls.name, controls.get(cls.name, "default"), preset)
         if control is not None:
             chain.append(control)
+    if isinstance(max_step, str) and max_step != "default":
+        raise ValueError(f"max_step must be a length in Å, None or 'default', got {max_step!r}")
     preset_max_step = None if paper_exact else defaults.get("max_step", 0.2)
     return Minimizer(
         rule=rule,
         lr=defaults["lr"] if lr is None else lr,
         eps=(rule.paper_eps if paper_exact else defaults["eps"]) if eps is None else eps,
-        max_step=preset_max_step if max_step == "default" else max_step,
+        max_step=preset_max_step if isinstance(max_step, str) else max_step,
         controls=tuple(chain),
     )

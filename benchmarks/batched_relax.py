@@ -81,9 +81,15 @@ def run_sequential(method: str, structures, model: str, device: str, fmax: float
         converged += bool(optimizer.run(fmax=fmax, steps=steps))
         per_structure.append(counter.calls - before)
     wall = time.perf_counter() - start
-    return {"method": method, "force_calls": int(sum(per_structure)), "per_structure": per_structure,
-            "converged": converged, "wall_seconds": wall, "model_seconds": counter.seconds,
-            "outside_model_share": (wall - counter.seconds) / wall}
+    return {
+        "method": method,
+        "force_calls": int(sum(per_structure)),
+        "per_structure": per_structure,
+        "converged": converged,
+        "wall_seconds": wall,
+        "model_seconds": counter.seconds,
+        "outside_model_share": (wall - counter.seconds) / wall,
+    }
 
 
 def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int, metric: str = "structures") -> dict:
@@ -91,17 +97,26 @@ def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int, m
     from atomopt.models.base import StructureBatch
 
     model_obj(StructureBatch.from_atoms(structures[:1], dtype=model_obj.dtype, device=model_obj.device))  # warm-up
-    relaxer = InFlightRelaxer(model_obj, "frankenstein", fmax=fmax, steps=steps, capacity=capacity,
-                              capacity_metric=metric)
+    relaxer = InFlightRelaxer(
+        model_obj, "frankenstein", fmax=fmax, steps=steps, capacity=capacity, capacity_metric=metric
+    )
     start = time.perf_counter()
     records = sorted(relaxer.run(structures), key=lambda r: r.index)
     wall = time.perf_counter() - start
     stats = relaxer.stats
-    return {"method": f"batched-{capacity}", "force_calls": int(sum(r.force_calls for r in records)),
-            "per_structure": [r.force_calls for r in records], "converged": sum(r.converged for r in records),
-            "statuses": [r.status for r in records], "wall_seconds": wall, "model_seconds": stats.model_seconds,
-            "optimizer_seconds": stats.optimizer_seconds, "outside_model_share": (wall - stats.model_seconds) / wall,
-            "model_calls": stats.evaluations, "packing": stats.packing}
+    return {
+        "method": f"batched-{capacity}",
+        "force_calls": int(sum(r.force_calls for r in records)),
+        "per_structure": [r.force_calls for r in records],
+        "converged": sum(r.converged for r in records),
+        "statuses": [r.status for r in records],
+        "wall_seconds": wall,
+        "model_seconds": stats.model_seconds,
+        "optimizer_seconds": stats.optimizer_seconds,
+        "outside_model_share": (wall - stats.model_seconds) / wall,
+        "model_calls": stats.evaluations,
+        "packing": stats.packing,
+    }
 
 
 def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int, metric: str) -> dict:
@@ -154,10 +169,17 @@ def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int
     wall = time.perf_counter() - start
     converged = [bool(is_converged(s, None).item()) for s in finished]
     per_structure = [1 + swap_every * batcher.swap_attempts[i] for i in range(len(structures))]
-    return {"method": f"torchsim-fire-{capacity}", "force_calls": counts["structures"],
-            "per_structure": per_structure, "converged": sum(converged), "wall_seconds": wall,
-            "model_seconds": counts["seconds"], "outside_model_share": (wall - counts["seconds"]) / wall,
-            "model_calls": counts["calls"], "atom_evaluations": counts["atoms"]}
+    return {
+        "method": f"torchsim-fire-{capacity}",
+        "force_calls": counts["structures"],
+        "per_structure": per_structure,
+        "converged": sum(converged),
+        "wall_seconds": wall,
+        "model_seconds": counts["seconds"],
+        "outside_model_share": (wall - counts["seconds"]) / wall,
+        "model_calls": counts["calls"],
+        "atom_evaluations": counts["atoms"],
+    }
 
 
 def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dict:
@@ -171,16 +193,37 @@ def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dic
         source, target = Path(folder) / "in.extxyz", Path(folder) / "out.extxyz"
         write(source, structures)
         start = time.perf_counter()
-        main(["relax", str(source), "-o", str(target), "--model", model, "--device", device, "--cell",
-              "--fmax", str(fmax), "--steps", str(steps), "-q"])
+        main(
+            [
+                "relax",
+                str(source),
+                "-o",
+                str(target),
+                "--model",
+                model,
+                "--device",
+                device,
+                "--cell",
+                "--fmax",
+                str(fmax),
+                "--steps",
+                str(steps),
+                "-q",
+            ]
+        )
         wall = time.perf_counter() - start
         frames = read(target, ":")
     calls = [int(a.info["force_calls"]) for a in frames]
-    return {"method": "atomopt-relax", "force_calls": sum(calls), "per_structure": calls,
-            "converged": sum(bool(a.info["converged"]) for a in frames),
-            "statuses": [a.info["status"] for a in frames], "wall_seconds": wall,
-            "command": f"atomopt relax in.extxyz -o out.extxyz --model {model} --device {device} --cell "
-                       f"--fmax {fmax} --steps {steps}"}
+    return {
+        "method": "atomopt-relax",
+        "force_calls": sum(calls),
+        "per_structure": calls,
+        "converged": sum(bool(a.info["converged"]) for a in frames),
+        "statuses": [a.info["status"] for a in frames],
+        "wall_seconds": wall,
+        "command": f"atomopt relax in.extxyz -o out.extxyz --model {model} --device {device} --cell "
+        f"--fmax {fmax} --steps {steps}",
+    }
 
 
 SET_NAMES = {"mixed": "mixed crystals", "proxy": "structures of the WBM-like proxy set"}
@@ -195,7 +238,7 @@ def markdown(payload: dict) -> str:
         "",
         f"fmax {payload['protocol']['fmax']} eV/Å (atoms and cell rows), at most {payload['protocol']['steps']} steps; "
         f"device {payload['protocol']['device']}"
-        + (f" ({payload['machine']['gpu']})" if payload['machine'].get('gpu') else "")
+        + (f" ({payload['machine']['gpu']})" if payload["machine"].get("gpu") else "")
         + f"; batch capacity in {payload['protocol'].get('capacity_metric', 'structures')}; machine: "
         f"{payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, torch threads "
         f"{payload['machine']['torch_threads']}.",
@@ -210,19 +253,24 @@ def markdown(payload: dict) -> str:
         share = f"{100 * r['outside_model_share']:.1f} %" if "outside_model_share" in r else "–"
         packing = f"{r['packing']:.2f}" if "packing" in r else "–"
         evaluations = r.get("atom_evaluations")
-        per_atom = (f"{1000 * r['model_seconds'] / evaluations:.2f}" if evaluations and "model_seconds" in r else "–")
+        per_atom = f"{1000 * r['model_seconds'] / evaluations:.2f}" if evaluations and "model_seconds" in r else "–"
         lines.append(
             f"| {r['method']} | {r['converged']}/{len(r['per_structure'])} | {r['force_calls']} | {ratio} | "
             f"{evaluations or '–'} | {r.get('model_calls', '–')} | {r['wall_seconds']:.1f} | "
-            f"{len(r['per_structure']) / r['wall_seconds']:.3f} | {per_atom} | {share} | {packing} |")
+            f"{len(r['per_structure']) / r['wall_seconds']:.3f} | {per_atom} | {share} | {packing} |"
+        )
     lines += [f"\nFailed to run: {failure}" for failure in payload.get("failed_methods", [])]
-    lines += ["", "Outside-model share: wall time not spent in the model call (optimizer, cell filter, bookkeeping; for "
-              "the ASE rows also ASE's filter and optimizer), over the wall time. Model calls include graph "
-              "construction. Atom evaluations: atoms over all force calls (a model's cost on a CPU grows with "
-              "them; a GPU call costs nearly the same for any small batch). atomopt-relax: the command line on the "
-              "same structures written to a file (its wall time includes reading, writing and the journal). "
-              "torchsim-fire-K: force calls are structure evaluations (TorchSim checks convergence every 5 "
-              "steps, so a structure runs up to 4 steps past its convergence).", ""]
+    lines += [
+        "",
+        "Outside-model share: wall time not spent in the model call (optimizer, cell filter, bookkeeping; for "
+        "the ASE rows also ASE's filter and optimizer), over the wall time. Model calls include graph "
+        "construction. Atom evaluations: atoms over all force calls (a model's cost on a CPU grows with "
+        "them; a GPU call costs nearly the same for any small batch). atomopt-relax: the command line on the "
+        "same structures written to a file (its wall time includes reading, writing and the journal). "
+        "torchsim-fire-K: force calls are structure evaluations (TorchSim checks convergence every 5 "
+        "steps, so a structure runs up to 4 steps past its convergence).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -235,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--capacities", type=int, nargs="*", default=[1, 8, 32, 128])
     parser.add_argument("--capacity-metric", choices=["structures", "atoms"], default="structures")
-    parser.add_argument("--methods", nargs="*", default=["ase-fire", "ase-frankenstein", "atomopt-relax"],
-                        help="ase-fire ase-frankenstein atomopt-relax torchsim-fire (batched-K rows always run)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=["ase-fire", "ase-frankenstein", "atomopt-relax"],
+        help="ase-fire ase-frankenstein atomopt-relax torchsim-fire (batched-K rows always run)",
+    )
     parser.add_argument("--model", default="sevennet-0")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -262,11 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in results[-1].items() if k != "per_structure"}), file=sys.stderr)
     for capacity in args.capacities:
         results.append(run_batched(capacity, structures, model_obj, args.fmax, args.steps, args.capacity_metric))
-        print(json.dumps({k: v for k, v in results[-1].items() if k not in ("per_structure", "statuses")}), file=sys.stderr)
+        print(
+            json.dumps({k: v for k, v in results[-1].items() if k not in ("per_structure", "statuses")}),
+            file=sys.stderr,
+        )
         if "torchsim-fire" in args.methods:
             try:
-                results.append(run_torchsim(capacity, structures, args.device, args.fmax, args.steps,
-                                            args.capacity_metric))
+                results.append(
+                    run_torchsim(capacity, structures, args.device, args.fmax, args.steps, args.capacity_metric)
+                )
             except Exception as err:  # a failing baseline is reported, not fatal to the other rows
                 print(f"torchsim-fire-{capacity} failed: {err!r}", file=sys.stderr)
                 failures.append(f"torchsim-fire-{capacity}: {err!r}")
@@ -280,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import ase
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "ase": ase.__version__,
-                "numpy": np.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ase": ase.__version__,
+        "numpy": np.__version__,
+    }
     from importlib.metadata import PackageNotFoundError, version
 
     for package in ("sevenn", "chgnet", "torch-sim-atomistic", "e3nn", "vesin"):
@@ -292,13 +352,26 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "batched relaxation",
         "command": "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "protocol": {"model": args.model, "set": args.set, "n": len(structures), "seed": args.seed,
-                     "fmax": args.fmax, "steps": args.steps, "device": args.device,
-                     "capacity_metric": args.capacity_metric,
-                     "structures": [a.info.get("name") or a.info.get("material_id") or a.get_chemical_formula()
-                                    for a in structures]},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **versions},
+        "protocol": {
+            "model": args.model,
+            "set": args.set,
+            "n": len(structures),
+            "seed": args.seed,
+            "fmax": args.fmax,
+            "steps": args.steps,
+            "device": args.device,
+            "capacity_metric": args.capacity_metric,
+            "structures": [
+                a.info.get("name") or a.info.get("material_id") or a.get_chemical_formula() for a in structures
+            ],
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            **versions,
+        },
         "results": results,
         "failed_methods": failures,
     }

@@ -44,13 +44,24 @@ def main(argv: list[str] | None = None) -> int:
         seconds = statistics.median(times)
         rows.append({"structures": k, "atoms": atoms, "seconds": seconds, "ms_per_atom": 1000 * seconds / atoms})
         print(rows[-1], flush=True)
-    payload = {"command": "python " + " ".join(sys.argv), "model": args.model, "torch": torch.__version__,
-               "machine": platform.platform(), "threads": 1, "rows": rows}
+    payload = {
+        "command": "python " + " ".join(sys.argv),
+        "model": args.model,
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "threads": 1,
+        "rows": rows,
+    }
     out = Path(args.out)
     (out / "cpu_batch_cost.json").write_text(json.dumps(payload, indent=1))
-    lines = [f"# One batched {args.model} call on one CPU core, by batch size", "",
-             f"Command: `{payload['command']}`; {payload['machine']}, torch {payload['torch']}, 1 thread.", "",
-             "| structures | atoms | s per call | ms per atom |", "|---|---|---|---|"]
+    lines = [
+        f"# One batched {args.model} call on one CPU core, by batch size",
+        "",
+        f"Command: `{payload['command']}`; {payload['machine']}, torch {payload['torch']}, 1 thread.",
+        "",
+        "| structures | atoms | s per call | ms per atom |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['structures']} | {r['atoms']} | {r['seconds']:.3f} | {r['ms_per_atom']:.1f} |" for r in rows]
     (out / "cpu_batch_cost.md").write_text("\n".join(lines) + "\n")
     return 0

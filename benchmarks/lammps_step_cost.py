@@ -76,8 +76,13 @@ def native_cg_box(lammps, cells: int, steps: int, box: str, lattice: float) -> d
         lmp.close()
         stats = log.read_text().split("Iterations, force evaluations =")[-1].split()
     iterations, evaluations = int(stats[0]), int(stats[1])
-    return {"atoms": atoms, "iterations": iterations, "evaluations": evaluations, "wall_s": wall,
-            "ms_per_step": 1e3 * wall / evaluations}
+    return {
+        "atoms": atoms,
+        "iterations": iterations,
+        "evaluations": evaluations,
+        "wall_s": wall,
+        "ms_per_step": 1e3 * wall / evaluations,
+    }
 
 
 def atomopt_run(lammps, name: str, cells: int, steps: int, device: str, box: str | None = None,
@@ -116,8 +121,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tag", default="")
     parser.add_argument("--box", default=None, help='fix box/relax settings, e.g. "iso 0.0 vmax 0.001"')
-    parser.add_argument("--lattice", type=float, default=None, help="fcc lattice constant, Å (default 3.615; "
-                        "with --box 3.65, so that the box moves)")
+    parser.add_argument(
+        "--lattice",
+        type=float,
+        default=None,
+        help="fcc lattice constant, Å (default 3.615; with --box 3.65, so that the box moves)",
+    )
     args = parser.parse_args()
     lattice = args.lattice or (3.65 if args.box else 3.615)
     torch.set_num_threads(1)

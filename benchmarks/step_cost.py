@@ -83,12 +83,21 @@ def main() -> None:
     emt_ms, emt_atoms = time_emt_force_call(args.atoms)
     result = {
         "command": "python " + " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": args.device if args.device == "cpu" else torch.cuda.get_device_name()},
-        "atoms": args.atoms, "structures": args.structures, "dtype": args.dtype, "repeats": args.repeats,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        },
+        "atoms": args.atoms,
+        "structures": args.structures,
+        "dtype": args.dtype,
+        "repeats": args.repeats,
         "optimizer_step": rows,
-        "emt_force_call_ms": emt_ms, "emt_atoms": emt_atoms,
+        "emt_force_call_ms": emt_ms,
+        "emt_atoms": emt_atoms,
     }
     RESULTS.mkdir(exist_ok=True)
     stem = "step_cost" + (f"_{args.tag}" if args.tag else "")

@@ -10,8 +10,20 @@ import ase.optimize
 
 import atomopt
 
-REPLACED = ("BFGS", "FIRE", "FIRE2", "LBFGS", "MDMin", "BFGSLineSearch", "LBFGSLineSearch", "GoodOldQuasiNewton",
-            "QuasiNewton", "GPMin", "RFO", "ODE12r")
+REPLACED = (
+    "BFGS",
+    "FIRE",
+    "FIRE2",
+    "LBFGS",
+    "MDMin",
+    "BFGSLineSearch",
+    "LBFGSLineSearch",
+    "GoodOldQuasiNewton",
+    "QuasiNewton",
+    "GPMin",
+    "RFO",
+    "ODE12r",
+)
 
 _optimizer = atomopt.OPTIMIZERS[os.environ.get("ATOMOPT_ASE_OPTIMIZER", "frankenstein")]
 for _name in REPLACED:

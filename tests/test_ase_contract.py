@@ -182,7 +182,9 @@ def test_cell_constraints_hold_exactly(name, cell_filter):
 
     masked = rattled_cu(strain=1.03)
     start = masked.cell[:].copy()
-    OPTIMIZERS[name](cell_filter(masked, mask=[True, False, False, False, False, False]), logfile=None).run(fmax=0.01, steps=400)
+    OPTIMIZERS[name](cell_filter(masked, mask=[True, False, False, False, False, False]), logfile=None).run(
+        fmax=0.01, steps=400
+    )
     np.testing.assert_array_equal(masked.cell[1:], start[1:])
     assert abs(masked.cell[0, 0] - start[0, 0]) > 1e-3
 

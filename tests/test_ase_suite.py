@@ -47,17 +47,33 @@ EXCLUDED_FOR = {
 }
 
 __doc__ += "".join(f"\n- ``{test}``: {reason}" for test, reason in EXCLUDED.items())
-__doc__ += "\n\nand for one optimizer:\n" + "".join(f"\n- {name}, ``{test}``: {reason}"
-                                                  for (name, test), reason in EXCLUDED_FOR.items())
+__doc__ += "\n\nand for one optimizer:\n" + "".join(
+    f"\n- {name}, ``{test}``: {reason}" for (name, test), reason in EXCLUDED_FOR.items()
+)
 
 
 def run_ase_suite(name: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "ase_suite_plugin", "-p", "no:cacheprovider",
-            "--rootdir", str(ASE_TESTS), *[str(ASE_TESTS / suite) for suite in SUITES]]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "ase_suite_plugin",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(ASE_TESTS),
+        *[str(ASE_TESTS / suite) for suite in SUITES],
+    ]
     for test in list(EXCLUDED) + [test for (owner, test) in EXCLUDED_FOR if owner == name]:
         args += ["--deselect", test] if "::" in test else ["--ignore", str(ASE_TESTS / test)]  # node ids: from rootdir
-    env = dict(os.environ, ATOMOPT_ASE_OPTIMIZER=name, PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        ATOMOPT_ASE_OPTIMIZER=name,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=ASE_TESTS)
 
 

@@ -22,7 +22,12 @@ def rattled(repeat, seed, strain=1.0):
 def recorded_run(structures, watch, name, **options):
     frames = []
     results = relax_batch(
-        structures, name, fmax=0.01, steps=60, observer=lambda step, active: frames.append(structures[watch].positions.copy()), **options
+        structures,
+        name,
+        fmax=0.01,
+        steps=60,
+        observer=lambda step, active: frames.append(structures[watch].positions.copy()),
+        **options,
     )
     return results, frames
 

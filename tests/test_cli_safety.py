@@ -25,9 +25,13 @@ def crystals():
 
 
 def two_atom_cells():
-    cells = [bulk("Cu", "hcp", a=2.6, c=4.2), bulk("Al", "hcp", a=2.9, c=4.6), bulk("Ni", "hcp", a=2.5, c=4.0),
-             Atoms("CuAu", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5)], cell=[3.0, 3.0, 3.1], pbc=True),
-             bulk("Pt", "bcc", a=3.2, cubic=True)]
+    cells = [
+        bulk("Cu", "hcp", a=2.6, c=4.2),
+        bulk("Al", "hcp", a=2.9, c=4.6),
+        bulk("Ni", "hcp", a=2.5, c=4.0),
+        Atoms("CuAu", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5)], cell=[3.0, 3.0, 3.1], pbc=True),
+        bulk("Pt", "bcc", a=3.2, cubic=True),
+    ]
     for i, atoms in enumerate(cells):
         atoms.rattle(0.02, seed=i)
     return cells
@@ -45,8 +49,10 @@ def run(argv, capsys):
 @pytest.fixture
 def no_force_calls(monkeypatch):
     """Fail the test if the engine is built (the model loaded) or evaluates anything."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the run started although the arguments were bad")
+
     monkeypatch.setattr(engine.InFlightRelaxer, "__init__", refuse)
 
 
@@ -61,8 +67,11 @@ def test_database_output_has_one_row_per_structure_with_the_record(tmp_path, cap
         rows = list(database.select(sort="index"))
     assert [row.index for row in rows] == [0, 1, 2, 3] and [row.natoms for row in rows] == [4, 8, 4, 2]
     for row, frame in zip(rows, frames):
-        assert (row.status, row.converged, row.force_calls) == (frame.info["status"], frame.info["converged"],
-                                                               frame.info["force_calls"])
+        assert (row.status, row.converged, row.force_calls) == (
+            frame.info["status"],
+            frame.info["converged"],
+            frame.info["force_calls"],
+        )
         if row.status == "converged":  # the extxyz file keeps 8 decimals, the database every bit
             assert row.energy == pytest.approx(frame.get_potential_energy(), abs=1e-8)
             assert row.max_row_force == pytest.approx(frame.info["fmax"], abs=1e-8) and row.max_row_force <= 0.05
@@ -84,9 +93,11 @@ def test_nothing_is_written_over_an_input_or_an_existing_file(tmp_path, capsys, 
     write(source, crystals())
     precious.write_text("somebody's work\n")
     before = source.read_bytes()
-    for argv, why in [(["-o", str(precious)], "exists: pass --overwrite"),
-                      (["-o", str(source)], "is an input of this run"),
-                      (["-o", str(source), "--overwrite"], "is an input of this run")]:
+    for argv, why in [
+        (["-o", str(precious)], "exists: pass --overwrite"),
+        (["-o", str(source)], "is an input of this run"),
+        (["-o", str(source), "--overwrite"], "is an input of this run"),
+    ]:
         status, err = run(["relax", str(source), *argv, "-q"], capsys)
         assert status == 2 and len(err) == 1 and why in err[0], (argv, err)
     assert precious.read_text() == "somebody's work\n" and source.read_bytes() == before
@@ -109,17 +120,23 @@ def test_overwrite_replaces_an_earlier_output(tmp_path, capsys):
     assert read(out).info["status"] == "converged"
 
 
-@pytest.mark.parametrize("argv, why", [
-    (["--steps", "0"], "--steps: must be at least 1"),
-    (["--workers", "0"], "--workers: must be at least 1"),
-    (["--device", "cuda:99"], "--device"),  # no CUDA build, no CUDA device, or no 100th device: refused on any machine
-    (["--device", "gpu"], "unknown device 'gpu'"),
-    (["--fmax", "nan"], "--fmax: must be a positive number"),
-    (["--stress-tol", "0.1"], "--stress-tol needs --cell"),
-    (["--stress-tol", "-1", "--cell"], "--stress-tol: must be a positive number"),
-    (["--shard", "2/2"], "--shard takes I/N with 0 ≤ I < N"),
-    (["-o", "out.cif"], "must end in .extxyz, .xyz, .traj or .db"),
-])
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["--steps", "0"], "--steps: must be at least 1"),
+        (["--workers", "0"], "--workers: must be at least 1"),
+        (
+            ["--device", "cuda:99"],
+            "--device",
+        ),  # no CUDA build, no CUDA device, or no 100th device: refused on any machine
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--fmax", "nan"], "--fmax: must be a positive number"),
+        (["--stress-tol", "0.1"], "--stress-tol needs --cell"),
+        (["--stress-tol", "-1", "--cell"], "--stress-tol: must be a positive number"),
+        (["--shard", "2/2"], "--shard takes I/N with 0 ≤ I < N"),
+        (["-o", "out.cif"], "must end in .extxyz, .xyz, .traj or .db"),
+    ],
+)
 def test_bad_arguments_stop_in_one_line_before_any_work(tmp_path, capsys, no_force_calls, argv, why):
     write(tmp_path / "in.extxyz", crystals())
     status, err = run(["relax", str(tmp_path / "in.extxyz"), *argv], capsys)
@@ -139,8 +156,10 @@ def test_failures_report_their_first_cause(tmp_path, capsys):
     # would report the AttributeError of the second call instead.
     write(tmp_path / "si.extxyz", [bulk("Si"), bulk("Si", cubic=True)])
     status, err = run(["relax", str(tmp_path / "si.extxyz"), "--model", "emt", "-q"], capsys)
-    assert status == 2 and err[-2:] == ["atomopt: structure 0: model_error (NotImplementedError: No EMT-potential for Si)",
-                                        "atomopt: structure 1: model_error (NotImplementedError: No EMT-potential for Si)"]
+    assert status == 2 and err[-2:] == [
+        "atomopt: structure 0: model_error (NotImplementedError: No EMT-potential for Si)",
+        "atomopt: structure 1: model_error (NotImplementedError: No EMT-potential for Si)",
+    ]
     folder = tmp_path / "cifs"
     folder.mkdir()
     write(folder / "a.cif", crystals()[0])
@@ -168,7 +187,16 @@ def test_stress_tolerance_holds_on_two_atom_cells(capsys):
 
 def test_stress_tolerance_on_the_command_line(tmp_path, capsys):
     write(tmp_path / "in.extxyz", two_atom_cells())
-    argv = ["relax", str(tmp_path / "in.extxyz"), "--cell", "-q", "--stress-tol", "0.05", "-o", str(tmp_path / "o.extxyz")]
+    argv = [
+        "relax",
+        str(tmp_path / "in.extxyz"),
+        "--cell",
+        "-q",
+        "--stress-tol",
+        "0.05",
+        "-o",
+        str(tmp_path / "o.extxyz"),
+    ]
     assert main(argv) == 0
     assert all(np.abs(a.get_stress()).max() / GPa <= 0.05 for a in read(tmp_path / "o.extxyz", ":"))
 
@@ -198,8 +226,9 @@ def test_shard_outputs_merge_into_the_unsharded_output(tmp_path, capsys):
     merged = tmp_path / "merged.extxyz"
     assert main(["merge", *map(str, reversed(parts)), "-o", str(merged)]) == 0
     for a, b in zip(read(merged, ":"), read(whole, ":"), strict=True):  # a batch of other structures changes last bits
-        assert {k: v for k, v in a.info.items() if k in ("index", "status", "force_calls")} == \
-               {k: v for k, v in b.info.items() if k in ("index", "status", "force_calls")}
+        assert {k: v for k, v in a.info.items() if k in ("index", "status", "force_calls")} == {
+            k: v for k, v in b.info.items() if k in ("index", "status", "force_calls")
+        }
         np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-8)
     assert main(["merge", str(parts[0]), "-o", str(tmp_path / "m.db")]) == 1  # some indices are in no part
     assert "in no part" in capsys.readouterr().err

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from atomopt.controls import AutoEpsilon
+from atomopt.controls import AutoEpsilon, FireControl, SecantControl
 from atomopt.core.epsilon import epsilon_range, segment_quantile
 from atomopt.core.layout import Layout
-from atomopt.controls import FireControl, SecantControl
 from atomopt.core.minimizer import Minimizer
 from atomopt.optimizers import make_minimizer
 from atomopt.rules import AdamNXRule, FrankensteinRule
@@ -34,7 +33,9 @@ def test_epsilon_range_rounds_to_powers_of_ten():
 
 
 def test_auto_epsilon_is_set_after_warmup():
-    minimizer = Minimizer(AdamNXRule(), lr=0.01, eps=1e-8, max_step=None, controls=(AutoEpsilon(warmup=1, choose="upper"),))
+    minimizer = Minimizer(
+        AdamNXRule(), lr=0.01, eps=1e-8, max_step=None, controls=(AutoEpsilon(warmup=1, choose="upper"),)
+    )
     layout = Layout.single(2)
     g = Z[:2].clone()
     state = minimizer.init(g, layout)
@@ -127,8 +128,12 @@ def test_restarted_flags_the_structures_whose_last_step_went_uphill():
 
 def test_fire_fields_given_as_a_dict_change_the_optimizers_own_fire_control():
     assert make_minimizer("frankenstein", fire={"f_dec": 0.5}).control("fire") == FireControl(f_dec=0.5, f_inc=1.02)
-    assert make_minimizer("adamnx", fire={"n_min": 2}).control("fire") == FireControl(n_min=2)  # Bitzek et al.'s otherwise
-    assert make_minimizer("frankenstein", paper_exact=True, fire={"f_dec": 0.7}).control("fire") == FireControl(f_dec=0.7)
+    assert make_minimizer("adamnx", fire={"n_min": 2}).control("fire") == FireControl(
+        n_min=2
+    )  # Bitzek et al.'s otherwise
+    assert make_minimizer("frankenstein", paper_exact=True, fire={"f_dec": 0.7}).control("fire") == FireControl(
+        f_dec=0.7
+    )
     with pytest.raises(ValueError, match="no 'fdec'"):
         make_minimizer("frankenstein", fire={"fdec": 0.5})
     with pytest.raises(ValueError, match="f_dec must lie"):
@@ -147,7 +152,9 @@ def test_fire_control_on_eps_scales_the_gain_and_leaves_lr():
         _, state = minimizer.step(state, g2, layout)
         # Structure 0: second downhill step (> n_min) → gain ×2, ε ÷ 2^power; structure 1: gain ÷ 2, ε × 2^power.
         expected = torch.tensor([0.5**power, 2.0**power], dtype=torch.float64)
-        assert torch.allclose(state["eps"], expected) and torch.allclose(state["lr"], torch.full((2,), 0.1, dtype=torch.float64))
+        assert torch.allclose(state["eps"], expected) and torch.allclose(
+            state["lr"], torch.full((2,), 0.1, dtype=torch.float64)
+        )
         for _ in range(3):
             _, state = minimizer.step(state, g, layout)
         assert state["eps"][0].item() == pytest.approx(1.0 / 4.0**power)  # gain capped at lr_max_factor × the start
@@ -165,8 +172,13 @@ def test_measured_cut_divides_the_gain_by_the_overshoot_along_the_step():
     g = torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64)
     g2 = torch.tensor([[-1.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [-0.05, 0.0, 0.0]], dtype=torch.float64)
     for acts_on in ("lr", "eps"):
-        minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12 if acts_on == "lr" else 1.0, max_step=None,
-                              controls=(FireControl(**{**fire.__dict__, "acts_on": acts_on}),))
+        minimizer = Minimizer(
+            AdamNXRule(),
+            lr=0.1,
+            eps=1e-12 if acts_on == "lr" else 1.0,
+            max_step=None,
+            controls=(FireControl(**{**fire.__dict__, "acts_on": acts_on}),),
+        )
         state = minimizer.init(g, layout)
         if acts_on == "eps":  # sign-like first step of exactly 0.1 needs ε ≈ 0: set the state's ε, keep ε₀ = 1
             state["eps"] = torch.full((3,), 1e-12, dtype=torch.float64)
@@ -190,8 +202,9 @@ def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
     layout = Layout.from_sizes([1, 1, 1])
     g = torch.tensor([[1.0, 0.0, 0.0]] * 3, dtype=torch.float64)
     g2 = torch.tensor([[-1.5, 0.0, 0.0], [-0.25, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
-    minimizer = Minimizer(AdamNXRule(), lr=0.1, eps=1e-12, max_step=None,
-                          controls=(FireControl(f_dec=0.9, restart_below=0.5),))
+    minimizer = Minimizer(
+        AdamNXRule(), lr=0.1, eps=1e-12, max_step=None, controls=(FireControl(f_dec=0.9, restart_below=0.5),)
+    )
     state = minimizer.init(g, layout)
     _, state = minimizer.step(state, g, layout)
     m_before = state["rule"]["m"].clone()
@@ -199,7 +212,11 @@ def test_restart_below_restarts_only_where_the_quadratic_says_the_energy_rose():
     assert minimizer.restarted(state).tolist() == [True, False, False]
     assert minimizer.found_uphill(state).tolist() == [True, True, False]  # both uphill steps cut the gain
     assert torch.allclose(state["lr"], torch.tensor([0.09, 0.09, 0.1], dtype=torch.float64))
-    assert state["controls"]["fire"]["downhill"].tolist() == [0.0, 0.0, 2.0]  # both uphill steps stop the lr growth count
+    assert state["controls"]["fire"]["downhill"].tolist() == [
+        0.0,
+        0.0,
+        2.0,
+    ]  # both uphill steps stop the lr growth count
     # AdamNX restarted from g′ is at its first step again (β̂₁ = 0: m = g′); structure 1 goes on to its second
     # step, β̂₁ = (β₁ − β₁²)/(1 − β₁²) = β₁/(1 + β₁), mixing the kept momentum m = g with g′.
     beta1_hat = AdamNXRule().beta1 / (1 + AdamNXRule().beta1)

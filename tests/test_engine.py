@@ -82,8 +82,11 @@ def test_constant_volume_and_fixed_atoms_are_exact():
     [record] = relax_many([atoms], "emt", fmax=0.01, steps=200, cell=CellFilter(constant_volume=True))
     assert record.converged
     assert record.volume == pytest.approx(start.get_volume(), rel=1e-12)
-    np.testing.assert_allclose(record.atoms.positions[[0, 5]], start.positions[[0, 5]] @ np.linalg.solve(
-        start.cell[:], record.atoms.cell[:]), atol=1e-10)  # fixed atoms only follow the cell
+    np.testing.assert_allclose(
+        record.atoms.positions[[0, 5]],
+        start.positions[[0, 5]] @ np.linalg.solve(start.cell[:], record.atoms.cell[:]),
+        atol=1e-10,
+    )  # fixed atoms only follow the cell
 
 
 class NamedFailures(BatchedModel):
@@ -116,7 +119,15 @@ def test_a_bad_structure_never_stops_the_others():
         crystal(seed=4),
     ]
     records = relax_many(structures, NamedFailures(), fmax=0.02, steps=300)
-    assert [r.status for r in records] == ["converged", "model_error", "non_finite", "invalid", "invalid", "invalid", "converged"]
+    assert [r.status for r in records] == [
+        "converged",
+        "model_error",
+        "non_finite",
+        "invalid",
+        "invalid",
+        "invalid",
+        "converged",
+    ]
     assert "gold is not in my training set" in records[1].message
     assert "empty" in records[3].message and "overlap" in records[4].message and "periodic" in records[5].message
     assert records[2].force_calls == 1 and math.isnan(records[2].fmax)
@@ -130,7 +141,9 @@ def test_a_bad_structure_never_stops_the_others():
 def test_exploding_and_collapsing_cells_are_stopped():
     pulled = relax_many([crystal()], "emt", steps=500, cell=CellFilter(scalar_pressure=-0.5))[0]
     assert pulled.status == "cell_exploded" and "above 5" in pulled.message
-    squeezed = relax_many([crystal()], "emt", steps=500, cell=CellFilter(scalar_pressure=5.0, volume_bounds=(0.7, 5.0)))[0]
+    squeezed = relax_many(
+        [crystal()], "emt", steps=500, cell=CellFilter(scalar_pressure=5.0, volume_bounds=(0.7, 5.0))
+    )[0]
     assert squeezed.status == "cell_collapsed"
 
 
@@ -173,14 +186,21 @@ class TorchSimStyleEMT(torch.nn.Module):
         energies, forces, stresses = [], [], []
         for s in range(int(state["system_idx"].max()) + 1):
             mine = state["system_idx"] == s
-            atoms = Atoms(numbers=state["atomic_numbers"][mine].numpy(), positions=state["positions"][mine].numpy(),
-                          cell=state["cell"][s].T.numpy(), pbc=state["pbc"])
+            atoms = Atoms(
+                numbers=state["atomic_numbers"][mine].numpy(),
+                positions=state["positions"][mine].numpy(),
+                cell=state["cell"][s].T.numpy(),
+                pbc=state["pbc"],
+            )
             atoms.calc = EMT()
             energies.append(atoms.get_potential_energy())
             forces.append(atoms.get_forces())
             stresses.append(atoms.get_stress(voigt=False))
-        return {"energy": torch.tensor(energies), "forces": torch.tensor(np.concatenate(forces)),
-                "stress": torch.tensor(np.stack(stresses))}
+        return {
+            "energy": torch.tensor(energies),
+            "forces": torch.tensor(np.concatenate(forces)),
+            "stress": torch.tensor(np.stack(stresses)),
+        }
 
 
 def test_torchsim_style_models_are_taken_as_they_are():

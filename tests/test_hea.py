@@ -40,11 +40,20 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     pytest.importorskip("ovito")
     from atomopt.bench import hea
 
-    payload = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"],
-                      potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True, command="atomopt bench hea (test)")
+    payload = hea.run(
+        n_atoms=1000,
+        grains=[3],
+        budget=25,
+        methods=["fire", "cg", "frankenstein"],
+        potdir=POTENTIALS,
+        out=tmp_path,
+        tag="t",
+        quiet=True,
+        command="atomopt bench hea (test)",
+    )
     rows = {(r["method"], r["box"]): r for r in payload["table"]}
     assert set(rows) == {("fire", False), ("cg", False), ("frankenstein", False), ("cg", True), ("frankenstein", True)}
-    for (method, box), r in rows.items():
+    for (_method, box), r in rows.items():
         assert r["force_evaluations"] <= 26 and r["energy"] < 0
         assert r["gap_ev"] >= 0 and min(x["gap_ev"] for x in rows.values() if x["box"] == box) == 0
     journal = [__import__("json").loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
@@ -64,32 +73,72 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
             assert 0 <= row["fire_restarts"] < row["force_evaluations"] and row["lr_final"] > 0
     assert [c["grains"] for c in payload["targets"]] == [3, 3] and payload["targets"][0]["rivals"] == ["fire", "cg"]
     # a run analysed before the circuit lengths were added is analysed again from its dump, once
-    stale = dict(journal[0], dxa={k: v for k, v in journal[0]["dxa"].items()
-                                  if k not in ("by_circuit", "segments_by_family")})
+    stale = dict(
+        journal[0], dxa={k: v for k, v in journal[0]["dxa"].items() if k not in ("by_circuit", "segments_by_family")}
+    )
     with open(tmp_path / "t.jsonl", "a") as handle:
         handle.write(__import__("json").dumps(stale) + "\n")
-    hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"], potdir=POTENTIALS,
-            out=tmp_path, tag="t", quiet=True, report_only=True)
+    hea.run(
+        n_atoms=1000,
+        grains=[3],
+        budget=25,
+        methods=["fire", "cg", "frankenstein"],
+        potdir=POTENTIALS,
+        out=tmp_path,
+        tag="t",
+        quiet=True,
+        report_only=True,
+    )
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == len(journal) + 2 and __import__("json").loads(lines[-1])["dxa"] == journal[0]["dxa"]
     # what ran is kept: a second call runs nothing and gives the same table
-    again = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein"],
-                    potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True)
+    again = hea.run(
+        n_atoms=1000,
+        grains=[3],
+        budget=25,
+        methods=["fire", "cg", "frankenstein"],
+        potdir=POTENTIALS,
+        out=tmp_path,
+        tag="t",
+        quiet=True,
+    )
     assert again["table"] == payload["table"] and again["not_run"] == []
     # an interrupted series is reported as it stands, with what is missing named, and nothing is run
-    partial = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "cg", "frankenstein", "adan"],
-                      potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True, report_only=True)
+    partial = hea.run(
+        n_atoms=1000,
+        grains=[3],
+        budget=25,
+        methods=["fire", "cg", "frankenstein", "adan"],
+        potdir=POTENTIALS,
+        out=tmp_path,
+        tag="t",
+        quiet=True,
+        report_only=True,
+    )
     assert partial["table"] == payload["table"] and partial["not_run"] == ["g3_fixed_adan", "g3_box_adan"]
     assert "3 grains fixed: adan; 3 grains box: adan." in (tmp_path / "t.md").read_text()
     assert partial["run_commands"] == ["atomopt bench hea (test)"]  # the command that ran them, kept in the journal
     assert "Runs made by: `atomopt bench hea (test)`" in (tmp_path / "t.md").read_text()
     assert not (tmp_path / "t_runs" / "g3_fixed_adan").exists()
     # more seeds (other realisations of the polycrystal) and a variant: their keys name them, seed 0 keeps its key
-    seeded = hea.run(n_atoms=1000, grains=[3], budget=25, methods=["fire", "frankenstein@fire_f_dec=0.97"],
-                     box=(False,), seeds=[0, 1], potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True,
-                     report_only=True)
-    assert seeded["not_run"] == ["g3_fixed_frankenstein@fire_f_dec=0.97", "g3_fixed_fire_s1",
-                                 "g3_fixed_frankenstein@fire_f_dec=0.97_s1"]
+    seeded = hea.run(
+        n_atoms=1000,
+        grains=[3],
+        budget=25,
+        methods=["fire", "frankenstein@fire_f_dec=0.97"],
+        box=(False,),
+        seeds=[0, 1],
+        potdir=POTENTIALS,
+        out=tmp_path,
+        tag="t",
+        quiet=True,
+        report_only=True,
+    )
+    assert seeded["not_run"] == [
+        "g3_fixed_frankenstein@fire_f_dec=0.97",
+        "g3_fixed_fire_s1",
+        "g3_fixed_frankenstein@fire_f_dec=0.97_s1",
+    ]
     assert "3 grains fixed seed 1: fire, frankenstein@fire_f_dec=0.97." in (tmp_path / "t.md").read_text()
 
 
@@ -97,12 +146,23 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     from atomopt.bench.hea import targets
 
     def row(method, energy, to_1_mev, lengths, box=False):
-        return {"grains": 4, "box": box, "method": method, "energy": energy, "evaluations_to_1_mev": to_1_mev,
-                "dislocation_length_by_circuit": dict(zip(("14", "12", "16"), lengths))}
+        return {
+            "grains": 4,
+            "box": box,
+            "method": method,
+            "energy": energy,
+            "evaluations_to_1_mev": to_1_mev,
+            "dislocation_length_by_circuit": dict(zip(("14", "12", "16"), lengths)),
+        }
 
-    table = [row("frankenstein", -10.0, 200, (250, 240, 300)), row("fire", -9.0, 380, (260, 230, 310)),
-             row("cg", -9.5, None, (270, 250, 320)), row("adamnx", -10.4, 210, (310, 280, 350)),
-             row("frankenstein", -20.0, 500, (100, 90, 120), box=True), row("cg", -19.0, 400, (110, 95, 130), box=True)]
+    table = [
+        row("frankenstein", -10.0, 200, (250, 240, 300)),
+        row("fire", -9.0, 380, (260, 230, 310)),
+        row("cg", -9.5, None, (270, 250, 320)),
+        row("adamnx", -10.4, 210, (310, 280, 350)),
+        row("frankenstein", -20.0, 500, (100, 90, 120), box=True),
+        row("cg", -19.0, 400, (110, 95, 130), box=True),
+    ]
     fixed, box = targets(table)
     # AdamNX lower by 0.4 eV; sooner than FIRE (380) and CG (never); at circuit 12 longer than FIRE's 230
     assert fixed["lowest"] is False and fixed["runner_up"] == "adamnx" and fixed["margin_ev"] == pytest.approx(-0.4)
@@ -110,7 +170,7 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     # no FIRE with a relaxed box: CG alone is the rival; slower than CG to 1 meV/atom, DXA shorter at all circuits
     assert box["lowest"] is True and box["margin_ev"] == pytest.approx(1.0) and box["rivals"] == ["cg"]
     assert box["faster_to_1_mev"] is False and box["dxa_no_longer"] is True
-    alone, = targets(table[:1])  # nothing to compare with: no verdict
+    (alone,) = targets(table[:1])  # nothing to compare with: no verdict
     assert alone["lowest"] is None and alone["faster_to_1_mev"] is None and alone["dxa_no_longer"] is None
 
 
@@ -120,13 +180,25 @@ def test_targets_of_variants_and_over_seeds():
     from atomopt.bench.hea import _KEY, Job, targets, targets_over_seeds
 
     def row(method, energy, to_1_mev, seed):
-        return {"grains": 8, "box": False, "seed": seed, "method": method, "energy": energy,
-                "evaluations_to_1_mev": to_1_mev}
+        return {
+            "grains": 8,
+            "box": False,
+            "seed": seed,
+            "method": method,
+            "energy": energy,
+            "evaluations_to_1_mev": to_1_mev,
+        }
 
-    table = [row("frankenstein", -10.0, 300, 0), row("frankenstein@eps=1", -9.0, 200, 0), row("fire", -9.5, 400, 0),
-             row("cg", -8.0, 350, 0),
-             row("frankenstein", -5.0, 300, 1), row("frankenstein@eps=1", -7.0, 500, 1), row("fire", -6.0, 350, 1),
-             row("cg", -5.5, 200, 1)]
+    table = [
+        row("frankenstein", -10.0, 300, 0),
+        row("frankenstein@eps=1", -9.0, 200, 0),
+        row("fire", -9.5, 400, 0),
+        row("cg", -8.0, 350, 0),
+        row("frankenstein", -5.0, 300, 1),
+        row("frankenstein@eps=1", -7.0, 500, 1),
+        row("fire", -6.0, 350, 1),
+        row("cg", -5.5, 200, 1),
+    ]
     default = targets(table)
     variant = targets(table, "frankenstein@eps=1")
     # seed 0: the default is lowest, 0.5 eV below FIRE (the variant's -9.0 does not count), sooner than both
@@ -141,7 +213,10 @@ def test_targets_of_variants_and_over_seeds():
     assert variant[1]["lowest"] and variant[1]["margin_ev"] == pytest.approx(1.0) and variant[0]["methods"] == 3
     over = {e["method"]: e for e in targets_over_seeds(default + variant)}
     assert over["frankenstein"]["lowest"] == [1, 2] and over["frankenstein"]["faster_to_1_mev"] == [1, 2]
-    assert over["frankenstein"]["mean_margin_ev"] == pytest.approx(-0.25) and over["frankenstein"]["dxa_no_longer"] == [0, 0]
+    assert over["frankenstein"]["mean_margin_ev"] == pytest.approx(-0.25) and over["frankenstein"]["dxa_no_longer"] == [
+        0,
+        0,
+    ]
     assert over["frankenstein@eps=1"]["lowest"] == [1, 2] and over["frankenstein@eps=1"]["seeds"] == [0, 1]
     # journal keys: seed 0 keeps the key of the runs made before seeds existed; names with underscores parse back
     job = Job(16, True, "frankenstein@fire_n_min=2,fire_f_inc=1.05", 3)
@@ -192,11 +267,20 @@ def test_cost_model_measures_one_and_two_ranks_and_projects_the_papers_run(tmp_p
 
     if find_mpirun() is None:
         pytest.skip("no mpirun")
-    payload = hea.cost_model(n_atoms=1000, grains=3, budget=15, ranks=(1, 2), methods=("cg", "frankenstein"),
-                             potdir=POTENTIALS, out=tmp_path, tag="c", cluster_ranks=(64, 256))
+    payload = hea.cost_model(
+        n_atoms=1000,
+        grains=3,
+        budget=15,
+        ranks=(1, 2),
+        methods=("cg", "frankenstein"),
+        potdir=POTENTIALS,
+        out=tmp_path,
+        tag="c",
+        cluster_ranks=(64, 256),
+    )
     rows = {(r["method"], r["ranks"]): r for r in payload["table"]}
     assert set(rows) == {("cg", 1), ("cg", 2), ("frankenstein", 1), ("frankenstein", 2)}
-    for (method, ranks), r in rows.items():
+    for (_method, ranks), r in rows.items():
         assert 0 < r["loop_seconds"] < r["wall_seconds"] and r["force_evaluations"] <= 16
         assert r["cost"] == pytest.approx(r["loop_seconds"] * ranks / (r["natoms"] * r["force_evaluations"]))
         assert r["memory_mb_per_rank"] > 0

@@ -157,7 +157,9 @@ def test_clear_errors():
     lmp.command("unfix md")
     assert minimize(lmp, "adan", maxiter=3, ftol=0.0).iterations == 3  # still usable afterwards
     empty = lammps_instance()
-    empty.commands_string("region box block 0 1 0 1 0 1\ncreate_box 1 box\nmass 1 1.0\npair_style zero 1.0\npair_coeff * *")
+    empty.commands_string(
+        "region box block 0 1 0 1 0 1\ncreate_box 1 box\nmass 1 1.0\npair_style zero 1.0\npair_coeff * *"
+    )
     with pytest.raises(ValueError, match="no atoms"):
         minimize(empty, "adan")
 
@@ -256,11 +258,22 @@ def test_input_runner_rejects_what_it_cannot_do(tmp_path):
 def test_min_modify_fire_fields_refine_the_fire_control_and_are_refused_without_it():
     from atomopt.frontends.lammps.runner import InputError, optimizer_options
 
-    options = optimizer_options({"fire_f_dec": "0.5", "fire_n_min": "3", "fire_acts_on": "eps",
-                                 "fire_measured_cut": "yes", "fire": "yes", "lr": "0.1"})
+    options = optimizer_options(
+        {
+            "fire_f_dec": "0.5",
+            "fire_n_min": "3",
+            "fire_acts_on": "eps",
+            "fire_measured_cut": "yes",
+            "fire": "yes",
+            "lr": "0.1",
+        }
+    )
     assert options == {"lr": 0.1, "fire": {"f_dec": 0.5, "n_min": 3, "acts_on": "eps", "measured_cut": True}}
-    for raw, message in (({"fire_f_dec": "0.5", "fire": "no"}, "is off"), ({"fire_n_min": "2.5"}, "whole number"),
-                         ({"fire_f_inc": "fast"}, "expects a number")):
+    for raw, message in (
+        ({"fire_f_dec": "0.5", "fire": "no"}, "is off"),
+        ({"fire_n_min": "2.5"}, "whole number"),
+        ({"fire_f_inc": "fast"}, "expects a number"),
+    ):
         with pytest.raises(InputError, match=message):
             optimizer_options(raw)
 
@@ -292,8 +305,9 @@ def test_min_modify_rejects_unknown_values(tmp_path):
 def test_example_without_its_potential_files_stops_at_once_and_says_where_to_get_them(tmp_path):
     log = tmp_path / "log"
     # run from another folder: the example's include is found beside it
-    done = run_input(EXAMPLES / "in.hea_meam_box", "-var", "potdir", str(tmp_path / "missing"), "-log", str(log),
-                     cwd=tmp_path)
+    done = run_input(
+        EXAMPLES / "in.hea_meam_box", "-var", "potdir", str(tmp_path / "missing"), "-log", str(log), cwd=tmp_path
+    )
     assert done.returncode == 1  # stopped by a LAMMPS error, after the message
     text = log.read_text()
     assert f"ERROR: MEAM files {tmp_path / 'missing'}/library.meam" in text and "ctcms.nist.gov/potentials" in text
@@ -333,8 +347,11 @@ def _stats(text):
 
 @pytest.mark.parametrize("units", ["metal", "lj"])
 def test_atomopt_log_reads_like_a_native_one(tmp_path, units):
-    potential = ("pair_style eam\npair_coeff * * Cu_u3.eam" if units == "metal"
-                 else "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0")
+    potential = (
+        "pair_style eam\npair_coeff * * Cu_u3.eam"
+        if units == "metal"
+        else "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0"
+    )
     script = tmp_path / "in.log"
     script.write_text(LOG_INPUT.format(units=units, lattice=3.615 if units == "metal" else 1.0, potential=potential))
     logs = {}
@@ -349,8 +366,15 @@ def test_atomopt_log_reads_like_a_native_one(tmp_path, units):
     for line in echo[1:]:
         assert line in ours
     assert "min_style ${s}\nmin_style frankenstein\nmin_modify norm max\nminimize 0.0 1.0e-4 1000 10000" in ours
-    for internal in ("echo none", "run ", "fix atomopt", "variable atomopt", "Setting up Verlet",
-                     "No fixes with time integration", "info fixes"):
+    for internal in (
+        "echo none",
+        "run ",
+        "fix atomopt",
+        "variable atomopt",
+        "Setting up Verlet",
+        "No fixes with time integration",
+        "info fixes",
+    ):
         assert internal not in ours, internal
     # one thermo block per minimization, ending with the final step
     header = next(line for line in native.splitlines() if line.lstrip().startswith("Step"))
@@ -385,11 +409,14 @@ def test_an_atomopt_error_is_the_last_line_of_the_log_and_on_the_screen(tmp_path
     assert done.stdout.strip().splitlines()[-1] == last  # the same text on the screen
 
 
-@pytest.mark.parametrize("line, message", [
-    ("min_modify lrr 0.1", "unknown keyword 'lrr'.*atomopt keywords: lr, eps.*LAMMPS keywords: dmax"),
-    ("min_modify lr abc", "min_modify lr expects a number, got 'abc'"),
-    ("min_modify norm three", "norm must be one of two, max, inf"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("min_modify lrr 0.1", "unknown keyword 'lrr'.*atomopt keywords: lr, eps.*LAMMPS keywords: dmax"),
+        ("min_modify lr abc", "min_modify lr expects a number, got 'abc'"),
+        ("min_modify norm three", "norm must be one of two, max, inf"),
+    ],
+)
 def test_min_modify_errors_name_the_keyword(tmp_path, line, message):
     script = tmp_path / "in.bad"
     script.write_text(f"units lj\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\nmin_style frankenstein\n{line}\n")

@@ -24,8 +24,11 @@ from test_lammps import MPIRUN, ROOT, positions_by_id, run_input  # noqa: E402
 def copper(mode: str):
     """256 Cu atoms (EAM) at a = 3.70 Å (relaxed 3.615), rattled; aniso: strained, tri: strained and sheared."""
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-    lmp.commands_string(COPPER.format(region=TRICLINIC if mode == "tri" else "block 0 4 0 4 0 4",
-                                      strain="" if mode == "iso" else STRAIN))
+    lmp.commands_string(
+        COPPER.format(
+            region=TRICLINIC if mode == "tri" else "block 0 4 0 4 0 4", strain="" if mode == "iso" else STRAIN
+        )
+    )
     return lmp
 
 
@@ -53,8 +56,9 @@ def test_box_relaxation_reaches_native_cg_box_and_energy(mode):
         np.testing.assert_allclose(box_of(lmp) / 4, reference_box / 4, rtol=0, atol=1e-4, err_msg=name)
         assert lmp.get_thermo("pe") == pytest.approx(reference_energy, rel=1e-6), name
         assert np.abs(result.pressure_final).max() < 1.0  # bar
-        assert "box/relax" in [line.split("style =")[1].split(",")[0].strip()
-                               for line in _info_fixes(lmp)]  # the user's fix is back
+        assert "box/relax" in [
+            line.split("style =")[1].split(",")[0].strip() for line in _info_fixes(lmp)
+        ]  # the user's fix is back
 
 
 def _info_fixes(lmp):
@@ -103,8 +107,10 @@ def test_box_gradient_matches_finite_differences_of_the_enthalpy(args):
 
 def _set_box(lmp, h):
     """The box set to ``h`` (lo at the origin), atoms remapped with it, energy and virial evaluated."""
-    lmp.command(f"change_box all x final 0 {float(h[0, 0])!r} y final 0 {float(h[1, 1])!r} z final 0 {float(h[2, 2])!r} "
-                f"xy final {float(h[1, 0])!r} xz final {float(h[2, 0])!r} yz final {float(h[2, 1])!r} remap units box")
+    lmp.command(
+        f"change_box all x final 0 {float(h[0, 0])!r} y final 0 {float(h[1, 1])!r} z final 0 {float(h[2, 2])!r} "
+        f"xy final {float(h[1, 0])!r} xz final {float(h[2, 0])!r} yz final {float(h[2, 1])!r} remap units box"
+    )
     lmp.command("run 0")
 
 
@@ -117,11 +123,24 @@ def test_parse_and_refuse():
     # coupled components share their mean; others not relaxed are zero
     assert BoxRelax.parse("aniso 0.0 couple xy").project(np.arange(6.0)).tolist() == [0.5, 0.5, 2.0, 0.0, 0.0, 0.0]
     # vmax bounds the largest component (the volume, for iso)
-    assert BoxRelax.parse("aniso 0 vmax 0.01").limit(np.array([0.02, 0.0, -0.01, 0, 0, 0])).tolist() == [0.01, 0.0, -0.005, 0, 0, 0]
+    assert BoxRelax.parse("aniso 0 vmax 0.01").limit(np.array([0.02, 0.0, -0.01, 0, 0, 0])).tolist() == [
+        0.01,
+        0.0,
+        -0.005,
+        0,
+        0,
+        0,
+    ]
     assert BoxRelax.parse("iso 0 vmax 0.03").limit(np.full(6, 0.02))[0] == pytest.approx(0.01)
-    for bad, message in [("iso", "needs a value"), ("iso abc", "expects a number"), ("iso 0 fixedpoint 0 0", "three numbers"),
-                         ("iso 0 wiggle 1", "unknown keyword"), ("couple xyz", "no component"),
-                         ("x 0 y 1 couple xy", "equal target"), ("iso 0 vmax -1", "vmax")]:
+    for bad, message in [
+        ("iso", "needs a value"),
+        ("iso abc", "expects a number"),
+        ("iso 0 fixedpoint 0 0", "three numbers"),
+        ("iso 0 wiggle 1", "unknown keyword"),
+        ("couple xyz", "no component"),
+        ("x 0 y 1 couple xy", "equal target"),
+        ("iso 0 vmax -1", "vmax"),
+    ]:
         with pytest.raises(BoxRelaxError, match=message):
             BoxRelax.parse(bad)
     lmp = copper("iso")  # orthogonal box: its tilts cannot relax (LAMMPS refuses the fix itself too)

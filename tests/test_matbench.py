@@ -36,7 +36,10 @@ def test_trace_resolves_each_target_at_its_first_state_or_its_budget():
     assert trace.outcomes["0.05"]["energy_per_atom"] == -1.0
     # 0.01 not reached within 3 steps: the state at step 3 is what a 3-step run ends with
     assert (trace.outcomes["0.01"]["status"], trace.outcomes["0.01"]["steps"], trace.outcomes["0.01"]["energy"]) == (
-        "max_steps", 3, -2.6)
+        "max_steps",
+        3,
+        -2.6,
+    )
     assert (trace.outcomes["tight"]["status"], trace.outcomes["tight"]["force_calls"]) == ("max_steps", 6)
     assert trace.outcomes["tight"]["spacegroup"] == 225  # fcc Cu from the structure function
 
@@ -57,8 +60,9 @@ def test_one_run_gives_what_separate_runs_give(method):
         if method in matbench.ENGINE_METHODS:
             one = matbench.run_engine(method, list(enumerate(structures)), "emt", alone)
             many = matbench.run_engine(method, list(enumerate(structures)), "emt", both)
-            records = sorted(InFlightRelaxer("emt", method, fmax=target.fmax, steps=300).run(structures),
-                             key=lambda r: r.index)
+            records = sorted(
+                InFlightRelaxer("emt", method, fmax=target.fmax, steps=300).run(structures), key=lambda r: r.index
+            )
             assert [o["outcomes"][target.name]["force_calls"] for o in one] == [r.force_calls for r in records]
         else:  # one structure: ASE runs them one at a time anyway
             one = [matbench.run_ase(method, 0, structures[0], "emt", alone)]
@@ -98,27 +102,44 @@ def test_model_calculator_matches_the_model():
 
 
 def _row(method, index, status, energy_per_atom, calls, volume=10.0, spacegroup=225, tight=None):
-    outcome = {"status": status, "force_calls": calls, "energy_per_atom": energy_per_atom, "volume": volume,
-               "spacegroup": spacegroup}
+    outcome = {
+        "status": status,
+        "force_calls": calls,
+        "energy_per_atom": energy_per_atom,
+        "volume": volume,
+        "spacegroup": spacegroup,
+    }
     outcomes = {"0.05": outcome}
     if tight is not None:
-        outcomes["tight"] = {"status": "converged", "force_calls": 99, "energy_per_atom": tight, "volume": 10.0,
-                             "spacegroup": 225}
-    return (method, index), {"method": method, "index": index, "n_atoms": index + 1, "outcomes": outcomes,
-                             "seconds": 2.0}
+        outcomes["tight"] = {
+            "status": "converged",
+            "force_calls": 99,
+            "energy_per_atom": tight,
+            "volume": 10.0,
+            "spacegroup": 225,
+        }
+    return (method, index), {
+        "method": method,
+        "index": index,
+        "n_atoms": index + 1,
+        "outcomes": outcomes,
+        "seconds": 2.0,
+    }
 
 
 def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_energy():
     structures = [bulk("Cu")] * 3
-    rows = dict([
-        _row("ase-bfgs", 0, "converged", -1.000, 10, tight=-1.002),
-        _row("ase-bfgs", 1, "converged", -2.000, 20, tight=-2.000),
-        _row("ase-bfgs", 2, "converged", -3.000, 30, tight=-3.000),
-        _row("frankenstein", 0, "converged", -1.001, 5, tight=-1.003),  # the lower tight energy is the reference
-        _row("frankenstein", 1, "max_steps", -1.990, 501, volume=11.0, spacegroup=1),  # not converged (and higher)
-        _row("frankenstein", 2, "converged", -2.980, 7),  # a higher basin: 20 meV/atom above
-        _row("ase-fire", 0, "error", math.nan, 3),
-    ])
+    rows = dict(
+        [
+            _row("ase-bfgs", 0, "converged", -1.000, 10, tight=-1.002),
+            _row("ase-bfgs", 1, "converged", -2.000, 20, tight=-2.000),
+            _row("ase-bfgs", 2, "converged", -3.000, 30, tight=-3.000),
+            _row("frankenstein", 0, "converged", -1.001, 5, tight=-1.003),  # the lower tight energy is the reference
+            _row("frankenstein", 1, "max_steps", -1.990, 501, volume=11.0, spacegroup=1),  # not converged (and higher)
+            _row("frankenstein", 2, "converged", -2.980, 7),  # a higher basin: 20 meV/atom above
+            _row("ase-fire", 0, "error", math.nan, 3),
+        ]
+    )
     refs = matbench.references(rows, structures, ["ase-bfgs", "frankenstein"])
     assert [r["energy_per_atom"] for r in refs] == [-1.003, -2.000, -3.000]
     assert refs[0]["method"] == "frankenstein"
@@ -146,8 +167,28 @@ def test_command_writes_results_and_resumes(tmp_path, capsys):
     data = tmp_path / "cells.extxyz"
     write(data, strained_cells(2))
     out = tmp_path / "results"
-    argv = ["bench", "matbench", "--model", "emt", "--set", str(data), "--methods", "ase-fire", "ase-bfgs",
-            "frankenstein", "--fmax", "0.05", "0.02", "--workers", "1", "--out", str(out), "--tag", "t", "-q"]
+    argv = [
+        "bench",
+        "matbench",
+        "--model",
+        "emt",
+        "--set",
+        str(data),
+        "--methods",
+        "ase-fire",
+        "ase-bfgs",
+        "frankenstein",
+        "--fmax",
+        "0.05",
+        "0.02",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--tag",
+        "t",
+        "-q",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "## fmax 0.05 eV/Å" in text and "## fmax 0.02 eV/Å" in text and "tight" in text
@@ -165,7 +206,15 @@ def test_command_writes_results_and_resumes(tmp_path, capsys):
     assert "Interrupted run: the tables cover the 1 structures" in capsys.readouterr().out
     assert len((out / "t.jsonl").read_text().splitlines()) == len(lines) - 1
     with pytest.raises(ValueError, match="another protocol"):
-        matbench.run(model="emt", structure_set=str(data), fmax=[0.1], methods=["ase-fire"], workers=1, out=out,
-                     tag="t", quiet=True)
+        matbench.run(
+            model="emt",
+            structure_set=str(data),
+            fmax=[0.1],
+            methods=["ase-fire"],
+            workers=1,
+            out=out,
+            tag="t",
+            quiet=True,
+        )
     with pytest.raises(ValueError, match="unknown methods"):
         matbench.run(model="emt", structure_set=str(data), methods=["ase-nope"], out=out, tag="u", quiet=True)

@@ -39,10 +39,15 @@ def compare_with_calculator(model, calculator, structures):
         atoms.calc = calculator
         n, energy = len(atoms), atoms.get_potential_energy()
         assert abs(float(out.energy[i]) - energy) <= energy_tolerance(energy)
-        np.testing.assert_allclose(out.forces[start : start + n].double().numpy(), atoms.get_forces(), rtol=0,
-                                   atol=force_tolerance(energy, n))
-        np.testing.assert_allclose(out.stress[i].double().numpy(), atoms.get_stress(voigt=False), rtol=0,
-                                   atol=stress_tolerance(energy, atoms.get_volume()))
+        np.testing.assert_allclose(
+            out.forces[start : start + n].double().numpy(), atoms.get_forces(), rtol=0, atol=force_tolerance(energy, n)
+        )
+        np.testing.assert_allclose(
+            out.stress[i].double().numpy(),
+            atoms.get_stress(voigt=False),
+            rtol=0,
+            atol=stress_tolerance(energy, atoms.get_volume()),
+        )
         start += n
     assert start == out.forces.shape[0]
 
@@ -99,12 +104,21 @@ def small_mace(tmp_path):
     elements = [3, 8, 9, 11, 12, 13, 17, 20, 29, 79]
     torch.manual_seed(0)
     model = modules.MACE(
-        r_max=4.5, num_bessel=6, num_polynomial_cutoff=5, max_ell=2,
+        r_max=4.5,
+        num_bessel=6,
+        num_polynomial_cutoff=5,
+        max_ell=2,
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=2, num_elements=len(elements), hidden_irreps=o3.Irreps("8x0e+8x1o"),
-        MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.linspace(-3.0, -1.0, len(elements)), avg_num_neighbors=10.0,
-        atomic_numbers=elements, correlation=2, gate=torch.nn.functional.silu,
+        num_interactions=2,
+        num_elements=len(elements),
+        hidden_irreps=o3.Irreps("8x0e+8x1o"),
+        MLP_irreps=o3.Irreps("8x0e"),
+        atomic_energies=np.linspace(-3.0, -1.0, len(elements)),
+        avg_num_neighbors=10.0,
+        atomic_numbers=elements,
+        correlation=2,
+        gate=torch.nn.functional.silu,
     )
     path = tmp_path / "small.model"
     torch.save(model, path)
@@ -117,8 +131,14 @@ def test_mace_batch_equals_its_calculator(tmp_path):
 
     path = small_mace(tmp_path)
     mace = load_model(f"mace:{path}")
-    structures = [bulk("NaCl", "rocksalt", a=5.5), bulk("MgO", "rocksalt", a=4.3), bulk("Cu", cubic=True),
-                  bulk("Al", cubic=True) * (1, 1, 2), bulk("LiF", "rocksalt", a=4.1), bulk("CaF2", "fluorite", a=5.5)]
+    structures = [
+        bulk("NaCl", "rocksalt", a=5.5),
+        bulk("MgO", "rocksalt", a=4.3),
+        bulk("Cu", cubic=True),
+        bulk("Al", cubic=True) * (1, 1, 2),
+        bulk("LiF", "rocksalt", a=4.1),
+        bulk("CaF2", "fluorite", a=5.5),
+    ]
     for i, atoms in enumerate(structures):
         atoms.rattle(0.05, seed=i)
     calculator = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
@@ -142,9 +162,17 @@ def test_mace_runs_the_matbench_protocol(tmp_path):
         atoms.rattle(0.05, seed=i)
     data = tmp_path / "starts.extxyz"
     write(data, structures)
-    payload = matbench.run(model=f"mace:{path}", structure_set=str(data), fmax=[0.05], steps=100,
-                           methods=["ase-fire", "ase-bfgs", "frankenstein"], workers=1, out=tmp_path, tag="mace",
-                           quiet=True)
+    payload = matbench.run(
+        model=f"mace:{path}",
+        structure_set=str(data),
+        fmax=[0.05],
+        steps=100,
+        methods=["ase-fire", "ase-bfgs", "frankenstein"],
+        workers=1,
+        out=tmp_path,
+        tag="mace",
+        quiet=True,
+    )
     assert payload["reference_found"] == 2
     rows = {r["method"]: r for r in payload["table"] if r["target"] == "0.05"}
     assert set(rows) == {"ase-fire", "ase-bfgs", "frankenstein"}

@@ -26,7 +26,10 @@ POTENTIALS = ROOT.parent / "shared" / "potentials"
 
 #: Step-control variants of the batched path: every branch of the minimizer's step.
 VARIANTS = {
-    "frankenstein": {}, "adan": {}, "adamnx": {}, "innaprop": {},
+    "frankenstein": {},
+    "adan": {},
+    "adamnx": {},
+    "innaprop": {},
     "frankenstein-paper": {"paper_exact": True, "lr": 0.01},
     "frankenstein-secant": {"secant": "on"},
     "frankenstein-secant-nofire": {"secant": "on", "fire": None},
@@ -39,8 +42,7 @@ VARIANTS = {
 
 
 def _options(variant: dict) -> dict:
-    from atomopt.controls import AutoEpsilon
-    from atomopt.controls import SecantControl
+    from atomopt.controls import AutoEpsilon, SecantControl
 
     out = dict(variant)
     if out.get("secant") == "on":
@@ -54,8 +56,10 @@ def lj38_ase() -> dict:
     from atomopt.bench import lj38
 
     starts = lj38.load_starts(3)
-    return {name: [(r.force_calls, r.energy.hex()) for r in (lj38.run_one(name, i, s) for i, s in enumerate(starts))]
-            for name in ("frankenstein", "adan", "adamnx", "innaprop")}
+    return {
+        name: [(r.force_calls, r.energy.hex()) for r in (lj38.run_one(name, i, s) for i, s in enumerate(starts))]
+        for name in ("frankenstein", "adan", "adamnx", "innaprop")
+    }
 
 
 def lj38_tensors() -> dict:
@@ -63,9 +67,9 @@ def lj38_tensors() -> dict:
     import torch
 
     from atomopt.bench import lj38
-    from atomopt.models.cluster_lj import cluster_lj_tensor
     from atomopt.core.layout import Layout
     from atomopt.frontends.batch import relax_tensors
+    from atomopt.models.cluster_lj import cluster_lj_tensor
     from atomopt.optimizers import make_minimizer
 
     starts = lj38.load_starts(4)
@@ -74,8 +78,14 @@ def lj38_tensors() -> dict:
     out = {}
     for label, variant in VARIANTS.items():
         minimizer = make_minimizer(label.split("-")[0], **_options(variant))
-        result = relax_tensors(lambda x, _: cluster_lj_tensor(x, len(starts[0])), positions, layout, minimizer,
-                               fmax=lj38.FMAX, max_force_calls=300)
+        result = relax_tensors(
+            lambda x, _: cluster_lj_tensor(x, len(starts[0])),
+            positions,
+            layout,
+            minimizer,
+            fmax=lj38.FMAX,
+            max_force_calls=300,
+        )
         out[label] = [(int(c), float(e).hex()) for c, e in zip(result.force_calls, result.energy)]
     return out
 
@@ -99,16 +109,21 @@ def _records(records) -> list:
 def engine_emt() -> dict:
     from atomopt.frontends.engine import relax_many
 
-    return {name: _records(relax_many(_crystals(), "emt", name, fmax=0.01, steps=300, cell=True, capacity=12))
-            for name in ("frankenstein", "adan", "adamnx", "innaprop")}
+    return {
+        name: _records(relax_many(_crystals(), "emt", name, fmax=0.01, steps=300, cell=True, capacity=12))
+        for name in ("frankenstein", "adan", "adamnx", "innaprop")
+    }
 
 
 def engine_sevennet() -> dict:
     from atomopt.bench.crystals import mixed_crystals
     from atomopt.frontends.engine import relax_many
 
-    return {"frankenstein": _records(relax_many(mixed_crystals(8, seed=0), "sevennet-0", "frankenstein", fmax=0.05,
-                                                steps=500, cell=True))}
+    return {
+        "frankenstein": _records(
+            relax_many(mixed_crystals(8, seed=0), "sevennet-0", "frankenstein", fmax=0.05, steps=500, cell=True)
+        )
+    }
 
 
 def lammps_box() -> dict:
@@ -135,13 +150,36 @@ def lammps_hea_example() -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for style in ("frankenstein", "adan"):
             log = Path(folder) / f"log.{style}"
-            subprocess.run([sys.executable, "-m", "atomopt.cli", "lammps", "-in", "in.hea_meam", "-var", "n", "3",
-                            "-var", "potdir", str(POTENTIALS), "-var", "style", style, "-log", str(log),
-                            "-screen", "none"], cwd=ROOT / "examples" / "lammps", check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "atomopt.cli",
+                    "lammps",
+                    "-in",
+                    "in.hea_meam",
+                    "-var",
+                    "n",
+                    "3",
+                    "-var",
+                    "potdir",
+                    str(POTENTIALS),
+                    "-var",
+                    "style",
+                    style,
+                    "-log",
+                    str(log),
+                    "-screen",
+                    "none",
+                ],
+                cwd=ROOT / "examples" / "lammps",
+                check=True,
+            )
             stats = log.read_text().split("Minimization stats")[-1].splitlines()
             at = [i for i, line in enumerate(stats) if line.strip().startswith("Energy initial")][0]
-            out[style] = [stats[at + 1].strip()] + [line.strip() for line in stats
-                                                    if line.strip().startswith("Iterations, force evaluations")]
+            out[style] = [stats[at + 1].strip()] + [
+                line.strip() for line in stats if line.strip().startswith("Iterations, force evaluations")
+            ]
     return out
 
 
@@ -161,9 +199,15 @@ def hea_restarts() -> dict:
     return out
 
 
-CASES = {"lj38_ase": lj38_ase, "lj38_tensors": lj38_tensors, "engine_emt": engine_emt,
-         "engine_sevennet": engine_sevennet, "lammps_box": lammps_box, "lammps_hea_example": lammps_hea_example,
-         "hea_restarts": hea_restarts}
+CASES = {
+    "lj38_ase": lj38_ase,
+    "lj38_tensors": lj38_tensors,
+    "engine_emt": engine_emt,
+    "engine_sevennet": engine_sevennet,
+    "lammps_box": lammps_box,
+    "lammps_hea_example": lammps_hea_example,
+    "hea_restarts": hea_restarts,
+}
 SLOW = {"engine_sevennet"}
 NEEDS_POTENTIALS = {"lammps_hea_example", "hea_restarts"}
 

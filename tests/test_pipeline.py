@@ -42,8 +42,20 @@ def test_cli_relaxes_a_file_of_many_structures_in_input_order(tmp_path, capsys):
     frames = crystals(6)
     frames.insert(2, Atoms("Cu2", positions=[(0, 0, 0), (0.01, 0, 0)], cell=[4, 4, 4], pbc=True))
     write(tmp_path / "in.extxyz", frames)
-    status = main(["relax", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / "out.extxyz"), "--cell",
-                   "--fmax", "0.02", "--optimizer", "Frankenstein", "-q"])
+    status = main(
+        [
+            "relax",
+            str(tmp_path / "in.extxyz"),
+            "-o",
+            str(tmp_path / "out.extxyz"),
+            "--cell",
+            "--fmax",
+            "0.02",
+            "--optimizer",
+            "Frankenstein",
+            "-q",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 2  # one structure was invalid input; the others still ran and were written
     assert "structure 2: invalid (atoms 0 and 1 overlap" in captured.err and "converged 6" in captured.out
@@ -157,8 +169,22 @@ def test_shards_are_atom_balanced_and_cover_everything():
 def test_shard_option_relaxes_one_shard(tmp_path):
     write(tmp_path / "in.extxyz", crystals(6))
     for k in range(2):
-        assert main(["relax", str(tmp_path / "in.extxyz"), "-o", str(tmp_path / f"out{k}.extxyz"), "--shard", f"{k}/2",
-                     "--fmax", "0.05", "-q"]) == 0
+        assert (
+            main(
+                [
+                    "relax",
+                    str(tmp_path / "in.extxyz"),
+                    "-o",
+                    str(tmp_path / f"out{k}.extxyz"),
+                    "--shard",
+                    f"{k}/2",
+                    "--fmax",
+                    "0.05",
+                    "-q",
+                ]
+            )
+            == 0
+        )
     indices = [a.info["index"] for k in range(2) for a in read(tmp_path / f"out{k}.extxyz", ":")]
     assert sorted(indices) == list(range(6))
     assert main(["relax", str(tmp_path / "in.extxyz"), "--shard", "2/2", "-q"]) == 2
@@ -192,8 +218,21 @@ def test_nan_positions_are_an_invalid_record(tmp_path, capsys):
 def test_ctrl_c_exits_with_a_short_message_and_keeps_finished_work(tmp_path):
     write(tmp_path / "in.extxyz", crystals(12, repeat=(2, 2, 2)))
     out = tmp_path / "out.extxyz"
-    command = [sys.executable, "-m", "atomopt.cli", "relax", str(tmp_path / "in.extxyz"), "-o", str(out),
-               "--cell", "--fmax", "0.005", "--batch-atoms", "64", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "atomopt.cli",
+        "relax",
+        str(tmp_path / "in.extxyz"),
+        "-o",
+        str(out),
+        "--cell",
+        "--fmax",
+        "0.005",
+        "--batch-atoms",
+        "64",
+        "-q",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = journal_path(out)
     deadline = time.time() + 120

@@ -132,4 +132,3 @@ def test_frankenstein_beta1_from_a_fixed_lr():
 def test_invalid_hyperparameters_raise(make):
     with pytest.raises(ValueError):
         make()
-

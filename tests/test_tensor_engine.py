@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from atomopt.bench import lj38
-from atomopt.models.cluster_lj import ClusterLennardJones, cluster_lj_tensor
 from atomopt.core.layout import Layout
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 from atomopt.frontends.batch import relax_tensors
+from atomopt.models.cluster_lj import ClusterLennardJones, cluster_lj_tensor
 from atomopt.optimizers import make_minimizer
 
 
@@ -39,8 +39,9 @@ def test_tensor_engine_follows_the_ase_optimizer(name):
     """
     starts = lj38.load_starts(2)
     positions, layout = lj38_batch(starts)
-    out = relax_tensors(lambda x, _: cluster_lj_tensor(x, 38), positions, layout, make_minimizer(name),
-                        fmax=1e-9, max_force_calls=40)
+    out = relax_tensors(
+        lambda x, _: cluster_lj_tensor(x, 38), positions, layout, make_minimizer(name), fmax=1e-9, max_force_calls=40
+    )
     assert out.force_calls.tolist() == [40, 40] and not out.converged.any()
     for i, start in enumerate(starts):
         atoms = start.copy()

@@ -29,8 +29,11 @@ def test_proxy_structures_are_wbm_like():
     assert {"CdI2-layered", "MoS2-2H", "ReO3-open", "spinel"} <= names  # hard cases are in
     # substitution keeps the parent's cell: volumes per atom spread far beyond the ±10 % strain alone
     ideal = dict(parents())
-    substituted = [a for a in structures if sorted(set(a.get_chemical_symbols()))
-                   != sorted(set(ideal[a.info["parent"]].get_chemical_symbols()))]
+    substituted = [
+        a
+        for a in structures
+        if sorted(set(a.get_chemical_symbols())) != sorted(set(ideal[a.info["parent"]].get_chemical_symbols()))
+    ]
     assert len(substituted) > 100
     assert len({a.info["material_id"] for a in structures}) == 160
 

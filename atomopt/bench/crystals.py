@@ -56,13 +56,21 @@ def prototype(formula: str, kind: str, a: float, c: float | None = None) -> Atom
         symbols = formula.replace("O3", "")
         b_start = next(i for i in range(1, len(symbols)) if symbols[i].isupper())
         a_site, b_site = symbols[:b_start], symbols[b_start:]
-        return Atoms(f"{a_site}{b_site}O3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
-                     cell=[a, a, a], pbc=True)
+        return Atoms(
+            f"{a_site}{b_site}O3",
+            scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
+            cell=[a, a, a],
+            pbc=True,
+        )
     if kind == "L12":  # A3B, B at the cube corner
-        minority = formula[formula.index("3") + 1:]
+        minority = formula[formula.index("3") + 1 :]
         majority = formula[: formula.index("3")]
-        return Atoms(f"{minority}{majority}3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
-                     cell=[a, a, a], pbc=True)
+        return Atoms(
+            f"{minority}{majority}3",
+            scaled_positions=[(0, 0, 0), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
+            cell=[a, a, a],
+            pbc=True,
+        )
     if kind in ("fcc", "bcc", "diamond"):
         return bulk(formula, kind, a=a, cubic=True)
     if kind in ("hcp", "wurtzite"):
@@ -70,8 +78,9 @@ def prototype(formula: str, kind: str, a: float, c: float | None = None) -> Atom
     return bulk(formula, kind, a=a)
 
 
-def strain_and_rattle(atoms: Atoms, rng: np.random.Generator, stretch: np.ndarray, shear: float,
-                      rattle: tuple[float, float]) -> None:
+def strain_and_rattle(
+    atoms: Atoms, rng: np.random.Generator, stretch: np.ndarray, shear: float, rattle: tuple[float, float]
+) -> None:
     """Deform ``atoms`` in place by the symmetric strain with diagonal ``stretch`` and off-diagonal terms drawn
     in [−shear, +shear] (atoms follow the cell), then displace every atom by a normal deviate whose scale (Å) is
     drawn in ``rattle``."""
@@ -84,8 +93,9 @@ def strain_and_rattle(atoms: Atoms, rng: np.random.Generator, stretch: np.ndarra
     atoms.positions += rng.normal(scale=rng.uniform(*rattle), size=atoms.positions.shape)
 
 
-def mixed_crystals(n: int = 24, seed: int = 0, strain: float = 0.05, shear: float = 0.02,
-                   rattle: tuple[float, float] = (0.03, 0.08)) -> list[Atoms]:
+def mixed_crystals(
+    n: int = 24, seed: int = 0, strain: float = 0.05, shear: float = 0.02, rattle: tuple[float, float] = (0.03, 0.08)
+) -> list[Atoms]:
     """``n`` strained, rattled crystals cycling through :data:`PROTOTYPES` (2–20 atoms each).
 
     Every third structure is a 2×1×1 (or 1×1×2) supercell so sizes vary; strain is drawn uniformly in

@@ -11,9 +11,9 @@ import contextlib
 import io
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -25,11 +25,17 @@ HEA_LATTICE = 3.60
 
 def box_for_atoms(n_atoms: int, a: float = HEA_LATTICE) -> float:
     """Edge of the cubic box holding about ``n_atoms`` fcc atoms (4 per a³), Å."""
-    return float((n_atoms * a ** 3 / 4) ** (1 / 3))
+    return float((n_atoms * a**3 / 4) ** (1 / 3))
 
 
-def polycrystal(n_atoms: int, grains: int, seed: int = 0, a: float = HEA_LATTICE, overlap: float = 2.0,
-                elements: tuple[str, ...] = HEA_ELEMENTS) -> Atoms:
+def polycrystal(
+    n_atoms: int,
+    grains: int,
+    seed: int = 0,
+    a: float = HEA_LATTICE,
+    overlap: float = 2.0,
+    elements: tuple[str, ...] = HEA_ELEMENTS,
+) -> Atoms:
     """A periodic cubic polycrystal of about ``n_atoms`` atoms in ``grains`` random grains (deterministic for
     ``seed``), species in equal shares (counts differ by at most one).
 
@@ -48,8 +54,9 @@ def polycrystal(n_atoms: int, grains: int, seed: int = 0, a: float = HEA_LATTICE
         raise ValueError(f"need at least 4 atoms and 1 grain, got {n_atoms} atoms and {grains} grains")
     unit = build_crystal("Ni", "fcc", a)
     with contextlib.redirect_stdout(io.StringIO()):  # mdapy prints a progress banner
-        system = CreatePolycrystal(unit, box=box_for_atoms(n_atoms, a), seed_number=grains, randomseed=seed,
-                                   metal_overlap_dis=overlap).compute()
+        system = CreatePolycrystal(
+            unit, box=box_for_atoms(n_atoms, a), seed_number=grains, randomseed=seed, metal_overlap_dis=overlap
+        ).compute()
     atoms = system.to_ase()
     atoms.wrap()
     grain_id = np.asarray(system.data["grain_id"])
@@ -162,9 +169,12 @@ def run_worker(spec: dict) -> int:
         lmp.set_fix_external_callback("evaluations", count)
         runner.run_file(folder / "minimize.in")
         counting[0] = False  # the final state's evaluation below is not the minimizer's
-        for line in ("unfix relax_box" if "relax_box" in runner.box_fixes else "",
-                     "thermo_style custom step pe press vol", "run 0",
-                     f"write_dump all custom {folder / 'final.dump'} id type x y z modify sort id"):
+        for line in (
+            "unfix relax_box" if "relax_box" in runner.box_fixes else "",
+            "thermo_style custom step pe press vol",
+            "run 0",
+            f"write_dump all custom {folder / 'final.dump'} id type x y z modify sort id",
+        ):
             if line:
                 lmp.command(line)
         final = [float(lmp.get_thermo(name)) for name in ("pe", "press", "vol")]
@@ -177,9 +187,18 @@ def run_worker(spec: dict) -> int:
         lmp.close()
         transcript.close()
     if comm.rank == 0:
-        (folder / "result.json").write_text(json.dumps({
-            "status": "ok" if status == 0 else "error", "natoms": natoms, "evaluation_steps": steps,
-            "energy": final[0], "pressure_bar": final[1], "volume": final[2]}))
+        (folder / "result.json").write_text(
+            json.dumps(
+                {
+                    "status": "ok" if status == 0 else "error",
+                    "natoms": natoms,
+                    "evaluation_steps": steps,
+                    "energy": final[0],
+                    "pressure_bar": final[1],
+                    "volume": final[2],
+                }
+            )
+        )
     return status
 
 
@@ -217,7 +236,8 @@ def minimization_stats(log_text: str) -> dict:
         out["stop"] = stats.split("Stopping criterion =")[1].splitlines()[0].strip()
     if "Iterations, force evaluations =" in stats:
         out["iterations"], out["force_evaluations"] = (
-            int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2])
+            int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2]
+        )
     if "Final lr, eps, FIRE restarts =" in stats:  # atomopt's styles: what the step controls did
         lr, eps, restarts = stats.split("Final lr, eps, FIRE restarts =")[1].split()[:3]
         out |= {"lr_final": float(lr), "eps_final": float(eps), "fire_restarts": int(restarts)}
@@ -249,15 +269,21 @@ DXA_CIRCUITS = (14, 12, 16)
 
 #: fcc Burgers-vector families as OVITO's DXA names them: sorted |components| in lattice units. Lines whose
 #: true Burgers vector is none of these are "other" (mostly in grain boundaries).
-BURGERS_FAMILIES = {"1/2<110>": (0, 1 / 2, 1 / 2), "1/6<112>": (1 / 6, 1 / 6, 1 / 3), "1/6<110>": (0, 1 / 6, 1 / 6),
-                    "1/3<100>": (0, 0, 1 / 3), "1/3<111>": (1 / 3, 1 / 3, 1 / 3)}
+BURGERS_FAMILIES = {
+    "1/2<110>": (0, 1 / 2, 1 / 2),
+    "1/6<112>": (1 / 6, 1 / 6, 1 / 3),
+    "1/6<110>": (0, 1 / 6, 1 / 6),
+    "1/3<100>": (0, 0, 1 / 3),
+    "1/3<111>": (1 / 3, 1 / 3, 1 / 3),
+}
 
 
 def burgers_family(true_burgers_vector: Sequence[float]) -> str:
     """The fcc family of a DXA line's true Burgers vector (lattice units), or ``"other"``."""
     magnitudes = np.sort(np.abs(np.asarray(true_burgers_vector, dtype=float)))
-    return next((name for name, family in BURGERS_FAMILIES.items() if np.allclose(magnitudes, family, atol=1e-4)),
-                "other")
+    return next(
+        (name for name, family in BURGERS_FAMILIES.items() if np.allclose(magnitudes, family, atol=1e-4)), "other"
+    )
 
 
 def dislocations(dump: str, circuits: Sequence[int] = DXA_CIRCUITS) -> dict:
@@ -271,8 +297,11 @@ def dislocations(dump: str, circuits: Sequence[int] = DXA_CIRCUITS) -> dict:
     result: dict = {"by_circuit": {}}
     for circuit in circuits:
         pipeline.modifiers.clear()
-        pipeline.modifiers.append(DislocationAnalysisModifier(
-            input_crystal_structure=DislocationAnalysisModifier.Lattice.FCC, trial_circuit_length=circuit))
+        pipeline.modifiers.append(
+            DislocationAnalysisModifier(
+                input_crystal_structure=DislocationAnalysisModifier.Lattice.FCC, trial_circuit_length=circuit
+            )
+        )
         data = pipeline.compute()
         segments = len(data.dislocations.lines) if data.dislocations is not None else 0
         length = float(data.attributes.get("DislocationAnalysis.total_line_length", 0.0))
@@ -281,10 +310,16 @@ def dislocations(dump: str, circuits: Sequence[int] = DXA_CIRCUITS) -> dict:
             counts = dict.fromkeys([*BURGERS_FAMILIES, "other"], 0)
             for line in data.dislocations.lines if data.dislocations is not None else []:
                 counts[burgers_family(line.true_burgers_vector)] += 1
-            result |= {"segments": segments, "total_length": length, "segments_by_family": counts,
-                       "length_by_family": {key.split("DislocationAnalysis.length.", 1)[1]: float(value)
-                                            for key, value in data.attributes.items()
-                                            if key.startswith("DislocationAnalysis.length.")}}
+            result |= {
+                "segments": segments,
+                "total_length": length,
+                "segments_by_family": counts,
+                "length_by_family": {
+                    key.split("DislocationAnalysis.length.", 1)[1]: float(value)
+                    for key, value in data.attributes.items()
+                    if key.startswith("DislocationAnalysis.length.")
+                },
+            }
     return result
 
 
@@ -341,8 +376,15 @@ def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: P
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    row = {"grains": job.grains, "box": job.box, "method": job.method, "seed": job.seed, "ranks": ranks,
-           "budget": budget, "wall_seconds": wall}
+    row = {
+        "grains": job.grains,
+        "box": job.box,
+        "method": job.method,
+        "seed": job.seed,
+        "ranks": ranks,
+        "budget": budget,
+        "wall_seconds": wall,
+    }
     result_file = folder / "result.json"
     if not result_file.exists():
         return row | {"status": "error", "message": done.stderr[-2000:]}
@@ -350,10 +392,16 @@ def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: P
     log = (folder / "log.lammps").read_text()
     thermo = read_thermo(log)
     evaluations, energies = energy_curve(thermo, result["evaluation_steps"])
-    row.update(status=result["status"], natoms=result["natoms"], energy=result["energy"],
-               pressure_bar=result["pressure_bar"], volume=result["volume"], **minimization_stats(log),
-               fnorm_final=thermo[-1][2] if thermo else math.nan,
-               curve=[evaluations.tolist(), energies.tolist()])
+    row.update(
+        status=result["status"],
+        natoms=result["natoms"],
+        energy=result["energy"],
+        pressure_bar=result["pressure_bar"],
+        volume=result["volume"],
+        **minimization_stats(log),
+        fnorm_final=thermo[-1][2] if thermo else math.nan,
+        curve=[evaluations.tolist(), energies.tolist()],
+    )
     if (folder / "final.dump").exists():
         row["dump"] = str(folder / "final.dump")
     return row
@@ -372,32 +420,45 @@ def summarize(rows: list[dict]) -> list[dict]:
     evaluations it needed to come within each of :data:`LEVELS` of that best."""
     table = []
     for grains, box, seed in sorted({polycrystal_of(r) for r in rows}):
-        group = [r for r in rows if polycrystal_of(r) == (grains, box, seed)
-                 and r.get("status") == "ok"]
+        group = [r for r in rows if polycrystal_of(r) == (grains, box, seed) and r.get("status") == "ok"]
         if not group:
             continue
         best = min(r["energy"] for r in group)
         for r in group:
             n = r["natoms"]
             evaluations, energies = (np.asarray(v) for v in r["curve"])
-            entry = {"grains": grains, "box": box, "seed": seed, "method": r["method"], "natoms": n,
-                     "energy": r["energy"],
-                     "gap_ev": r["energy"] - best, "gap_mev_per_atom": 1000 * (r["energy"] - best) / n,
-                     "force_evaluations": r.get("force_evaluations"), "stop": r.get("stop"),
-                     "fnorm_final": r["fnorm_final"], "pressure_bar": r["pressure_bar"],
-                     "wall_seconds": r["wall_seconds"], "ranks": r["ranks"],
-                     **{k: r[k] for k in ("lr_final", "eps_final", "fire_restarts") if k in r},
-                     "seconds_per_atom_evaluation_rank": cost_per_atom_evaluation_rank(r)}
+            entry = {
+                "grains": grains,
+                "box": box,
+                "seed": seed,
+                "method": r["method"],
+                "natoms": n,
+                "energy": r["energy"],
+                "gap_ev": r["energy"] - best,
+                "gap_mev_per_atom": 1000 * (r["energy"] - best) / n,
+                "force_evaluations": r.get("force_evaluations"),
+                "stop": r.get("stop"),
+                "fnorm_final": r["fnorm_final"],
+                "pressure_bar": r["pressure_bar"],
+                "wall_seconds": r["wall_seconds"],
+                "ranks": r["ranks"],
+                **{k: r[k] for k in ("lr_final", "eps_final", "fire_restarts") if k in r},
+                "seconds_per_atom_evaluation_rank": cost_per_atom_evaluation_rank(r),
+            }
             for level in LEVELS:
                 entry[f"evaluations_to_{level * 1000:g}_mev"] = evaluations_to_reach(
-                    evaluations, energies, best + level * n)
+                    evaluations, energies, best + level * n
+                )
             if "dxa" in r:
-                entry.update(dislocation_segments=r["dxa"]["segments"],
-                             dislocation_length=r["dxa"]["total_length"],
-                             dislocation_families=r["dxa"]["length_by_family"],
-                             dislocation_segments_by_family=r["dxa"].get("segments_by_family"),
-                             dislocation_length_by_circuit={c: v["total_length"]
-                                                            for c, v in r["dxa"].get("by_circuit", {}).items()})
+                entry.update(
+                    dislocation_segments=r["dxa"]["segments"],
+                    dislocation_length=r["dxa"]["total_length"],
+                    dislocation_families=r["dxa"]["length_by_family"],
+                    dislocation_segments_by_family=r["dxa"].get("segments_by_family"),
+                    dislocation_length_by_circuit={
+                        c: v["total_length"] for c, v in r["dxa"].get("by_circuit", {}).items()
+                    },
+                )
             table.append(entry)
     return table
 
@@ -434,13 +495,21 @@ def targets(table: list[dict], method: str = "frankenstein", rivals: Sequence[st
         dxa = None
         if lengths and others and all(r.get("dislocation_length_by_circuit") for r in others):
             dxa = all(lengths[c] <= r["dislocation_length_by_circuit"][c] for r in others for c in lengths)
-        checks.append({"method": method, "grains": grains, "box": box, "seed": seed,
-                       "methods": 1 + len(competing), "rivals": [r["method"] for r in others],
-                       "lowest": None if best_other is None else ours["energy"] <= best_other["energy"],
-                       "margin_ev": None if best_other is None else best_other["energy"] - ours["energy"],
-                       "runner_up": None if best_other is None else best_other["method"],
-                       "faster_to_1_mev": all(evaluations(ours) < evaluations(r) for r in others) if others else None,
-                       "dxa_no_longer": dxa})
+        checks.append(
+            {
+                "method": method,
+                "grains": grains,
+                "box": box,
+                "seed": seed,
+                "methods": 1 + len(competing),
+                "rivals": [r["method"] for r in others],
+                "lowest": None if best_other is None else ours["energy"] <= best_other["energy"],
+                "margin_ev": None if best_other is None else best_other["energy"] - ours["energy"],
+                "runner_up": None if best_other is None else best_other["method"],
+                "faster_to_1_mev": all(evaluations(ours) < evaluations(r) for r in others) if others else None,
+                "dxa_no_longer": dxa,
+            }
+        )
     return checks
 
 
@@ -461,11 +530,23 @@ def targets_over_seeds(checks: list[dict]) -> list[dict]:
     return summary
 
 
-def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: int = 3000, ranks: int = 1,
-        methods: Sequence[str] = DEFAULT_METHODS, box: Sequence[bool] = (False, True), seeds: Sequence[int] = (0,),
-        potdir: str | Path = "../shared/potentials", out: str | Path = "benchmarks/results", tag: str = "hea",
-        workers: int = 1, analyse: bool = True, command: str = "", quiet: bool = False,
-        report_only: bool = False) -> dict:
+def run(
+    n_atoms: int = 20000,
+    grains: Sequence[int] = (4, 8, 16, 32),
+    budget: int = 3000,
+    ranks: int = 1,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    box: Sequence[bool] = (False, True),
+    seeds: Sequence[int] = (0,),
+    potdir: str | Path = "../shared/potentials",
+    out: str | Path = "benchmarks/results",
+    tag: str = "hea",
+    workers: int = 1,
+    analyse: bool = True,
+    command: str = "",
+    quiet: bool = False,
+    report_only: bool = False,
+) -> dict:
     """Build the polycrystals (one per grain count and seed), run every method on each (resuming from
     ``{out}/{tag}.jsonl``), write the results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``. Several
     seeds give several realisations of each grain count: which local minimum a method ends in varies between
@@ -481,8 +562,10 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
     potdir = Path(potdir).resolve()
     missing = [f for f in ("library.meam", "CoNiCrFeMn.meam") if not (potdir / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{', '.join(missing)} not in {potdir}: the 2NN MEAM CoNiCrFeMn potential of Choi "
-                                "et al. (NIST Interatomic Potentials Repository); pass its folder with --potdir")
+        raise FileNotFoundError(
+            f"{', '.join(missing)} not in {potdir}: the 2NN MEAM CoNiCrFeMn potential of Choi "
+            "et al. (NIST Interatomic Potentials Repository); pass its folder with --potdir"
+        )
     out = Path(out)
     work = out / f"{tag}_runs"
     work.mkdir(parents=True, exist_ok=True)
@@ -493,8 +576,14 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             if line.strip():
                 row = json.loads(line)
                 rows[Job(row["grains"], row["box"], row["method"], row.get("seed", 0)).key] = row
-    planned = [Job(g, b, m, s) for s in seeds for g in grains for b in box for m in methods
-               if not (b and m.partition("@")[0] in NO_BOX)]
+    planned = [
+        Job(g, b, m, s)
+        for s in seeds
+        for g in grains
+        for b in box
+        for m in methods
+        if not (b and m.partition("@")[0] in NO_BOX)
+    ]
     pending = [job for job in planned if job.key not in rows]
     jobs = [] if report_only else pending
     data = {}
@@ -504,8 +593,10 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
             write_data(polycrystal(n_atoms, g, s), data[g, s])
     bar = tqdm(total=len(jobs), unit="run", disable=quiet or None, dynamic_ncols=True)
     with open(journal, "a") as handle, ThreadPoolExecutor(max(workers, 1)) as pool:
-        futures = [pool.submit(run_job, job, data[job.grains, job.seed].resolve(), potdir, budget, ranks,
-                               work.resolve()) for job in jobs]
+        futures = [
+            pool.submit(run_job, job, data[job.grains, job.seed].resolve(), potdir, budget, ranks, work.resolve())
+            for job in jobs
+        ]
         for job, future in zip(jobs, futures):
             row = future.result()
             if analyse and "dump" in row:  # OVITO in this (main) thread: it crashes in a worker thread
@@ -518,22 +609,35 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
     bar.close()
     selected = [rows[job.key] for job in planned if job.key in rows]
     if analyse:  # runs analysed before the circuits and families: analyse again from their dumps, append the row
-        stale = [r for r in selected if "dxa" in r and "segments_by_family" not in r["dxa"]
-                 and Path(r["dump"]).is_file()]
+        stale = [
+            r for r in selected if "dxa" in r and "segments_by_family" not in r["dxa"] and Path(r["dump"]).is_file()
+        ]
         with open(journal, "a") as handle:
             for row in stale:
                 row["dxa"] = dislocations(row["dump"])
                 handle.write(json.dumps(row) + "\n")
     run_commands = list(dict.fromkeys(r["command"] for r in selected if r.get("command")))
-    payload = {"command": command, "run_commands": run_commands, "n_atoms": n_atoms, "grains": list(grains),
-               "budget": budget, "ranks": ranks,
-               "seeds": list(seeds), "machine": _machine(), "methods": list(methods),
-               "not_run": [job.key for job in planned if job.key not in rows], "table": summarize(selected)}
+    payload = {
+        "command": command,
+        "run_commands": run_commands,
+        "n_atoms": n_atoms,
+        "grains": list(grains),
+        "budget": budget,
+        "ranks": ranks,
+        "seeds": list(seeds),
+        "machine": _machine(),
+        "methods": list(methods),
+        "not_run": [job.key for job in planned if job.key not in rows],
+        "table": summarize(selected),
+    }
     tested = [m for m in methods if m.partition("@")[0] == "frankenstein"]  # the default and its variants
     # each form's gaps and "sooner" threshold from its own runs and its rivals' alone: a variant's lower energy
     # moves neither the default's threshold nor another variant's
-    payload["targets"] = [check for m in tested for check in targets(
-        summarize([r for r in selected if r["method"] == m or competes_with(m, r["method"])]), m)]
+    payload["targets"] = [
+        check
+        for m in tested
+        for check in targets(summarize([r for r in selected if r["method"] == m or competes_with(m, r["method"])]), m)
+    ]
     payload["targets_over_seeds"] = targets_over_seeds(payload["targets"])
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
     (out / f"{tag}.md").write_text(markdown(payload))
@@ -545,11 +649,21 @@ def run(n_atoms: int = 20000, grains: Sequence[int] = (4, 8, 16, 32), budget: in
 PAPER_ATOMS = 5_500_000
 
 
-def cost_model(n_atoms: int = 20000, grains: int = 8, budget: int = 300, ranks: Sequence[int] = (1, 2),
-               methods: Sequence[str] = ("cg", "fire", "frankenstein"), seed: int = 0,
-               potdir: str | Path = "../shared/potentials", out: str | Path = "benchmarks/results",
-               tag: str = "hea_cost", target_atoms: int = PAPER_ATOMS, target_evaluations: int = 3000,
-               cluster_ranks: Sequence[int] = (128, 512, 2048), command: str = "") -> dict:
+def cost_model(
+    n_atoms: int = 20000,
+    grains: int = 8,
+    budget: int = 300,
+    ranks: Sequence[int] = (1, 2),
+    methods: Sequence[str] = ("cg", "fire", "frankenstein"),
+    seed: int = 0,
+    potdir: str | Path = "../shared/potentials",
+    out: str | Path = "benchmarks/results",
+    tag: str = "hea_cost",
+    target_atoms: int = PAPER_ATOMS,
+    target_evaluations: int = 3000,
+    cluster_ranks: Sequence[int] = (128, 512, 2048),
+    command: str = "",
+) -> dict:
     """Measured cost of the benchmark's minimizations and what the paper's run costs.
 
     Each method runs ``budget`` force evaluations on the same polycrystal (fixed box) under 1, 2, ... ranks, one
@@ -580,24 +694,54 @@ def cost_model(n_atoms: int = 20000, grains: int = 8, budget: int = 300, ranks: 
         # time per evaluation goes as cost / ranks: efficiency against the fewest ranks is the ratio of costs
         fewest = next(x for x in rows if x["method"] == row["method"] and x["ranks"] == min(ranks))
         efficiency = fewest["cost"] / row["cost"]
-        table.append({k: row[k] for k in ("method", "ranks", "natoms", "force_evaluations", "loop_seconds",
-                                          "wall_seconds", "memory_mb_per_rank", "cost")}
-                     | {"speedup": efficiency * row["ranks"], "efficiency": efficiency})
+        table.append(
+            {
+                k: row[k]
+                for k in (
+                    "method",
+                    "ranks",
+                    "natoms",
+                    "force_evaluations",
+                    "loop_seconds",
+                    "wall_seconds",
+                    "memory_mb_per_rank",
+                    "cost",
+                )
+            }
+            | {"speedup": efficiency * row["ranks"], "efficiency": efficiency}
+        )
     most = max(ranks)
     projection = []
     for method in methods:
         measured = next(x for x in table if x["method"] == method and x["ranks"] == most)
-        fixed_mb, kb_per_atom = memory_fit([(x["natoms"] / x["ranks"], x["memory_mb_per_rank"])
-                                            for x in table if x["method"] == method])
+        fixed_mb, kb_per_atom = memory_fit(
+            [(x["natoms"] / x["ranks"], x["memory_mb_per_rank"]) for x in table if x["method"] == method]
+        )
         core_seconds = measured["cost"] * target_atoms * target_evaluations
         for r in cluster_ranks:
-            projection.append({"method": method, "ranks": r, "atoms_per_rank": target_atoms / r,
-                               "core_hours": core_seconds / 3600, "wall_hours": core_seconds / r / 3600,
-                               "memory_mb_per_rank": fixed_mb + kb_per_atom * target_atoms / r / 1000,
-                               "memory_fit": {"fixed_mb": fixed_mb, "kb_per_atom": kb_per_atom}})
-    payload = {"command": command, "n_atoms": n_atoms, "grains": grains, "budget": budget, "ranks": list(ranks),
-               "target_atoms": target_atoms, "target_evaluations": target_evaluations, "machine": _machine(),
-               "table": table, "projection": projection}
+            projection.append(
+                {
+                    "method": method,
+                    "ranks": r,
+                    "atoms_per_rank": target_atoms / r,
+                    "core_hours": core_seconds / 3600,
+                    "wall_hours": core_seconds / r / 3600,
+                    "memory_mb_per_rank": fixed_mb + kb_per_atom * target_atoms / r / 1000,
+                    "memory_fit": {"fixed_mb": fixed_mb, "kb_per_atom": kb_per_atom},
+                }
+            )
+    payload = {
+        "command": command,
+        "n_atoms": n_atoms,
+        "grains": grains,
+        "budget": budget,
+        "ranks": list(ranks),
+        "target_atoms": target_atoms,
+        "target_evaluations": target_evaluations,
+        "machine": _machine(),
+        "table": table,
+        "projection": projection,
+    }
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
     (out / f"{tag}.md").write_text(cost_markdown(payload))
     return payload
@@ -614,28 +758,42 @@ def memory_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 
 def cost_markdown(payload: dict) -> str:
-    lines = [f"# Cost of the HEA minimizations: {payload['table'][0]['natoms']} atoms, {payload['grains']} grains, "
-             f"{payload['budget']} force evaluations", "",
-             f"Command: `{payload['command']}`  ",
-             f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs; "
-             + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()), "",
-             "Cost: LAMMPS's loop time of the minimization × ranks / (atoms × force evaluations). Speedup and "
-             "efficiency: time per evaluation against one rank. Memory: LAMMPS's largest rank.", "",
-             "| method | ranks | evaluations | loop s | µs per atom-evaluation-rank | speedup | efficiency | "
-             "MB per rank |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Cost of the HEA minimizations: {payload['table'][0]['natoms']} atoms, {payload['grains']} grains, "
+        f"{payload['budget']} force evaluations",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs; "
+        + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()),
+        "",
+        "Cost: LAMMPS's loop time of the minimization × ranks / (atoms × force evaluations). Speedup and "
+        "efficiency: time per evaluation against one rank. Memory: LAMMPS's largest rank.",
+        "",
+        "| method | ranks | evaluations | loop s | µs per atom-evaluation-rank | speedup | efficiency | MB per rank |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in payload["table"]:
-        lines.append(f"| {r['method']} | {r['ranks']} | {r['force_evaluations']} | {r['loop_seconds']:.1f} | "
-                     f"{r['cost'] * 1e6:.2f} | {r['speedup']:.2f} | {r['efficiency']:.2f} | "
-                     f"{r['memory_mb_per_rank']:.1f} |")
-    lines += ["", f"## The paper's run: {payload['target_atoms']:,} atoms, {payload['target_evaluations']} force "
-              "evaluations", "",
-              f"At the cost and efficiency measured on {max(payload['ranks'])} rank(s) here (per-atom work scales "
-              "linearly for a short-ranged potential; communication at few atoms per rank makes these lower "
-              "bounds). Memory per rank: the fixed part plus the per-atom part fitted over the rank counts here.", "",
-              "| method | ranks | atoms per rank | core-hours | wall hours | MB per rank |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['method']} | {r['ranks']} | {r['force_evaluations']} | {r['loop_seconds']:.1f} | "
+            f"{r['cost'] * 1e6:.2f} | {r['speedup']:.2f} | {r['efficiency']:.2f} | "
+            f"{r['memory_mb_per_rank']:.1f} |"
+        )
+    lines += [
+        "",
+        f"## The paper's run: {payload['target_atoms']:,} atoms, {payload['target_evaluations']} force evaluations",
+        "",
+        f"At the cost and efficiency measured on {max(payload['ranks'])} rank(s) here (per-atom work scales "
+        "linearly for a short-ranged potential; communication at few atoms per rank makes these lower "
+        "bounds). Memory per rank: the fixed part plus the per-atom part fitted over the rank counts here.",
+        "",
+        "| method | ranks | atoms per rank | core-hours | wall hours | MB per rank |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in payload["projection"]:
-        lines.append(f"| {r['method']} | {r['ranks']} | {r['atoms_per_rank']:,.0f} | {r['core_hours']:.0f} | "
-                     f"{r['wall_hours']:.2f} | {r['memory_mb_per_rank']:.0f} |")
+        lines.append(
+            f"| {r['method']} | {r['ranks']} | {r['atoms_per_rank']:,.0f} | {r['core_hours']:.0f} | "
+            f"{r['wall_hours']:.2f} | {r['memory_mb_per_rank']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -654,88 +812,121 @@ def _machine() -> dict:
 
 
 def markdown(payload: dict) -> str:
-    lines = [f"# CoCrFeMnNi polycrystals, 2NN MEAM: {payload['n_atoms']} atoms, grains {payload['grains']}, "
-             f"{payload['budget']} force evaluations", "",
-             f"Command: `{payload['command']}`  ",
-             *[f"Runs made by: `{c}`  " for c in payload.get("run_commands", []) if c != payload["command"]],
-             f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, {payload['ranks']} MPI "
-             f"rank(s) per run; " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()), "",
-             "Gap: final energy above the lowest any method reached on the same polycrystal and box mode. "
-             "evals to 1 / 0.1 meV/atom: force evaluations after which the energy stays within that of the best "
-             "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).", ""]
+    lines = [
+        f"# CoCrFeMnNi polycrystals, 2NN MEAM: {payload['n_atoms']} atoms, grains {payload['grains']}, "
+        f"{payload['budget']} force evaluations",
+        "",
+        f"Command: `{payload['command']}`  ",
+        *[f"Runs made by: `{c}`  " for c in payload.get("run_commands", []) if c != payload["command"]],
+        f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, {payload['ranks']} MPI "
+        f"rank(s) per run; " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()),
+        "",
+        "Gap: final energy above the lowest any method reached on the same polycrystal and box mode. "
+        "evals to 1 / 0.1 meV/atom: force evaluations after which the energy stays within that of the best "
+        "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).",
+        "",
+    ]
     if payload.get("not_run"):
         missing: dict[str, list[str]] = {}
         for key in payload["not_run"]:
             job = _KEY.fullmatch(key)
             seed = f" seed {job['seed']}" if job["seed"] else ""
             missing.setdefault(f"{job['grains']} grains {job['box']}{seed}", []).append(job["method"])
-        lines += [f"Partial results: {len(payload['not_run'])} runs not done yet (the gaps are to the best of the "
-                  "methods done): " + "; ".join(f"{group}: {', '.join(methods)}" for group, methods in missing.items())
-                  + ".", ""]
+        lines += [
+            f"Partial results: {len(payload['not_run'])} runs not done yet (the gaps are to the best of the "
+            "methods done): " + "; ".join(f"{group}: {', '.join(methods)}" for group, methods in missing.items()) + ".",
+            "",
+        ]
     checks = payload.get("targets") or []
     if checks:
+
         def mark(value: bool | None) -> str:
             return "–" if value is None else ("met" if value else "missed")
 
-        lines += ["## Targets: Frankenstein against every method, and against FIRE and CG", "",
-                  "Lowest: its final energy is the lowest of the methods run (margin: runner-up's energy minus "
-                  "its own). Sooner: within 1 meV/atom of the best in fewer evaluations than FIRE and CG. DXA: "
-                  "line length no larger than FIRE's and CG's at every trial circuit length "
-                  f"({', '.join(map(str, DXA_CIRCUITS))}).",
-                  "", "| method | polycrystal | methods compared | lowest | margin eV (runner-up) | "
-                  "sooner to 1 meV/atom | DXA |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Targets: Frankenstein against every method, and against FIRE and CG",
+            "",
+            "Lowest: its final energy is the lowest of the methods run (margin: runner-up's energy minus "
+            "its own). Sooner: within 1 meV/atom of the best in fewer evaluations than FIRE and CG. DXA: "
+            "line length no larger than FIRE's and CG's at every trial circuit length "
+            f"({', '.join(map(str, DXA_CIRCUITS))}).",
+            "",
+            "| method | polycrystal | methods compared | lowest | margin eV (runner-up) | sooner to 1 meV/atom | DXA |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for c in checks:
             margin = "–" if c["margin_ev"] is None else f"{c['margin_ev']:+.3f} ({c['runner_up']})"
-            lines.append(f"| {c['method']} | {_polycrystal(c)} | {c['methods']} | "
-                         f"{mark(c['lowest'])} | {margin} | {mark(c['faster_to_1_mev'])} | "
-                         f"{mark(c['dxa_no_longer'])} |")
+            lines.append(
+                f"| {c['method']} | {_polycrystal(c)} | {c['methods']} | "
+                f"{mark(c['lowest'])} | {margin} | {mark(c['faster_to_1_mev'])} | "
+                f"{mark(c['dxa_no_longer'])} |"
+            )
         lines.append("")
     over_seeds = [e for e in payload.get("targets_over_seeds") or [] if len(e["seeds"]) > 1]
     if over_seeds:
-        lines += ["### Over the seeds (polycrystals of the same grain count): targets met / seeds with a verdict",
-                  "", "| method | polycrystals | seeds | lowest | mean margin eV | sooner to 1 meV/atom | DXA |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Over the seeds (polycrystals of the same grain count): targets met / seeds with a verdict",
+            "",
+            "| method | polycrystals | seeds | lowest | mean margin eV | sooner to 1 meV/atom | DXA |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for e in over_seeds:
-            lines.append(f"| {e['method']} | {_polycrystal(e)} | {len(e['seeds'])} | "
-                         f"{e['lowest'][0]} / {e['lowest'][1]} | "
-                         + ("–" if e["mean_margin_ev"] is None else f"{e['mean_margin_ev']:+.2f}")
-                         + f" | {e['faster_to_1_mev'][0]} / {e['faster_to_1_mev'][1]} | "
-                         f"{e['dxa_no_longer'][0]} / {e['dxa_no_longer'][1]} |")
+            lines.append(
+                f"| {e['method']} | {_polycrystal(e)} | {len(e['seeds'])} | "
+                f"{e['lowest'][0]} / {e['lowest'][1]} | "
+                + ("–" if e["mean_margin_ev"] is None else f"{e['mean_margin_ev']:+.2f}")
+                + f" | {e['faster_to_1_mev'][0]} / {e['faster_to_1_mev'][1]} | "
+                f"{e['dxa_no_longer'][0]} / {e['dxa_no_longer'][1]} |"
+            )
         lines.append("")
     others = [str(c) for c in DXA_CIRCUITS[1:]]
     for polycrystal_key in dict.fromkeys(polycrystal_of(r) for r in payload["table"]):
-        rows = sorted((r for r in payload["table"] if polycrystal_of(r) == polycrystal_key),
-                      key=lambda r: r["energy"])
+        rows = sorted((r for r in payload["table"] if polycrystal_of(r) == polycrystal_key), key=lambda r: r["energy"])
         grains, box, seed = polycrystal_key
-        lines += [f"## {grains} grains{f', seed {seed}' if seed else ''}, {rows[0]['natoms']} atoms, "
-                  f"{'box relaxed (iso 0)' if box else 'fixed box'}", "",
-                  "| method | final energy eV | gap eV | gap meV/atom | evals to 1 meV/atom | evals to 0.1 meV/atom | "
-                  "evaluations | stop | fnorm | pressure bar | DXA segments / length Å | "
-                  f"DXA length at circuit {' / '.join(others)} | final lr Å / restarts | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {grains} grains{f', seed {seed}' if seed else ''}, {rows[0]['natoms']} atoms, "
+            f"{'box relaxed (iso 0)' if box else 'fixed box'}",
+            "",
+            "| method | final energy eV | gap eV | gap meV/atom | evals to 1 meV/atom | evals to 0.1 meV/atom | "
+            "evaluations | stop | fnorm | pressure bar | DXA segments / length Å | "
+            f"DXA length at circuit {' / '.join(others)} | final lr Å / restarts | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            dxa = (f"{r['dislocation_segments']} / {r['dislocation_length']:.0f}" if "dislocation_segments" in r
-                   else "–")
+            dxa = f"{r['dislocation_segments']} / {r['dislocation_length']:.0f}" if "dislocation_segments" in r else "–"
             by_circuit = r.get("dislocation_length_by_circuit") or {}
             dxa_circuits = " / ".join(f"{by_circuit[c]:.0f}" for c in others) if by_circuit else "–"
             controls = f"{r['lr_final']:.3g} / {r['fire_restarts']}" if "fire_restarts" in r else "–"
-            lines.append(f"| {r['method']} | {r['energy']:.3f} | {r['gap_ev']:.3f} | {r['gap_mev_per_atom']:.4f} | "
-                         f"{r['evaluations_to_1_mev'] or '–'} | {r['evaluations_to_0.1_mev'] or '–'} | "
-                         f"{r['force_evaluations']} | {r['stop']} | {r['fnorm_final']:.3g} | "
-                         f"{r['pressure_bar']:.1f} | {dxa} | {dxa_circuits} | {controls} | {r['wall_seconds']:.0f} |")
+            lines.append(
+                f"| {r['method']} | {r['energy']:.3f} | {r['gap_ev']:.3f} | {r['gap_mev_per_atom']:.4f} | "
+                f"{r['evaluations_to_1_mev'] or '–'} | {r['evaluations_to_0.1_mev'] or '–'} | "
+                f"{r['force_evaluations']} | {r['stop']} | {r['fnorm_final']:.3g} | "
+                f"{r['pressure_bar']:.1f} | {dxa} | {dxa_circuits} | {controls} | {r['wall_seconds']:.0f} |"
+            )
         lines.append("")
         analysed = [r for r in rows if r.get("dislocation_segments_by_family")]
         if analysed:
-            families = [f for f in [*BURGERS_FAMILIES, "other"]
-                        if any(r["dislocation_families"].get(f, 0) > 0 for r in analysed)]
-            lines += [f"DXA by Burgers-vector family (circuit {DXA_CIRCUITS[0]}), segments / length Å; lattice: all "
-                      "but other", "",
-                      "| method | " + " | ".join(families) + " | lattice |", "|---" * (len(families) + 2) + "|"]
+            families = [
+                f
+                for f in [*BURGERS_FAMILIES, "other"]
+                if any(r["dislocation_families"].get(f, 0) > 0 for r in analysed)
+            ]
+            lines += [
+                f"DXA by Burgers-vector family (circuit {DXA_CIRCUITS[0]}), segments / length Å; lattice: all "
+                "but other",
+                "",
+                "| method | " + " | ".join(families) + " | lattice |",
+                "|---" * (len(families) + 2) + "|",
+            ]
             for r in analysed:
-                cells = [f"{r['dislocation_segments_by_family'].get(f, 0)} / {r['dislocation_families'].get(f, 0):.0f}"
-                         for f in families]
-                cells.append(f"{sum(r['dislocation_segments_by_family'].get(f, 0) for f in BURGERS_FAMILIES)} / "
-                             f"{sum(r['dislocation_families'].get(f, 0) for f in BURGERS_FAMILIES):.0f}")
+                cells = [
+                    f"{r['dislocation_segments_by_family'].get(f, 0)} / {r['dislocation_families'].get(f, 0):.0f}"
+                    for f in families
+                ]
+                cells.append(
+                    f"{sum(r['dislocation_segments_by_family'].get(f, 0) for f in BURGERS_FAMILIES)} / "
+                    f"{sum(r['dislocation_families'].get(f, 0) for f in BURGERS_FAMILIES):.0f}"
+                )
                 lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
@@ -782,12 +973,20 @@ def plot(payload: dict, rows: list[dict], path: Path) -> None:
             best = min(min(r["curve"][1]) for r in group)
             for r in group:
                 evals, energies = (np.asarray(v) for v in r["curve"])
-                ax.plot(evals, np.maximum((energies - best) / r["natoms"] * 1000, 1e-4), label=r["method"], lw=1, color=color[r["method"]])
+                ax.plot(
+                    evals,
+                    np.maximum((energies - best) / r["natoms"] * 1000, 1e-4),
+                    label=r["method"],
+                    lw=1,
+                    color=color[r["method"]],
+                )
             ax.set_yscale("log")
             ax.set_xlabel("force evaluations")
             ax.set_ylabel("energy above best, meV/atom")
-            ax.set_title(f"{largest} grains{f', seed {first_seed}' if first_seed else ''}, "
-                         f"{'box relaxed' if box else 'fixed box'}")
+            ax.set_title(
+                f"{largest} grains{f', seed {first_seed}' if first_seed else ''}, "
+                f"{'box relaxed' if box else 'fixed box'}"
+            )
     handles: dict[str, object] = {}  # one legend for all panels, below them, where it hides no data
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -138,8 +138,14 @@ def scipy_lbfgsb(atoms: Atoms, fmax: float = FMAX, budget: int = MAX_FORCE_CALLS
         if max_force(atoms) <= fmax:
             raise StopIteration
 
-    minimize(fun, atoms.positions.ravel(), jac=True, method="L-BFGS-B", callback=callback,
-             options={"maxfun": budget, "maxiter": budget, "gtol": 0.0, "ftol": 0.0})
+    minimize(
+        fun,
+        atoms.positions.ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        callback=callback,
+        options={"maxfun": budget, "maxiter": budget, "gtol": 0.0, "ftol": 0.0},
+    )
 
 
 ATOMOPT_NAMES = ("frankenstein", "adan", "adamnx", "innaprop")
@@ -191,9 +197,9 @@ def relax_starts(
 ) -> list[RunResult]:
     """Relax equal-size ``starts`` with ``minimizer`` (a :class:`~atomopt.core.minimizer.Minimizer`) in one
     batch under the benchmark's protocol; results are labelled ``label``."""
-    from atomopt.models.cluster_lj import cluster_lj_tensor
     from atomopt.core.layout import Layout
     from atomopt.frontends.batch import relax_tensors
+    from atomopt.models.cluster_lj import cluster_lj_tensor
 
     positions = torch.as_tensor(np.concatenate([s.positions for s in starts]), dtype=torch.float64)
     layout = Layout.from_sizes([len(s) for s in starts])
@@ -201,8 +207,15 @@ def relax_starts(
     if any(len(s) != n_atoms for s in starts):
         raise ValueError("relax_starts needs starts of equal size")
     t0 = time.perf_counter()
-    out = relax_tensors(lambda x, _: cluster_lj_tensor(x, n_atoms), positions, layout, minimizer,
-                        fmax=FMAX, max_force_calls=MAX_FORCE_CALLS, observer=progress)
+    out = relax_tensors(
+        lambda x, _: cluster_lj_tensor(x, n_atoms),
+        positions,
+        layout,
+        minimizer,
+        fmax=FMAX,
+        max_force_calls=MAX_FORCE_CALLS,
+        observer=progress,
+    )
     seconds = time.perf_counter() - t0
     final = out.positions.numpy().reshape(len(starts), -1, 3)
     calls = out.force_calls.numpy()
@@ -218,8 +231,19 @@ def relax_starts(
             failure = "budget" if calls[i] >= MAX_FORCE_CALLS else "not converged"
         elif not cluster_intact(atoms, energy):
             failure = "broken cluster"
-        results.append(RunResult(label, i, failure == "", int(calls[i]), energy, fmax,
-                                 seconds * share[i], out.force_seconds * share[i], failure))
+        results.append(
+            RunResult(
+                label,
+                i,
+                failure == "",
+                int(calls[i]),
+                energy,
+                fmax,
+                seconds * share[i],
+                out.force_seconds * share[i],
+                failure,
+            )
+        )
     return results
 
 

@@ -8,12 +8,11 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Sequence
 
 from atomopt.bench import lj38
-
 
 _ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -61,7 +60,12 @@ def run_lj38(
     reused: dict[str, str] = {}
     if reuse is not None:
         earlier = json.loads(Path(reuse).read_text())
-        same = {"starts": n_starts, "seed": lj38.DEFAULT_SEED, "fmax": lj38.FMAX, "max_force_calls": lj38.MAX_FORCE_CALLS}
+        same = {
+            "starts": n_starts,
+            "seed": lj38.DEFAULT_SEED,
+            "fmax": lj38.FMAX,
+            "max_force_calls": lj38.MAX_FORCE_CALLS,
+        }
         if any(earlier["protocol"].get(k) != v for k, v in same.items()):
             raise ValueError(f"{reuse} was run with a different protocol: {earlier['protocol']}")
         for method in method_names:
@@ -74,6 +78,7 @@ def run_lj38(
     t0 = time.perf_counter()
     for method in batched:
         with tqdm(total=lj38.MAX_FORCE_CALLS, desc=method, unit="call", file=sys.stderr, disable=None) as bar:
+
             def progress(calls: int, active) -> None:
                 bar.update(1)
                 bar.set_postfix(active=int(active.numel()), refresh=False)
@@ -86,7 +91,9 @@ def run_lj38(
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(_task, t) for t in tasks]
-                for future in tqdm(as_completed(futures), total=len(futures), unit="run", file=sys.stderr, disable=None):
+                for future in tqdm(
+                    as_completed(futures), total=len(futures), unit="run", file=sys.stderr, disable=None
+                ):
                     results.append(future.result())
         finally:
             for key, value in saved.items():
@@ -104,13 +111,28 @@ def run_lj38(
 
     payload = {
         "benchmark": "OptBench LJ38",
-        "command": "atomopt " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("atomopt") else " ".join(sys.argv),
-        "protocol": {"fmax": lj38.FMAX, "max_force_calls": lj38.MAX_FORCE_CALLS, "starts": n_starts,
-                     "seed": lj38.DEFAULT_SEED, "global_minimum": lj38.GLOBAL_MINIMUM,
-                     "atomopt_engine": engine, "limits": limits},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "workers": workers,
-                    "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-                    "ase": ase.__version__, "torch": torch.__version__},
+        "command": "atomopt " + " ".join(sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith("atomopt")
+        else " ".join(sys.argv),
+        "protocol": {
+            "fmax": lj38.FMAX,
+            "max_force_calls": lj38.MAX_FORCE_CALLS,
+            "starts": n_starts,
+            "seed": lj38.DEFAULT_SEED,
+            "global_minimum": lj38.GLOBAL_MINIMUM,
+            "atomopt_engine": engine,
+            "limits": limits,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "workers": workers,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "ase": ase.__version__,
+            "torch": torch.__version__,
+        },
         "elapsed_seconds": elapsed,
         "reused": reused,
         "summary": summary,
@@ -148,16 +170,26 @@ def markdown(payload: dict) -> str:
     reused = payload.get("reused", {})
     if reused:
         sources = sorted(set(reused.values()))
-        lines += ["", "Rows reused from an earlier run on the same starts and machine (unchanged methods): "
-                  + ", ".join(sorted(reused)) + ". Their command: " + "; ".join(f"`{c}`" for c in sources) + "."]
+        lines += [
+            "",
+            "Rows reused from an earlier run on the same starts and machine (unchanged methods): "
+            + ", ".join(sorted(reused))
+            + ". Their command: "
+            + "; ".join(f"`{c}`" for c in sources)
+            + ".",
+        ]
     lines += [
         "",
         "Mean/median/min/max count every run, failures at the calls they used (≤ the budget). "
         "Non-force share: the part of the wall time not spent computing forces.",
         "",
-        "atomopt methods ran " + ("through the batched tensor engine (all starts in one tensor; wall time "
-        "attributed to starts by their force calls), baselines through ASE/SciPy, one process per worker."
-        if engine == "batch" else "through the ASE optimizers, like the baselines."),
+        "atomopt methods ran "
+        + (
+            "through the batched tensor engine (all starts in one tensor; wall time "
+            "attributed to starts by their force calls), baselines through ASE/SciPy, one process per worker."
+            if engine == "batch"
+            else "through the ASE optimizers, like the baselines."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -177,7 +209,9 @@ def plot(payload: dict, path: Path) -> None:
     ax1.boxplot(calls, orientation="horizontal", tick_labels=names, showfliers=True)
     ax1.set_xscale("log")
     ax1.set_xlabel("force calls (log)")
-    ax2.boxplot([np.clip(e, -175, -140) for e in energies], orientation="horizontal", tick_labels=names, showfliers=True)
+    ax2.boxplot(
+        [np.clip(e, -175, -140) for e in energies], orientation="horizontal", tick_labels=names, showfliers=True
+    )
     ax2.tick_params(labelleft=False)
     ax2.axvline(payload["protocol"]["global_minimum"], color="k", lw=0.8, ls="--")
     ax2.set_xlabel("final energy (ε), clipped to [−175, −140]; dashed: global minimum")

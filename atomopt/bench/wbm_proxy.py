@@ -33,10 +33,24 @@ from atomopt.bench.crystals import PROTOTYPES, prototype, strain_and_rattle
 
 #: Chemically similar elements (WBM substitutes within such neighbourhoods of the periodic table).
 GROUPS: tuple[tuple[str, ...], ...] = (
-    ("Li", "Na", "K", "Rb", "Cs"), ("Be", "Mg", "Ca", "Sr", "Ba"), ("Zn", "Cd", "Mg"), ("B", "Al", "Ga", "In"),
-    ("C", "Si", "Ge", "Sn"), ("N", "P", "As", "Sb"), ("O", "S", "Se", "Te"), ("F", "Cl", "Br", "I"),
-    ("Sc", "Y", "La"), ("Ti", "Zr", "Hf"), ("V", "Nb", "Ta"), ("Cr", "Mo", "W"), ("Mn", "Fe", "Co"),
-    ("Ni", "Pd", "Pt"), ("Cu", "Ag", "Au"), ("Ce", "Zr", "Hf"), ("Pb", "Sn"), ("Al", "Ga"),
+    ("Li", "Na", "K", "Rb", "Cs"),
+    ("Be", "Mg", "Ca", "Sr", "Ba"),
+    ("Zn", "Cd", "Mg"),
+    ("B", "Al", "Ga", "In"),
+    ("C", "Si", "Ge", "Sn"),
+    ("N", "P", "As", "Sb"),
+    ("O", "S", "Se", "Te"),
+    ("F", "Cl", "Br", "I"),
+    ("Sc", "Y", "La"),
+    ("Ti", "Zr", "Hf"),
+    ("V", "Nb", "Ta"),
+    ("Cr", "Mo", "W"),
+    ("Mn", "Fe", "Co"),
+    ("Ni", "Pd", "Pt"),
+    ("Cu", "Ag", "Au"),
+    ("Ce", "Zr", "Hf"),
+    ("Pb", "Sn"),
+    ("Al", "Ga"),
 )
 DEFAULT_PROXY = Path(__file__).resolve().parents[2] / "data" / "wbm_proxy.extxyz"
 
@@ -44,15 +58,39 @@ DEFAULT_PROXY = Path(__file__).resolve().parents[2] / "data" / "wbm_proxy.extxyz
 def _hard_cases() -> list[tuple[str, Atoms]]:
     """Layered, open-framework and larger parents (ideal, at their experimental lattices)."""
     return [
-        ("CdI2-layered", crystal(["Ti", "S"], [(0, 0, 0), (1 / 3, 2 / 3, 0.25)], spacegroup=164,
-                                 cellpar=[3.41, 3.41, 5.70, 90, 90, 120])),
-        ("MoS2-2H", crystal(["Mo", "S"], [(1 / 3, 2 / 3, 0.25), (1 / 3, 2 / 3, 0.621)], spacegroup=194,
-                            cellpar=[3.16, 3.16, 12.29, 90, 90, 120])),
+        (
+            "CdI2-layered",
+            crystal(
+                ["Ti", "S"], [(0, 0, 0), (1 / 3, 2 / 3, 0.25)], spacegroup=164, cellpar=[3.41, 3.41, 5.70, 90, 90, 120]
+            ),
+        ),
+        (
+            "MoS2-2H",
+            crystal(
+                ["Mo", "S"],
+                [(1 / 3, 2 / 3, 0.25), (1 / 3, 2 / 3, 0.621)],
+                spacegroup=194,
+                cellpar=[3.16, 3.16, 12.29, 90, 90, 120],
+            ),
+        ),
         ("ReO3-open", crystal(["W", "O"], [(0, 0, 0), (0.5, 0, 0)], spacegroup=221, cellpar=[3.75] * 3 + [90] * 3)),
-        ("rutile", crystal(["Ti", "O"], [(0, 0, 0), (0.305, 0.305, 0)], spacegroup=136,
-                           cellpar=[4.59, 4.59, 2.96, 90, 90, 90])),
-        ("spinel", crystal(["Mg", "Al", "O"], [(0.125, 0.125, 0.125), (0.5, 0.5, 0.5), (0.263, 0.263, 0.263)],
-                           spacegroup=227, setting=2, cellpar=[8.08] * 3 + [90] * 3, primitive_cell=True)),
+        (
+            "rutile",
+            crystal(
+                ["Ti", "O"], [(0, 0, 0), (0.305, 0.305, 0)], spacegroup=136, cellpar=[4.59, 4.59, 2.96, 90, 90, 90]
+            ),
+        ),
+        (
+            "spinel",
+            crystal(
+                ["Mg", "Al", "O"],
+                [(0.125, 0.125, 0.125), (0.5, 0.5, 0.5), (0.263, 0.263, 0.263)],
+                spacegroup=227,
+                setting=2,
+                cellpar=[8.08] * 3 + [90] * 3,
+                primitive_cell=True,
+            ),
+        ),
         ("CsCl-2x2x2", prototype("CsCl", "cesiumchloride", 4.12) * (2, 2, 2)),
     ]
 
@@ -93,8 +131,14 @@ def too_close(atoms: Atoms, fraction: float = 0.5) -> bool:
     return bool((distances < limit).any())
 
 
-def wbm_proxy(n: int = 160, seed: int = 2026, strain: float = 0.10, shear: float = 0.05,
-              rattle: tuple[float, float] = (0.05, 0.15), max_atoms: int = 40) -> list[Atoms]:
+def wbm_proxy(
+    n: int = 160,
+    seed: int = 2026,
+    strain: float = 0.10,
+    shear: float = 0.05,
+    rattle: tuple[float, float] = (0.05, 0.15),
+    max_atoms: int = 40,
+) -> list[Atoms]:
     """``n`` WBM-like starting structures (2–``max_atoms`` atoms), deterministic for ``seed``."""
     rng = np.random.default_rng(seed)
     pool = parents()
@@ -124,7 +168,9 @@ def load_proxy(path: str | Path = DEFAULT_PROXY) -> list[Atoms]:
     """The shipped proxy set (``data/wbm_proxy.extxyz``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"proxy set {path} not found; make it with: python -m atomopt.bench.wbm_proxy -o {path}")
+        raise FileNotFoundError(
+            f"proxy set {path} not found; make it with: python -m atomopt.bench.wbm_proxy -o {path}"
+        )
     return read(path, ":")
 
 
@@ -143,8 +189,9 @@ def load_wbm(structures: str | Path, summary: str | Path | None = None, n: int |
     """
     structures = Path(structures)
     if not structures.is_file():
-        raise FileNotFoundError(f"WBM structures file {structures} not found (Matbench Discovery's "
-                                "wbm-initial-atoms.extxyz.zip)")
+        raise FileNotFoundError(
+            f"WBM structures file {structures} not found (Matbench Discovery's wbm-initial-atoms.extxyz.zip)"
+        )
     frames: list[Atoms] = []
     if zipfile.is_zipfile(structures):
         with zipfile.ZipFile(structures) as archive:
@@ -186,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     structures = wbm_proxy(args.n, args.seed)
     write(args.output, structures, format="extxyz")
     sizes = [len(a) for a in structures]
-    print(f"{len(structures)} structures, {min(sizes)}-{max(sizes)} atoms, "
-          f"{len({a.info['parent'] for a in structures})} parents -> {args.output}")
+    print(
+        f"{len(structures)} structures, {min(sizes)}-{max(sizes)} atoms, "
+        f"{len({a.info['parent'] for a in structures})} parents -> {args.output}"
+    )
     return 0
 
 

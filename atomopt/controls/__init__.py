@@ -45,12 +45,15 @@ def resolve_control(name: str, value: Any, preset: GainControl | None) -> GainCo
         fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(value) - fields)
         if unknown:
-            raise ValueError(f"the {name} control has no {', '.join(map(repr, unknown))}: its fields are {sorted(fields)}")
+            raise ValueError(
+                f"the {name} control has no {', '.join(map(repr, unknown))}: its fields are {sorted(fields)}"
+            )
         return dataclasses.replace(preset if preset is not None else cls(), **value)  # type: ignore[type-var]
     if isinstance(value, cls):
         return value
-    raise TypeError(f"{name} takes a {cls.__name__}, a dict of its fields, True/False/None or 'default', "
-                    f"got {type(value).__name__}")
+    raise TypeError(
+        f"{name} takes a {cls.__name__}, a dict of its fields, True/False/None or 'default', got {type(value).__name__}"
+    )
 
 
 def keyword_fields() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -58,5 +61,14 @@ def keyword_fields() -> dict[str, tuple[str, dataclasses.Field]]:
     return {f"{cls.name}_{f.name}": (cls.name, f) for cls in CONTROLS for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
 
 
-__all__ = ["CONTROLS", "CONTROL_NAMES", "AutoEpsilon", "FireControl", "GainControl", "SecantControl", "control_class",
-           "keyword_fields", "resolve_control"]
+__all__ = [
+    "CONTROLS",
+    "CONTROL_NAMES",
+    "AutoEpsilon",
+    "FireControl",
+    "GainControl",
+    "SecantControl",
+    "control_class",
+    "keyword_fields",
+    "resolve_control",
+]

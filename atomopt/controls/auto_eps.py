@@ -49,6 +49,8 @@ class AutoEpsilon(GainControl):
     def after_commit(self, context: StepContext, own: dict[str, Tensor]) -> dict[str, Tensor]:
         ready = context.steps == self.warmup
         if bool(ready.any()):
-            picked = self.pick(context.rule.adaptive_term(context.rule_state, context.layout), context.layout, context.rule)
+            picked = self.pick(
+                context.rule.adaptive_term(context.rule_state, context.layout), context.layout, context.rule
+            )
             context.eps = torch.where(ready, picked, context.eps)
         return own

@@ -10,8 +10,8 @@ No Python loop runs over atoms or structures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ class Layout:
     n_structures: int
 
     @classmethod
-    def from_sizes(cls, sizes: Sequence[int], device: torch.device | str | None = None) -> "Layout":
+    def from_sizes(cls, sizes: Sequence[int], device: torch.device | str | None = None) -> Layout:
         """Layout of structures with ``sizes[i]`` rows each, stacked in order."""
         if len(sizes) == 0:
             raise ValueError("a batch needs at least one structure")
@@ -41,7 +41,7 @@ class Layout:
         return cls(structure=structure, n_structures=len(sizes))
 
     @classmethod
-    def single(cls, n_rows: int, device: torch.device | str | None = None) -> "Layout":
+    def single(cls, n_rows: int, device: torch.device | str | None = None) -> Layout:
         """Layout of one structure with ``n_rows`` rows."""
         return cls.from_sizes([n_rows], device=device)
 

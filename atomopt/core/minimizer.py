@@ -19,8 +19,9 @@ The context measures lazily, so a chain that reads no line measurement costs not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.layout import Layout, row_sum
 from atomopt.core.rule import State, UpdateRule
 
-MinimizerState = dict[str, object]
+MinimizerState = dict[str, Any]  # tensors and nested dicts of tensors (the rule's, each control's)
 #: A map of the proposed displacement (Å, ``(n_rows, 3)``) onto what the front end can take.
 Constraint = Callable[[Tensor], Tensor]
 
@@ -57,11 +58,11 @@ class GainControl:
         """Its own per-structure state before the first step (``per_structure`` is a ``(S,)`` tensor of ones)."""
         return {}
 
-    def before_update(self, context: "StepContext", own: dict[str, Tensor]) -> dict[str, Tensor]:
+    def before_update(self, context: StepContext, own: dict[str, Tensor]) -> dict[str, Tensor]:
         """Adjust ``context`` (lr, ε, restarts) before the rule's update; returns its new state."""
         return own
 
-    def after_commit(self, context: "StepContext", own: dict[str, Tensor]) -> dict[str, Tensor]:
+    def after_commit(self, context: StepContext, own: dict[str, Tensor]) -> dict[str, Tensor]:
         """Adjust ``context`` after the step was committed (``context.steps`` already counts it)."""
         return own
 
@@ -182,8 +183,9 @@ class Minimizer:
             state["last_slope"] = torch.zeros_like(ones)  # s·g before the last step s
         return state
 
-    def step(self, state: MinimizerState, gradient: Tensor, layout: Layout,
-             constrain: Constraint | None = None) -> tuple[Tensor, MinimizerState]:
+    def step(
+        self, state: MinimizerState, gradient: Tensor, layout: Layout, constrain: Constraint | None = None
+    ) -> tuple[Tensor, MinimizerState]:
         """The displacement (Å) for the current ``gradient`` and the new state.
 
         ``constrain`` maps the displacement onto what the front end can take (cell-step projections, fixed atoms,
@@ -193,9 +195,20 @@ class Minimizer:
         check_gradient(gradient, layout)
         no = torch.zeros_like(state["steps"], dtype=torch.bool)
         context = StepContext(
-            rule=self.rule, gradient=gradient, layout=layout, rule_state=state["rule"], lr=state["lr"],
-            eps=state["eps"], steps=state["steps"], last_step=state["last_step"], last_slope=state.get("last_slope"),
-            initial_eps=self.eps, lr_max=self.lr_max, uphill=no, restarted=no)
+            rule=self.rule,
+            gradient=gradient,
+            layout=layout,
+            rule_state=state["rule"],
+            lr=state["lr"],
+            eps=state["eps"],
+            steps=state["steps"],
+            last_step=state["last_step"],
+            last_slope=state.get("last_slope"),
+            initial_eps=self.eps,
+            lr_max=self.lr_max,
+            uphill=no,
+            restarted=no,
+        )
         owns = state["controls"]
         owns = {c.name: c.before_update(context, owns[c.name]) for c in self.controls}
         displacement, rule_state = self.rule.update(context.rule_state, gradient, context.lr, context.eps, layout)
@@ -205,9 +218,15 @@ class Minimizer:
         context.steps = context.steps + 1
         owns = {c.name: c.after_commit(context, owns[c.name]) for c in self.controls}
         new_state: MinimizerState = {
-            "rule": context.rule_state, "lr": context.lr, "eps": context.eps, "steps": context.steps,
-            "last_step": displacement, "uphill": context.uphill.to(gradient.dtype),
-            "restarted": context.restarted.to(gradient.dtype), "controls": owns}
+            "rule": context.rule_state,
+            "lr": context.lr,
+            "eps": context.eps,
+            "steps": context.steps,
+            "last_step": displacement,
+            "uphill": context.uphill.to(gradient.dtype),
+            "restarted": context.restarted.to(gradient.dtype),
+            "controls": owns,
+        }
         if self.reads_line:
             new_state["last_slope"] = layout.sum(gradient * displacement)
         return displacement, new_state
@@ -238,7 +257,9 @@ class Minimizer:
         Every field, per row or per structure, stacks along its first dimension, so structures that join a
         running batch (in-flight batching) start from their own :meth:`init` state.
         """
-        return {k: self.merge(v, second[k]) if isinstance(v, dict) else torch.cat([v, second[k]]) for k, v in first.items()}
+        return {
+            k: self.merge(v, second[k]) if isinstance(v, dict) else torch.cat([v, second[k]]) for k, v in first.items()
+        }
 
     def select(self, state: MinimizerState, layout: Layout, keep: Tensor) -> tuple[MinimizerState, Layout]:
         """Keep only the structures where ``keep`` (``(n_structures,)`` bool) is true, e.g. to drop converged ones."""
@@ -253,7 +274,9 @@ class Minimizer:
 
     def row_fields(self) -> tuple[str, ...]:
         """Names of the per-row state fields, as :meth:`split_rows` keys them."""
-        probe = self.rule.init(torch.zeros(1, 3, dtype=torch.float64), Layout.single(1), torch.ones(1, dtype=torch.float64))
+        probe = self.rule.init(
+            torch.zeros(1, 3, dtype=torch.float64), Layout.single(1), torch.ones(1, dtype=torch.float64)
+        )
         return tuple(k for k in probe if k not in self.rule.structure_fields) + ("last_step",)
 
     def split_rows(self, state: MinimizerState) -> tuple[dict[str, Tensor], MinimizerState]:

@@ -97,7 +97,7 @@ def zero_state(gradient: Tensor, layout: Layout, *row_fields: str) -> State:
     return state
 
 
-def step_count(state: State, layout: Layout) -> Tensor:
+def step_count(state: State, layout: Layout) -> tuple[Tensor, Tensor]:
     """The incremented per-structure step count and its row broadcast."""
     t = state["t"] + 1
     return t, layout.rows(t)

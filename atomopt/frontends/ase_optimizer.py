@@ -22,11 +22,12 @@ from ase import Atoms
 from ase.cell import Cell
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 
-from atomopt.core.layout import Layout
 from atomopt.controls import CONTROL_NAMES
+from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, state_from_numpy, state_to_numpy
 from atomopt.frontends.structures import structure_problem
 from atomopt.optimizers import make_minimizer
+
 
 class MissingCalculatorError(RuntimeError):
     """The structure has no calculator attached (``atoms.calc is None``)."""
@@ -71,13 +72,16 @@ class AtomoptOptimizer(Optimizer):
         **options: Any,
     ):
         self.minimizer: Minimizer = make_minimizer(
-            self.rule_name, paper_exact=paper_exact, lr=lr, eps=eps, max_step=maxstep, **options)
+            self.rule_name, paper_exact=paper_exact, lr=lr, eps=eps, max_step=maxstep, **options
+        )
         self.paper_exact = paper_exact
         self.dtype = dtype
         self.device = torch.device(device)
         self.state: dict | None = None
         self.target = atoms
-        super().__init__(atoms, restart=restart, logfile=logfile, trajectory=trajectory, append_trajectory=append_trajectory)
+        super().__init__(
+            atoms, restart=restart, logfile=logfile, trajectory=trajectory, append_trajectory=append_trajectory
+        )
         # The core works on rows of three; any Optimizable (a NEB, a pure function) is padded to whole rows.
         self.ndofs = len(self.optimizable.get_x())
         self.layout = Layout.single(max(-(-self.ndofs // 3), 1), device=self.device)  # empty: refused by run()
@@ -117,7 +121,9 @@ class AtomoptOptimizer(Optimizer):
             with open(self.restart) as fd:
                 return read_json(fd, always_array=False)
         except Exception as err:
-            raise RestartError(f"Could not decode restart file as JSON. You may need to delete the restart file {self.restart}") from err
+            raise RestartError(
+                f"Could not decode restart file as JSON. You may need to delete the restart file {self.restart}"
+            ) from err
 
     def todict(self) -> dict[str, Any]:
         description = super().todict()

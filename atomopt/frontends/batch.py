@@ -9,8 +9,9 @@ converges, so it follows the trajectory it would follow alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,9 +143,19 @@ def relax_tensors(
     rows = torch.split(positions.detach().cpu().to(torch.float64), sizes)
     structures = [(i, Atoms(numbers=np.zeros(len(x), dtype=int), positions=x.numpy())) for i, x in enumerate(rows)]
     model = TensorFunctionModel(energy_forces, device=positions.device, dtype=positions.dtype)
-    relaxer = InFlightRelaxer(model, minimizer, fmax=fmax, steps=max_force_calls - 1, cell=None,
-                              capacity=layout.n_structures, capacity_metric="structures", dtype=dtype,
-                              device=positions.device, on_evaluation=observer, check_structures=False)
+    relaxer = InFlightRelaxer(
+        model,
+        minimizer,
+        fmax=fmax,
+        steps=max_force_calls - 1,
+        cell=None,
+        capacity=layout.n_structures,
+        capacity_metric="structures",
+        dtype=dtype,
+        device=positions.device,
+        on_evaluation=observer,
+        check_structures=False,
+    )
     records = sorted(relaxer.run(structures), key=lambda r: r.index)
     for record in records:
         if record.status == "non_finite":

@@ -76,7 +76,7 @@ class RowIndex:
     row_sizes: list[int]
 
     @classmethod
-    def build(cls, batch: Batch, free_cell: bool, device: torch.device) -> "RowIndex":
+    def build(cls, batch: Batch, free_cell: bool, device: torch.device) -> RowIndex:
         sizes = [len(m.atoms) for m in batch.members]
         n_atoms = torch.as_tensor(sizes, device=device)
         extra = 3 if free_cell else 0

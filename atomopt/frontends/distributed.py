@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ase import Atoms
 
@@ -21,13 +22,20 @@ def _relax_shard(model: Any, optimizer: str, options: dict, items: list, threads
     import torch
 
     torch.set_num_threads(threads)
-    for record in InFlightRelaxer(model, optimizer, **options).run(items):  # Ray's stream sends values: no yield from
+    for record in InFlightRelaxer(model, optimizer, **options).run(items):  # noqa: UP028 - Ray's stream sends values
         yield record
 
 
-def relax_on_ray(items: Sequence[tuple[int, Atoms | str]], model: Any, optimizer: str = "frankenstein", *,
-                 workers: int = 2, gpus_per_worker: float = 0.0, threads_per_worker: int = 1,
-                 **options: Any) -> Iterator[RelaxRecord]:
+def relax_on_ray(
+    items: Sequence[tuple[int, Atoms | str]],
+    model: Any,
+    optimizer: str = "frankenstein",
+    *,
+    workers: int = 2,
+    gpus_per_worker: float = 0.0,
+    threads_per_worker: int = 1,
+    **options: Any,
+) -> Iterator[RelaxRecord]:
     """Relax ``items`` on ``workers`` Ray workers (atom-balanced shards); yields records as they finish.
 
     ``model`` should be a name or path spec (each worker loads its own copy); model objects are pickled to
@@ -41,9 +49,14 @@ def relax_on_ray(items: Sequence[tuple[int, Atoms | str]], model: Any, optimizer
         raise ValueError(f"workers must be at least 1, got {workers}")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    task = ray.remote(_relax_shard).options(num_returns="streaming", num_cpus=threads_per_worker, num_gpus=gpus_per_worker)
-    streams = [task.remote(model, optimizer, options, shard, threads_per_worker)
-               for shard in balanced_shards(list(items), workers) if shard]
+    task = ray.remote(_relax_shard).options(
+        num_returns="streaming", num_cpus=threads_per_worker, num_gpus=gpus_per_worker
+    )
+    streams = [
+        task.remote(model, optimizer, options, shard, threads_per_worker)
+        for shard in balanced_shards(list(items), workers)
+        if shard
+    ]
     results: queue.Queue = queue.Queue()
     finished = object()
 

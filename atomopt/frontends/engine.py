@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from atomopt.optimizers import make_minimizer
 #: What a structure's load in the batch counts: its atoms, its neighbour pairs within the model's cutoff
 #: (what graph models' memory grows with), or 1 per structure.
 CAPACITY_METRICS = ("atoms", "pairs", "structures")
+
 
 @dataclass
 class EngineStats:
@@ -108,7 +110,7 @@ class InFlightRelaxer:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         on_evaluation: Callable[[int, Tensor], None] | None = None,
-        observer: Callable[["Observation"], None] | None = None,
+        observer: Callable[[Observation], None] | None = None,
         check_structures: bool = True,
         **optimizer_options: Any,
     ):
@@ -123,11 +125,15 @@ class InFlightRelaxer:
         if stress_tol is not None and not (stress_tol > 0 and math.isfinite(stress_tol)):
             raise ValueError(f"stress_tol must be a positive number of GPa, got {stress_tol}")
         if stress_tol is not None and not cell:
-            raise ValueError("stress_tol needs a free cell (cell=True or a CellFilter): a fixed cell cannot relax its stress")
+            raise ValueError(
+                "stress_tol needs a free cell (cell=True or a CellFilter): a fixed cell cannot relax its stress"
+            )
         if device is not None:
             device = resolve_device(device)
         self.model: BatchedModel = load_model(model, device=device or "cpu")
-        self.minimizer = optimizer if isinstance(optimizer, Minimizer) else make_minimizer(optimizer, **optimizer_options)
+        self.minimizer = (
+            optimizer if isinstance(optimizer, Minimizer) else make_minimizer(optimizer, **optimizer_options)
+        )
         self.fmax = float(fmax)
         self.steps = int(steps)
         self.cell = CellFilter() if cell is True else (cell or None)
@@ -138,7 +144,9 @@ class InFlightRelaxer:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else self.model.device
         self.stats = EngineStats()
-        self.calls = ModelCalls(self.model, capacity, capacity_metric, self.cell is not None, dtype, self.device, self.stats)
+        self.calls = ModelCalls(
+            self.model, capacity, capacity_metric, self.cell is not None, dtype, self.device, self.stats
+        )
         self.on_evaluation = on_evaluation
         self.observer = observer
         self.check_structures = check_structures
@@ -158,7 +166,8 @@ class InFlightRelaxer:
 
         box = atoms.cell[:] if atoms.pbc.any() else np.zeros((3, 3))
         i, _ = NeighborList(cutoff=float(self.model.cutoff), full_list=True).compute(
-            points=atoms.positions, box=box, periodic=bool(atoms.pbc.any()), quantities="ij")
+            points=atoms.positions, box=box, periodic=bool(atoms.pbc.any()), quantities="ij"
+        )
         return float(max(len(i), len(atoms)))
 
     # ------------------------------------------------------------------ entry checks
@@ -170,7 +179,10 @@ class InFlightRelaxer:
             return "invalid", problem
         others = [c for c in atoms.constraints if not isinstance(c, FixAtoms)]
         if others:
-            return "invalid", f"constraint {type(others[0]).__name__} is not supported by the batched engine (FixAtoms is)"
+            return (
+                "invalid",
+                f"constraint {type(others[0]).__name__} is not supported by the batched engine (FixAtoms is)",
+            )
         if self.cell is not None:
             if not atoms.pbc.all():
                 return "invalid", "cell relaxation needs a structure periodic in all three directions (use cell=False)"
@@ -197,9 +209,14 @@ class InFlightRelaxer:
             numbers.append(torch.as_tensor(atoms.numbers, device=self.device))
             pbc.append(torch.as_tensor(atoms.pbc, device=self.device))
             fixed.append(torch.as_tensor(member.fixed, device=self.device))
-        parts = [(batch.rows, torch.cat(rows)), (batch.reference_cell, torch.stack(cells)), (batch.numbers, torch.cat(numbers)),
-                 (batch.pbc, torch.stack(pbc)), (batch.fixed, torch.cat(fixed)),
-                 (batch.calls, torch.zeros(len(new), dtype=torch.long, device=self.device))]
+        parts = [
+            (batch.rows, torch.cat(rows)),
+            (batch.reference_cell, torch.stack(cells)),
+            (batch.numbers, torch.cat(numbers)),
+            (batch.pbc, torch.stack(pbc)),
+            (batch.fixed, torch.cat(fixed)),
+            (batch.calls, torch.zeros(len(new), dtype=torch.long, device=self.device)),
+        ]
         joined = [added if old is None else torch.cat([old, added]) for old, added in parts]
         batch.rows, batch.reference_cell, batch.numbers, batch.pbc, batch.fixed, batch.calls = joined
         batch.members.extend(new)
@@ -281,11 +298,25 @@ class InFlightRelaxer:
         self._count(batch, loads, frame.structures.ids)
         forces = self._row_forces(batch, index, frame, out, errors)
         self._start_new(batch, index, forces.gradient)
-        evaluated = Evaluated(list(range(len(batch))), index.atom_offsets.tolist(), frame.structures.positions,
-                              frame.structures.cell, out, forces.largest)
+        evaluated = Evaluated(
+            list(range(len(batch))),
+            index.atom_offsets.tolist(),
+            frame.structures.positions,
+            frame.structures.cell,
+            out,
+            forces.largest,
+        )
         if self.observer is not None:
-            self.observer(Observation([m.index for m in batch.members], batch.calls.tolist(), forces.largest,
-                                      out.energy, [m.atoms for m in batch.members], evaluated))
+            self.observer(
+                Observation(
+                    [m.index for m in batch.members],
+                    batch.calls.tolist(),
+                    forces.largest,
+                    out.energy,
+                    [m.atoms for m in batch.members],
+                    evaluated,
+                )
+            )
         records = self._end(batch, index, self._endings(batch, forces, errors), evaluated)
         if len(batch):
             records += self._advance(batch, index, forces.gradient, evaluated, left=bool(records))
@@ -294,7 +325,7 @@ class InFlightRelaxer:
         self.stats.optimizer_seconds += time.perf_counter() - clock
         yield from records
 
-    def _deform(self, batch: Batch, index: RowIndex) -> "_Frame":
+    def _deform(self, batch: Batch, index: RowIndex) -> _Frame:
         """The structures as the model sees them: positions and cells after each cell's deformation."""
         rows, n = batch.rows, index.n_atoms.to(self.dtype)
         log_f = F = None
@@ -316,13 +347,18 @@ class InFlightRelaxer:
         if self.on_evaluation is not None:
             self.on_evaluation(self.stats.evaluations, ids)
 
-    def _row_forces(self, batch: Batch, index: RowIndex, frame: "_Frame", out: ModelOutput,
-                    errors: dict[int, str]) -> "_RowForces":
+    def _row_forces(
+        self, batch: Batch, index: RowIndex, frame: _Frame, out: ModelOutput, errors: dict[int, str]
+    ) -> _RowForces:
         """Forces on every row (atoms, and cell rows by the cell filter), with NaN kept out of the optimizer math."""
         energy, forces, stress = out.energy, out.forces, out.stress
         per_atom_bad = ~torch.isfinite(forces).all(dim=1)
-        bad = torch.zeros(len(batch), dtype=torch.long, device=self.device).index_add_(
-            0, index.atom_structure, per_atom_bad.long()) > 0
+        bad = (
+            torch.zeros(len(batch), dtype=torch.long, device=self.device).index_add_(
+                0, index.atom_structure, per_atom_bad.long()
+            )
+            > 0
+        )
         bad |= ~torch.isfinite(energy)
         if self.cell is not None:
             bad |= ~torch.isfinite(stress).all(dim=2).all(dim=1)
@@ -330,7 +366,7 @@ class InFlightRelaxer:
         if errors:
             failed[list(errors)] = True
         bad &= ~failed
-        zero_rows = (bad | failed)
+        zero_rows = bad | failed
         if bool(zero_rows.any()):  # keep NaN out of the optimizer math: these structures leave the batch now
             forces = torch.where(zero_rows[index.atom_structure, None], 0.0, forces)
             stress = torch.where(zero_rows[:, None, None], 0.0, stress)
@@ -338,8 +374,9 @@ class InFlightRelaxer:
         row_forces = torch.zeros_like(batch.rows)
         if self.cell is not None:
             n = index.n_atoms.to(self.dtype)
-            atom_forces, log_forces = cellmath.cell_forces(forces, stress, frame.structures.cell, frame.log_f, frame.F,
-                                                           index.atom_structure, self.cell)
+            atom_forces, log_forces = cellmath.cell_forces(
+                forces, stress, frame.structures.cell, frame.log_f, frame.F, index.atom_structure, self.cell
+            )
             row_forces[index.atom_rows] = atom_forces
             row_forces[index.cell_rows] = log_forces / n[:, None, None]
         else:
@@ -354,11 +391,13 @@ class InFlightRelaxer:
         """Structures evaluated for the first time start their optimizer state."""
         if batch.n_started < len(batch):
             first_row = int(index.row_offsets[batch.n_started])
-            fresh = self.minimizer.init(gradient[first_row:], Layout.from_sizes(index.row_sizes[batch.n_started:], device=self.device))
+            fresh = self.minimizer.init(
+                gradient[first_row:], Layout.from_sizes(index.row_sizes[batch.n_started :], device=self.device)
+            )
             batch.state = fresh if batch.state is None else self.minimizer.merge(batch.state, fresh)
             batch.n_started = len(batch)
 
-    def _endings(self, batch: Batch, forces: "_RowForces", errors: dict[int, str]) -> dict[int, tuple[str, str]]:
+    def _endings(self, batch: Batch, forces: _RowForces, errors: dict[int, str]) -> dict[int, tuple[str, str]]:
         """(status, message) of the structures that end at this evaluation, by batch position."""
         converged_now = forces.largest <= self.fmax
         if self.stress_tol is not None:
@@ -378,8 +417,9 @@ class InFlightRelaxer:
                 ending[i] = ("max_steps", "")
         return ending
 
-    def _advance(self, batch: Batch, index: RowIndex, gradient: Tensor, evaluated: Evaluated,
-                 left: bool) -> list[RelaxRecord]:
+    def _advance(
+        self, batch: Batch, index: RowIndex, gradient: Tensor, evaluated: Evaluated, left: bool
+    ) -> list[RelaxRecord]:
         """One optimizer step for the structures still in the batch (``left``: some have just left it); a step that
         takes a cell out of its volume bounds is not taken, and that structure ends."""
         if left:
@@ -403,12 +443,18 @@ class InFlightRelaxer:
         lower, upper = self.cell.volume_bounds
         log_volume = batch.rows[index.cell_rows].diagonal(dim1=1, dim2=2).sum(-1) / index.n_atoms  # tr log F
         ratio = torch.exp(log_volume).tolist()
-        outside = {i: ("cell_collapsed", f"the next step would shrink the cell below {lower:g} × its starting volume")
-                   if r < lower else ("cell_exploded", f"the next step would grow the cell above {upper:g} × its "
-                                      "starting volume") for i, r in enumerate(ratio) if not lower <= r <= upper}
+        outside = {
+            i: ("cell_collapsed", f"the next step would shrink the cell below {lower:g} × its starting volume")
+            if r < lower
+            else ("cell_exploded", f"the next step would grow the cell above {upper:g} × its starting volume")
+            for i, r in enumerate(ratio)
+            if not lower <= r <= upper
+        }
         return self._end(batch, index, outside, evaluated)
 
-    def _end(self, batch: Batch, index: RowIndex, ending: dict[int, tuple[str, str]], evaluated: Evaluated) -> list[RelaxRecord]:
+    def _end(
+        self, batch: Batch, index: RowIndex, ending: dict[int, tuple[str, str]], evaluated: Evaluated
+    ) -> list[RelaxRecord]:
         """Records of the structures ``ending`` (batch position → (status, message)) at their last evaluation;
         they leave the batch."""
         if not ending:
@@ -418,9 +464,20 @@ class InFlightRelaxer:
             member, j = batch.members[i], evaluated.slot[i]
             a = evaluated.atom_offsets[j]
             b = a + len(member.atoms)
-            records.append(self._record(member, status, message, int(batch.calls[i]), evaluated.positions[a:b],
-                                        evaluated.cell[j], evaluated.out.energy[j], evaluated.out.forces[a:b],
-                                        evaluated.out.stress[j], float(evaluated.fmax[j])))
+            records.append(
+                self._record(
+                    member,
+                    status,
+                    message,
+                    int(batch.calls[i]),
+                    evaluated.positions[a:b],
+                    evaluated.cell[j],
+                    evaluated.out.energy[j],
+                    evaluated.out.forces[a:b],
+                    evaluated.out.stress[j],
+                    float(evaluated.fmax[j]),
+                )
+            )
         self.stats.finished += len(records)
         self.stats.failed += sum(r.status not in ("converged", "max_steps") for r in records)
         keep = torch.ones(len(batch), dtype=torch.bool, device=self.device)
@@ -439,8 +496,19 @@ class InFlightRelaxer:
 
     # ------------------------------------------------------------------ records
 
-    def _record(self, member: Member, status: str, message: str, calls: int, positions: Tensor, cell: Tensor,
-                energy: Tensor, forces: Tensor, stress: Tensor, fmax: float) -> RelaxRecord:
+    def _record(
+        self,
+        member: Member,
+        status: str,
+        message: str,
+        calls: int,
+        positions: Tensor,
+        cell: Tensor,
+        energy: Tensor,
+        forces: Tensor,
+        stress: Tensor,
+        fmax: float,
+    ) -> RelaxRecord:
         atoms = member.atoms.copy()
         atoms.positions = positions.detach().cpu().numpy()
         atoms.cell = cell.detach().cpu().numpy()
@@ -451,9 +519,15 @@ class InFlightRelaxer:
             results["stress"] = voigt
         atoms.calc = SinglePointCalculator(atoms, **results)
         record = RelaxRecord(
-            index=member.index, status=status, message=message, force_calls=calls, energy=float(energy), fmax=fmax,
+            index=member.index,
+            status=status,
+            message=message,
+            force_calls=calls,
+            energy=float(energy),
+            fmax=fmax,
             max_stress=float(np.abs(stress_np).max() / GPa) if atoms.pbc.all() else math.nan,
-            volume=float(abs(np.linalg.det(atoms.cell[:]))) if atoms.pbc.all() else math.nan, atoms=atoms,
+            volume=float(abs(np.linalg.det(atoms.cell[:]))) if atoms.pbc.all() else math.nan,
+            atoms=atoms,
         )
         tag_atoms(atoms, record)
         return record
@@ -491,7 +565,7 @@ class Observation:
         """The i-th evaluated structure as it was evaluated (positions and cell; no calculator)."""
         a = self._evaluated.atom_offsets[i]
         atoms = self._templates[i].copy()
-        atoms.positions = self._evaluated.positions[a:a + len(atoms)].detach().cpu().numpy()
+        atoms.positions = self._evaluated.positions[a : a + len(atoms)].detach().cpu().numpy()
         atoms.cell = self._evaluated.cell[i].detach().cpu().numpy()
         return atoms
 
@@ -515,14 +589,20 @@ class _RowForces:
     stress: Tensor
 
 
-def relax_iter(structures: Iterable[Atoms | tuple[int, Atoms]], model: Any, optimizer: str = "frankenstein",
-               **options: Any) -> Iterator[RelaxRecord]:
+def relax_iter(
+    structures: Iterable[Atoms | tuple[int, Atoms]], model: Any, optimizer: str = "frankenstein", **options: Any
+) -> Iterator[RelaxRecord]:
     """Relax a stream of structures; records are yielded as structures finish (see :class:`InFlightRelaxer`)."""
     return InFlightRelaxer(model, optimizer, **options).run(structures)
 
 
-def relax_many(structures: Iterable[Atoms], model: Any, optimizer: str = "frankenstein",
-               progress: Callable[[RelaxRecord, EngineStats], None] | None = None, **options: Any) -> list[RelaxRecord]:
+def relax_many(
+    structures: Iterable[Atoms],
+    model: Any,
+    optimizer: str = "frankenstein",
+    progress: Callable[[RelaxRecord, EngineStats], None] | None = None,
+    **options: Any,
+) -> list[RelaxRecord]:
     """Relax ``structures`` with a batched model; one :class:`RelaxRecord` per structure, in input order.
 
     Options as :class:`InFlightRelaxer` (fmax, steps, cell, capacity, capacity_metric, dtype, device and the

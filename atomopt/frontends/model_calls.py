@@ -32,8 +32,16 @@ class ModelCalls:
         stats: the engine's counters (capacity, out-of-memory retries).
     """
 
-    def __init__(self, model: BatchedModel, capacity: float | None, capacity_metric: str, free_cell: bool,
-                 dtype: torch.dtype, device: torch.device, stats) -> None:
+    def __init__(
+        self,
+        model: BatchedModel,
+        capacity: float | None,
+        capacity_metric: str,
+        free_cell: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+        stats,
+    ) -> None:
         self.model, self.capacity_metric, self.free_cell = model, capacity_metric, free_cell
         self.dtype, self.device, self.stats = dtype, device, stats
         self.capacity = float(capacity) if capacity is not None else self._default_capacity()
@@ -97,7 +105,9 @@ class ModelCalls:
                 stress=None if any(s is None for s in stresses) else torch.cat(stresses),
             )
 
-    def _evaluate_with_fallback(self, structures: StructureBatch, loads: list[float]) -> tuple[ModelOutput, dict[int, str]]:
+    def _evaluate_with_fallback(
+        self, structures: StructureBatch, loads: list[float]
+    ) -> tuple[ModelOutput, dict[int, str]]:
         """Model output for every structure; a structure whose evaluation raises gets NaN and an error message.
 
         When the batched call raises, each structure is evaluated alone to find the one at fault.
@@ -108,22 +118,32 @@ class ModelCalls:
             if structures.n_structures == 1:
                 sizes = structures.sizes
                 nan = torch.full((1,), math.nan, dtype=self.dtype, device=self.device)
-                return (ModelOutput(nan, torch.full((sizes[0], 3), math.nan, dtype=self.dtype, device=self.device),
-                                    torch.full((1, 3, 3), math.nan, dtype=self.dtype, device=self.device)),
-                        {0: describe_error(err)})
+                return (
+                    ModelOutput(
+                        nan,
+                        torch.full((sizes[0], 3), math.nan, dtype=self.dtype, device=self.device),
+                        torch.full((1, 3, 3), math.nan, dtype=self.dtype, device=self.device),
+                    ),
+                    {0: describe_error(err)},
+                )
         outputs, errors = [], {}
         for i in range(structures.n_structures):
             out, failed = self._evaluate_with_fallback(structures.slice(i, i + 1), loads[i : i + 1])
             outputs.append(out)
             if failed:
                 errors[i] = failed[0]
-        return ModelOutput(torch.cat([o.energy for o in outputs]), torch.cat([o.forces for o in outputs]),
-                           torch.cat([o.stress for o in outputs])), errors
+        return ModelOutput(
+            torch.cat([o.energy for o in outputs]),
+            torch.cat([o.forces for o in outputs]),
+            torch.cat([o.stress for o in outputs]),
+        ), errors
 
     def _cast(self, out: ModelOutput, structures: StructureBatch) -> ModelOutput:
         if out.energy.shape != (structures.n_structures,) or out.forces.shape != structures.positions.shape:
-            raise ValueError(f"{self.model.name} returned energy {tuple(out.energy.shape)} and forces {tuple(out.forces.shape)} "
-                             f"for {structures.n_structures} structures of {structures.positions.shape[0]} atoms")
+            raise ValueError(
+                f"{self.model.name} returned energy {tuple(out.energy.shape)} and forces {tuple(out.forces.shape)} "
+                f"for {structures.n_structures} structures of {structures.positions.shape[0]} atoms"
+            )
         stress = out.stress
         if stress is None:
             if self.free_cell:

@@ -9,15 +9,23 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ase import Atoms
 
 from atomopt.frontends.engine import EngineStats, InFlightRelaxer, RelaxRecord
-from atomopt.frontends.records import (RecordJournal, balanced_shards, check_output, input_files, pending, read_structures,
-                                      write_records)
+from atomopt.frontends.records import (
+    RecordJournal,
+    balanced_shards,
+    check_output,
+    input_files,
+    pending,
+    read_structures,
+    write_records,
+)
 from atomopt.models.base import resolve_device
 
 
@@ -107,9 +115,11 @@ def relax_file(
         raise ValueError("resume needs an output file (its journal holds the finished records)")
     journal = RecordJournal(journal_path(output)) if output is not None else None
     if journal is not None and journal.path.exists() and not resume:
-        raise JournalExistsError(f"{journal.path} holds records of an unfinished earlier run: pass --resume to "
-                                 "continue it, or delete it to start over")
-    items = ([(i, a) for i, a in enumerate(source)] if isinstance(source, list) else read_structures(source))
+        raise JournalExistsError(
+            f"{journal.path} holds records of an unfinished earlier run: pass --resume to "
+            "continue it, or delete it to start over"
+        )
+    items = [(i, a) for i, a in enumerate(source)] if isinstance(source, list) else read_structures(source)
     if shard is not None:
         items = balanced_shards(items, shard[1])[shard[0]]
     done = journal.read() if resume else {}
@@ -128,7 +138,9 @@ def relax_file(
             from atomopt.frontends.distributed import relax_on_ray
 
             on_gpu = str(options.get("device") or "cpu").startswith("cuda")  # then one GPU per worker
-            stream = relax_on_ray(todo, model, optimizer, workers=workers, gpus_per_worker=1.0 if on_gpu else 0.0, **options)
+            stream = relax_on_ray(
+                todo, model, optimizer, workers=workers, gpus_per_worker=1.0 if on_gpu else 0.0, **options
+            )
         else:
             stats = relaxer.stats
             stream = relaxer.run(todo)

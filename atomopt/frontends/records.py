@@ -14,9 +14,10 @@ import io
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -66,8 +67,9 @@ class RelaxRecord:
 
 def tag_atoms(atoms: Atoms, record: RelaxRecord) -> None:
     """Write the record's outcome into ``atoms.info`` (status, converged, force_calls, index, message)."""
-    atoms.info.update(status=record.status, converged=record.converged, force_calls=record.force_calls,
-                      index=record.index)
+    atoms.info.update(
+        status=record.status, converged=record.converged, force_calls=record.force_calls, index=record.index
+    )
     if record.message:
         atoms.info["message"] = record.message
 
@@ -127,11 +129,15 @@ def atoms_to_record(atoms: Atoms) -> RelaxRecord:
     """Inverse of :func:`record_to_atoms`."""
     info = atoms.info
     record = RelaxRecord(
-        index=int(info["index"]), status=str(info["status"]), message=str(info.get("message", "")),
+        index=int(info["index"]),
+        status=str(info["status"]),
+        message=str(info.get("message", "")),
         force_calls=int(info.get("force_calls", 0)),
         energy=float(atoms.calc.results.get("energy", math.nan)) if atoms.calc is not None else math.nan,
-        fmax=float(info.get("fmax", math.nan)), max_stress=float(info.get("max_stress", math.nan)),
-        volume=float(info.get("volume", math.nan)), atoms=atoms,
+        fmax=float(info.get("fmax", math.nan)),
+        max_stress=float(info.get("max_stress", math.nan)),
+        volume=float(info.get("volume", math.nan)),
+        atoms=atoms,
     )
     return record
 
@@ -236,8 +242,15 @@ def merge_outputs(parts: Sequence[str | Path], output: str | Path, overwrite: bo
 
 #: Database columns of a record (``ase db`` queries them: ``ase db out.db status=converged``). ASE's own ``fmax``
 #: and ``volume`` are computed from the row's forces and cell; the record's ``fmax`` also counts the cell rows.
-_DATABASE_KEYS = {"index": "index", "status": "status", "converged": "converged", "force_calls": "force_calls",
-                  "message": "message", "fmax": "max_row_force", "max_stress": "max_stress"}
+_DATABASE_KEYS = {
+    "index": "index",
+    "status": "status",
+    "converged": "converged",
+    "force_calls": "force_calls",
+    "message": "message",
+    "fmax": "max_row_force",
+    "max_stress": "max_stress",
+}
 
 
 def _write_database(path: str, frames: Sequence[Atoms]) -> None:
@@ -295,8 +308,10 @@ def output_format(path: Path) -> str:
         return "traj"
     if suffix == ".db":
         return "db"
-    raise ValueError(f"output {path} must end in .extxyz, .xyz, .traj or .db (files that hold many structures); "
-                     f"{filetype(path, read=False) if suffix else 'no extension'} does not")
+    raise ValueError(
+        f"output {path} must end in .extxyz, .xyz, .traj or .db (files that hold many structures); "
+        f"{filetype(path, read=False) if suffix else 'no extension'} does not"
+    )
 
 
 def balanced_shards(items: Sequence[tuple[int, Atoms | str]], n_shards: int) -> list[list[tuple[int, Atoms | str]]]:
@@ -316,6 +331,8 @@ def balanced_shards(items: Sequence[tuple[int, Atoms | str]], n_shards: int) -> 
     return [[items[k] for k in sorted(m)] for m in members]
 
 
-def pending(items: Iterable[tuple[int, Atoms | str]], done: dict[int, RelaxRecord]) -> Iterator[tuple[int, Atoms | str]]:
+def pending(
+    items: Iterable[tuple[int, Atoms | str]], done: dict[int, RelaxRecord]
+) -> Iterator[tuple[int, Atoms | str]]:
     """The items whose index has no record yet."""
     return (item for item in items if item[0] not in done)

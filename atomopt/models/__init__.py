@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -20,8 +20,13 @@ class TensorFunctionModel(BatchedModel):
     so fixed cells only. The benchmarks' batched cluster LJ and :func:`atomopt.frontends.batch.relax_tensors` use it.
     """
 
-    def __init__(self, energy_forces: Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"], name: str = "function",
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        energy_forces: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+        name: str = "function",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ):
         self.energy_forces, self.name, self.device, self.dtype = energy_forces, name, torch.device(device), dtype
 
     def __call__(self, batch: StructureBatch) -> ModelOutput:
@@ -75,9 +80,19 @@ def load_model(spec: object, device: torch.device | str = "cpu") -> BatchedModel
         from atomopt.models.torchsim import TorchSimModel
 
         return TorchSimModel(spec)
-    raise TypeError(f"cannot use {type(spec).__name__} as a model: give a name {list(MODEL_NAMES)}, a BatchedModel, "
-                    "an ASE calculator or a TorchSim-style model")
+    raise TypeError(
+        f"cannot use {type(spec).__name__} as a model: give a name {list(MODEL_NAMES)}, a BatchedModel, "
+        "an ASE calculator or a TorchSim-style model"
+    )
 
 
-__all__ = ["BatchedModel", "ModelError", "ModelOutput", "StructureBatch", "TensorFunctionModel", "UnsupportedStructureError",
-           "load_model", "MODEL_NAMES"]
+__all__ = [
+    "BatchedModel",
+    "ModelError",
+    "ModelOutput",
+    "StructureBatch",
+    "TensorFunctionModel",
+    "UnsupportedStructureError",
+    "load_model",
+    "MODEL_NAMES",
+]

@@ -32,8 +32,11 @@ class ModelCalculator(Calculator):
         batch = StructureBatch.from_atoms([self.atoms], dtype=self.model.dtype, device=self.model.device)
         out = self.model(batch)
         energy = float(out.energy.detach().reshape(-1)[0])
-        self.results = {"energy": energy, "free_energy": energy,
-                        "forces": out.forces.detach().cpu().double().numpy().reshape(-1, 3)}
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out.forces.detach().cpu().double().numpy().reshape(-1, 3),
+        }
         if out.stress is not None and self.atoms.pbc.all():
             s = out.stress.detach().cpu().double().numpy().reshape(3, 3)
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -10,9 +10,9 @@ models users bring: SevenNet, CHGNet, MACE, anything following TorchSim's
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,10 @@ def resolve_device(spec: torch.device | str) -> torch.device:
         raise ValueError(f"unknown device {str(spec)!r}: expected cpu, cuda, cuda:1, mps, ...") from err
     if device.type == "cuda":
         if not torch.backends.cuda.is_built():
-            raise ValueError(f"device {str(spec)!r}: this torch {torch.__version__} was built without CUDA "
-                             "(install a CUDA build of torch, or use --device cpu)")
+            raise ValueError(
+                f"device {str(spec)!r}: this torch {torch.__version__} was built without CUDA "
+                "(install a CUDA build of torch, or use --device cpu)"
+            )
         count = torch.cuda.device_count()
         if count == 0:
             raise ValueError(f"device {str(spec)!r}: torch sees no CUDA device on this machine")
@@ -97,8 +99,9 @@ class StructureBatch:
         return torch.bincount(self.structure, minlength=self.n_structures).tolist()
 
     @classmethod
-    def from_atoms(cls, structures: Sequence[Atoms], dtype: torch.dtype = torch.float64,
-                   device: torch.device | str = "cpu") -> "StructureBatch":
+    def from_atoms(
+        cls, structures: Sequence[Atoms], dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+    ) -> StructureBatch:
         """A batch holding ``structures`` (positions, cells, numbers and pbc copied)."""
         sizes = [len(a) for a in structures]
         return cls(
@@ -106,7 +109,9 @@ class StructureBatch:
             cell=torch.as_tensor(np.stack([a.cell[:] for a in structures]), dtype=dtype, device=device),
             numbers=torch.as_tensor(np.concatenate([a.numbers for a in structures]), device=device),
             pbc=torch.as_tensor(np.stack([a.pbc for a in structures]), device=device),
-            structure=torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.as_tensor(sizes, device=device)),
+            structure=torch.repeat_interleave(
+                torch.arange(len(sizes), device=device), torch.as_tensor(sizes, device=device)
+            ),
         )
 
     def split(self) -> list[Atoms]:
@@ -114,16 +119,23 @@ class StructureBatch:
         positions = torch.split(self.positions.detach().cpu(), self.sizes)
         numbers = torch.split(self.numbers.cpu(), self.sizes)
         cells, pbcs = self.cell.detach().cpu().numpy(), self.pbc.cpu().numpy()
-        return [Atoms(numbers=z.numpy(), positions=x.numpy(), cell=c, pbc=p)
-                for x, z, c, p in zip(positions, numbers, cells, pbcs)]
+        return [
+            Atoms(numbers=z.numpy(), positions=x.numpy(), cell=c, pbc=p)
+            for x, z, c, p in zip(positions, numbers, cells, pbcs)
+        ]
 
-    def slice(self, start: int, stop: int) -> "StructureBatch":
+    def slice(self, start: int, stop: int) -> StructureBatch:
         """Structures ``start … stop − 1`` as a batch of their own."""
         first = int(torch.searchsorted(self.structure, torch.tensor(start, device=self.structure.device)))
         last = int(torch.searchsorted(self.structure, torch.tensor(stop, device=self.structure.device)))
-        return StructureBatch(self.positions[first:last], self.cell[start:stop], self.numbers[first:last],
-                              self.pbc[start:stop], self.structure[first:last] - start,
-                              None if self.ids is None else self.ids[start:stop])
+        return StructureBatch(
+            self.positions[first:last],
+            self.cell[start:stop],
+            self.numbers[first:last],
+            self.pbc[start:stop],
+            self.structure[first:last] - start,
+            None if self.ids is None else self.ids[start:stop],
+        )
 
 
 @dataclass
@@ -153,7 +165,7 @@ class BatchedModel(ABC):
     device: torch.device = torch.device("cpu")
     cutoff: float | None = None
 
-    def check(self, atoms: Atoms) -> None:
+    def check(self, atoms: Atoms) -> None:  # noqa: B027 - an optional hook: most models describe any structure
         """Raise :class:`UnsupportedStructureError` for a structure the model cannot describe."""
 
     @abstractmethod
@@ -174,4 +186,6 @@ def check_elements(atoms: Atoms, known: set[int], model: str) -> None:
 def voigt_to_full(voigt: Tensor) -> Tensor:
     """``(S, 6)`` stresses in ASE's Voigt order (xx, yy, zz, yz, xz, xy) as ``(S, 3, 3)`` tensors."""
     xx, yy, zz, yz, xz, xy = voigt.unbind(-1)
-    return torch.stack([torch.stack([xx, xy, xz], -1), torch.stack([xy, yy, yz], -1), torch.stack([xz, yz, zz], -1)], -2)
+    return torch.stack(
+        [torch.stack([xx, xy, xz], -1), torch.stack([xy, yy, yz], -1), torch.stack([xz, yz, zz], -1)], -2
+    )

@@ -51,8 +51,10 @@ class CHGNetModel(BatchedModel):
     def __call__(self, batch: StructureBatch) -> ModelOutput:
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        graphs = [self.network.graph_converter(AseAtomsAdaptor.get_structure(atoms)).to(self.device)
-                  for atoms in batch.split()]
+        graphs = [
+            self.network.graph_converter(AseAtomsAdaptor.get_structure(atoms)).to(self.device)
+            for atoms in batch.split()
+        ]
         out = self.network(graphs, task="efs")
         sizes = out["atoms_per_graph"].to(out["e"])
         energy = out["e"].detach() * (sizes if self.network.is_intensive else 1.0)

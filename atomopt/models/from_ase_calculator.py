@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ class ASECalculatorModel(BatchedModel):
     """
 
     def __init__(self, calculator: Calculator | Callable[[], Calculator], name: str | None = None, stress: bool = True):
-        self.calculator = calculator() if callable(calculator) and not isinstance(calculator, Calculator) else calculator
+        self.calculator = (
+            calculator() if callable(calculator) and not isinstance(calculator, Calculator) else calculator
+        )
         self.name = name or type(self.calculator).__name__
         self.stress = stress
 
@@ -50,5 +52,3 @@ class ASECalculatorModel(BatchedModel):
             forces=torch.as_tensor(np.concatenate(forces), dtype=torch.float64),
             stress=torch.as_tensor(np.stack(stresses), dtype=torch.float64),
         )
-
-

@@ -27,15 +27,22 @@ class MACEModel(BatchedModel):
     collated with MACE's ``torch_geometric`` copy, as its ASE calculator does for one structure.
     """
 
-    def __init__(self, model: str | Path | torch.nn.Module, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float64, head: str | None = None):
+    def __init__(
+        self,
+        model: str | Path | torch.nn.Module,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+        head: str | None = None,
+    ):
         if not isinstance(model, torch.nn.Module) and not Path(model).is_file():
             raise FileNotFoundError(f"MACE model file {model} does not exist")
         try:
             from mace.tools import utils
         except ImportError as err:
-            raise ModelError("MACE needs the mace-torch package: pip install 'atomopt[mace]' "
-                             "(its own environment: mace-torch pins e3nn 0.4.4)") from err
+            raise ModelError(
+                "MACE needs the mace-torch package: pip install 'atomopt[mace]' "
+                "(its own environment: mace-torch pins e3nn 0.4.4)"
+            ) from err
         self.device = torch.device(device)
         if isinstance(model, torch.nn.Module):
             network, self.name = model, "mace"
@@ -67,9 +74,15 @@ class MACEModel(BatchedModel):
         from mace.tools import torch_geometric, torch_tools
 
         with torch_tools.default_dtype(self.dtype):
-            graphs = [data.AtomicData.from_config(data.config_from_atoms(atoms, head_name=self.head),
-                                                  z_table=self.z_table, cutoff=self.cutoff, heads=self.heads)
-                      for atoms in batch.split()]
+            graphs = [
+                data.AtomicData.from_config(
+                    data.config_from_atoms(atoms, head_name=self.head),
+                    z_table=self.z_table,
+                    cutoff=self.cutoff,
+                    heads=self.heads,
+                )
+                for atoms in batch.split()
+            ]
         collated = torch_geometric.batch.Batch.from_data_list(graphs).to(self.device)
         out = self.network(collated.to_dict(), compute_stress=True, training=False)
         return ModelOutput(energy=out["energy"].detach(), forces=out["forces"].detach(), stress=out["stress"].detach())

@@ -24,7 +24,9 @@ class SevenNetModel(BatchedModel):
     SevenNet's own calculator); SevenNet's stress (−σ, Voigt order xx yy zz xy yz zx) is turned into ASE's.
     """
 
-    def __init__(self, model: str | Path | object = "7net-0", device: torch.device | str = "cpu", modal: str | None = None):
+    def __init__(
+        self, model: str | Path | object = "7net-0", device: torch.device | str = "cpu", modal: str | None = None
+    ):
         try:
             import sevenn._keys as keys
             from sevenn.nn.sequential import AtomGraphSequential

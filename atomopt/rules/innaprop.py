@@ -59,13 +59,17 @@ class INNApropRule(UpdateRule):
     def validate_lr(self, lr: Tensor) -> None:
         super().validate_lr(lr)
         if not bool(torch.all(lr < self.beta)):
-            raise ValueError(f"innaprop: learning rate must stay below beta = {self.beta} (Remark 1), got {lr.max().item():g}")
+            raise ValueError(
+                f"innaprop: learning rate must stay below beta = {self.beta} (Remark 1), got {lr.max().item():g}"
+            )
         # Without forces φ evolves as φ ← (1 − αγ)φ (substitute Δθ into the φ update): the friction step is
         # stable only for αγ < 2. The paper's α ≤ 4 with γ ~ 10⁻³ is far inside; ASE's BFGS alpha=70 is not.
         if not bool(torch.all(self.alpha * lr < 2.0)):
-            raise ValueError(f"innaprop: alpha·lr must stay below 2 for a stable friction step (φ is multiplied by "
-                             f"1 − alpha·lr each step), got alpha = {self.alpha:g} with lr up to {lr.max().item():g}; "
-                             "alpha is INNAprop's friction (paper: 0.1–4), not the Hessian guess of ASE's BFGS")
+            raise ValueError(
+                f"innaprop: alpha·lr must stay below 2 for a stable friction step (φ is multiplied by "
+                f"1 − alpha·lr each step), got alpha = {self.alpha:g} with lr up to {lr.max().item():g}; "
+                "alpha is INNAprop's friction (paper: 0.1–4), not the Hessian guess of ASE's BFGS"
+            )
 
     def init(self, gradient: Tensor, layout: Layout, lr: Tensor) -> State:
         return zero_state(gradient, layout, "v", "phi")

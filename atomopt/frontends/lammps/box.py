@@ -68,7 +68,7 @@ class BoxRelax:
     args: str = ""  # the fix's arguments as written (to define it again after an atomopt minimization)
 
     @classmethod
-    def parse(cls, args: list[str] | str, group: str = "all") -> "BoxRelax":
+    def parse(cls, args: list[str] | str, group: str = "all") -> BoxRelax:
         """From the arguments after ``fix ID group box/relax`` (e.g. ``"iso 0.0 vmax 0.001"``)."""
         words = args.split() if isinstance(args, str) else list(args)
         targets: dict[str, float] = {}
@@ -101,8 +101,9 @@ class BoxRelax:
             elif key == "couple":
                 explicit_couple = words[i + 1] if i + 1 < len(words) else None
                 if explicit_couple not in COUPLINGS:
-                    raise BoxRelaxError(f"fix box/relax: couple must be one of {', '.join(COUPLINGS)}, "
-                                        f"got {explicit_couple!r}")
+                    raise BoxRelaxError(
+                        f"fix box/relax: couple must be one of {', '.join(COUPLINGS)}, got {explicit_couple!r}"
+                    )
                 i += 2
             elif key == "vmax":
                 options["vmax"] = value()
@@ -125,7 +126,9 @@ class BoxRelax:
                 try:
                     options["fixedpoint"] = tuple(float(v) for v in words[i + 1 : i + 4])
                 except ValueError:
-                    raise BoxRelaxError(f"fix box/relax: fixedpoint expects three numbers, got {words[i + 1 : i + 4]}") from None
+                    raise BoxRelaxError(
+                        f"fix box/relax: fixedpoint expects three numbers, got {words[i + 1 : i + 4]}"
+                    ) from None
                 if len(options["fixedpoint"]) != 3:
                     raise BoxRelaxError("fix box/relax: fixedpoint expects three numbers")
                 i += 4
@@ -133,9 +136,11 @@ class BoxRelax:
                 value()  # only enters LAMMPS's strain energy, which the atomopt styles do not use
                 i += 2
             else:
-                raise BoxRelaxError(f"fix box/relax: unknown keyword {key!r}; atomopt min styles take iso, aniso, "
-                                    "tri, x, y, z, yz, xz, xy, couple, vmax, nreset, dilate, scaleyz, scalexz, "
-                                    "scalexy, fixedpoint, ptemp")
+                raise BoxRelaxError(
+                    f"fix box/relax: unknown keyword {key!r}; atomopt min styles take iso, aniso, "
+                    "tri, x, y, z, yz, xz, xy, couple, vmax, nreset, dilate, scaleyz, scalexz, "
+                    "scalexy, fixedpoint, ptemp"
+                )
         if not targets:
             raise BoxRelaxError("fix box/relax: no component to relax (give iso, aniso, tri or x y z yz xz xy)")
         couple = "xyz" if options.get("iso") else (explicit_couple or "none")
@@ -209,6 +214,6 @@ class BoxRelax:
         lengths = [self.targets[c] for c in ("x", "y", "z") if c in self.targets]
         return float(np.mean(lengths)) if lengths else 0.0
 
-    def scaled(self, pressure_unit: float) -> "BoxRelax":
+    def scaled(self, pressure_unit: float) -> BoxRelax:
         """The same settings with the target pressures divided by ``pressure_unit`` (e.g. nktv2p: → energy/volume)."""
         return BoxRelax(**{**self.__dict__, "targets": {c: v / pressure_unit for c, v in self.targets.items()}})

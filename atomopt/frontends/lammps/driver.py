@@ -35,9 +35,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,8 +169,11 @@ class _BoxRows:
         """Box components fix deform must follow: the relaxed ones and the tilts that scale with them."""
         moving = [c for c in ("x", "y", "z") if c in self.box.targets]
         if self.triclinic:
-            moving += [t for t, length in TILT_LENGTH.items()
-                       if t in self.box.targets or (self.box.scale_tilt[t] and length in self.box.targets)]
+            moving += [
+                t
+                for t, length in TILT_LENGTH.items()
+                if t in self.box.targets or (self.box.scale_tilt[t] and length in self.box.targets)
+            ]
         return moving
 
     def forces(self, lmp: Any) -> tuple[np.ndarray, np.ndarray, float]:
@@ -228,7 +232,9 @@ class _Run:
         self.last_move = 0.0
 
     # -- fix external entry point ------------------------------------------------------------
-    def callback(self, caller: Any, ntimestep: int, nlocal: int, tag: np.ndarray, x: np.ndarray, fext: np.ndarray) -> None:
+    def callback(
+        self, caller: Any, ntimestep: int, nlocal: int, tag: np.ndarray, x: np.ndarray, fext: np.ndarray
+    ) -> None:
         if self.stop_reason is not None:  # converged in setup: LAMMPS still computes one more step
             return
         if self.box is not None and not self._setup_seen:
@@ -275,7 +281,9 @@ class _Run:
             gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
         else:  # atoms in the start box's frame (u = x·Fᵀ⁻¹, force f·F), then the box rows (on rank 0)
             frame_forces = forces @ stretch.T
-            gradient = -torch.as_tensor(np.concatenate([frame_forces, box_forces]), dtype=self.dtype, device=self.device)
+            gradient = -torch.as_tensor(
+                np.concatenate([frame_forces, box_forces]), dtype=self.dtype, device=self.device
+            )
         state = self._load_state(nlocal, rows, gradient, layout)
         constrain = self.box.constrain if self.box is not None and self.box.here else None
         displacement, state = self.minimizer.step(state, gradient, layout, constrain)
@@ -353,7 +361,9 @@ class _Run:
             self._array(name, nlocal)[rows] = value.detach().cpu().numpy()
 
 
-def defined_fixes(lmp: Any, comm: Any, quiet: Sequence[str] = (), loud: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+def defined_fixes(
+    lmp: Any, comm: Any, quiet: Sequence[str] = (), loud: Sequence[str] = ()
+) -> list[tuple[str, str, str]]:
     """(ID, style, group) of the fixes defined in ``lmp`` (LAMMPS's ``info fixes``, run between ``quiet`` and ``loud``)."""
     path = None
     if comm.rank == 0:
@@ -389,8 +399,11 @@ def check_supported(lmp: Any, comm: Any, group: str, quiet: Sequence[str] = (), 
             box_fixes.append((name, fix_group))
             continue
         if style.startswith(UNSUPPORTED_FIX_STYLES):
-            hint = ("pass its settings as box_relax=... (atomopt lammps reads them from the input)"
-                    if style == "box/relax" else "unfix it before minimizing")
+            hint = (
+                "pass its settings as box_relax=... (atomopt lammps reads them from the input)"
+                if style == "box/relax"
+                else "unfix it before minimizing"
+            )
             raise UnsupportedFixError(f"fix style {style!r} moves atoms or the box during a run: {hint}")
     if box is not None:
         check_box(lmp, box)
@@ -492,15 +505,23 @@ def minimize(
         # setting the box from internal variables at the end of each step, atoms remapped with it.
         moving = run.box.deformed()
         deform_group = box.group if box.dilate == "partial" else "all"
-        setup += [f"compute {_PREFIX}_press all pressure NULL virial",
-                  f"fix {_PREFIX}_press_every all ave/time 1 1 1 c_{_PREFIX}_press[1]",
-                  f"variable {_PREFIX}_rate internal 0.0"]
+        setup += [
+            f"compute {_PREFIX}_press all pressure NULL virial",
+            f"fix {_PREFIX}_press_every all ave/time 1 1 1 c_{_PREFIX}_press[1]",
+            f"variable {_PREFIX}_rate internal 0.0",
+        ]
         setup += [f"variable {_PREFIX}_d{c} internal 0.0" for c in moving]
-        setup.append(f"fix {_PREFIX}_box {deform_group} deform 1 "
-                     + " ".join(f"{c} variable v_{_PREFIX}_d{c} v_{_PREFIX}_rate" for c in moving)
-                     + " remap x flip no units box")
-        cleanup += [f"unfix {_PREFIX}_box", f"unfix {_PREFIX}_press_every", f"uncompute {_PREFIX}_press",
-                    f"variable {_PREFIX}_rate delete"] + [f"variable {_PREFIX}_d{c} delete" for c in moving]
+        setup.append(
+            f"fix {_PREFIX}_box {deform_group} deform 1 "
+            + " ".join(f"{c} variable v_{_PREFIX}_d{c} v_{_PREFIX}_rate" for c in moving)
+            + " remap x flip no units box"
+        )
+        cleanup += [
+            f"unfix {_PREFIX}_box",
+            f"unfix {_PREFIX}_press_every",
+            f"uncompute {_PREFIX}_press",
+            f"variable {_PREFIX}_rate delete",
+        ] + [f"variable {_PREFIX}_d{c} delete" for c in moving]
     if not keep_state:
         cleanup.append(f"unfix {_PREFIX}_state")
     lmp.commands_list(quiet + setup + loud)
@@ -516,8 +537,15 @@ def minimize(
         lmp.commands_list(quiet + cleanup + loud)
     shift = run.box.fixedpoint_shift(lmp) if run.box is not None and run.error is None else None
     if shift is not None:  # a rigid translation of box and atoms: the deformation now leaves fixedpoint in place
-        lmp.commands_list(quiet + ["change_box all " + " ".join(f"{d} delta {t!r} {t!r}" for d, t in
-                                                              zip("xyz", shift.tolist())) + " remap units box"] + loud)
+        lmp.commands_list(
+            quiet
+            + [
+                "change_box all "
+                + " ".join(f"{d} delta {t!r} {t!r}" for d, t in zip("xyz", shift.tolist()))
+                + " remap units box"
+            ]
+            + loud
+        )
     wall = time.perf_counter() - start
     if run.error is not None:
         raise run.error

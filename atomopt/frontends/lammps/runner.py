@@ -49,8 +49,25 @@ _RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(
 #: Rule hyperparameters that take a word (the others take numbers).
 _WORD_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)}
 #: LAMMPS's own min_modify keywords (passed on to LAMMPS).
-_NATIVE_KEYWORDS = ("dmax", "line", "norm", "alpha_damp", "discrete_factor", "integrator", "tmax", "tmin", "delaystep",
-                    "dtgrow", "dtshrink", "alpha0", "alphashrink", "vdfmax", "halfstepback", "initialdelay", "abcfire")
+_NATIVE_KEYWORDS = (
+    "dmax",
+    "line",
+    "norm",
+    "alpha_damp",
+    "discrete_factor",
+    "integrator",
+    "tmax",
+    "tmin",
+    "delaystep",
+    "dtgrow",
+    "dtshrink",
+    "alpha0",
+    "alphashrink",
+    "vdfmax",
+    "halfstepback",
+    "initialdelay",
+    "abcfire",
+)
 _DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
 
 
@@ -157,7 +174,8 @@ class InputRunner:
                     f"min_modify: unknown keyword {key!r}. atomopt keywords: {', '.join(_GENERAL_KEYWORDS)}; "
                     f"step-control fields: {', '.join(_CONTROL_FIELD_KEYWORDS)}; "
                     f"update-rule hyperparameters: {', '.join(sorted(_RULE_KEYWORDS))}; LAMMPS keywords: "
-                    f"{', '.join(_NATIVE_KEYWORDS)}")
+                    f"{', '.join(_NATIVE_KEYWORDS)}"
+                )
             if key == "norm":
                 if value not in NORMS:
                     raise InputError(f"min_modify norm must be one of {', '.join(NORMS)}, got {value!r}")
@@ -225,8 +243,9 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
         fields.setdefault(name, {})[field.name] = parsed
     for name, changes in fields.items():
         if options.get(name, True) is False:
-            raise InputError(f"min_modify {', '.join(f'{name}_{k}' for k in changes)}: the {name} control is off "
-                             f"({name} no)")
+            raise InputError(
+                f"min_modify {', '.join(f'{name}_{k}' for k in changes)}: the {name} control is off ({name} no)"
+            )
         options[name] = changes
     return options
 
