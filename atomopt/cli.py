@@ -433,14 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "engine's CPU default)",
     )
     mb.add_argument("--torchsim-env", default=".venv-torchsim", help="TorchSim's own environment (made on first use)")
-    mb.add_argument("--out", default="benchmarks/results", help="output folder")
-    mb.add_argument("--tag", help="file name stem of the results (default matbench_MODEL)")
-    mb.add_argument(
-        "--report-only",
-        action="store_true",
-        help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing",
-    )
-    mb.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_journal_arguments(mb, tag=None, tag_help="default matbench_MODEL")
     mb.set_defaults(handler=matbench_command)
 
     he = bench_sub.add_parser(
@@ -491,16 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluations on the first --grains polycrystal under each rank count R, one run at a time, "
         "and project the paper's 5.5-million-atom run (results hea_cost.* unless --tag)",
     )
-    he.add_argument("--out", default="benchmarks/results", help="output folder")
-    he.add_argument("--tag", default="hea", help="file name stem of the results (default hea)")
-    he.add_argument(
+    _add_journal_arguments(he, tag="hea", tag_help="default hea")
+    he.set_defaults(handler=hea_command)
+    return parser
+
+
+def _add_journal_arguments(parser: argparse.ArgumentParser, tag: str | None, tag_help: str) -> None:
+    """Where a journaled benchmark writes, and whether it only reports what its journal holds."""
+    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--tag", default=tag, help=f"file name stem of the results ({tag_help})")
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing",
     )
-    he.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    he.set_defaults(handler=hea_command)
-    return parser
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _at_least_one(text: str) -> int:

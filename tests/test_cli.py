@@ -38,28 +38,8 @@ def test_unconverged_run_exits_nonzero(tmp_path):
 
 
 def test_bench_lj38_writes_results_with_limits(tmp_path):
-    assert (
-        main(
-            [
-                "bench",
-                "lj38",
-                "--n",
-                "2",
-                "--methods",
-                "frankenstein",
-                "ase-FIRE",
-                "--limit",
-                "ase-FIRE=1",
-                "--workers",
-                "1",
-                "--out",
-                str(tmp_path),
-                "--tag",
-                "t",
-            ]
-        )
-        == 0
-    )
+    lj38 = "bench lj38 --methods frankenstein ase-FIRE --limit ase-FIRE=1 --workers 1".split()
+    assert main([*lj38, "--n", "2", "--out", str(tmp_path), "--tag", "t"]) == 0
     payload = json.loads((tmp_path / "t.json").read_text())
     assert payload["summary"]["frankenstein"]["runs"] == 2 and payload["summary"]["ase-FIRE"]["runs"] == 1
     assert payload["summary"]["frankenstein"]["failures"] == 0
@@ -68,52 +48,13 @@ def test_bench_lj38_writes_results_with_limits(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 0
     assert main(["bench", "lj38", "--n", "1", "--methods", "adan", "--limit", "adan=x", "--out", str(tmp_path)]) == 2
     # Reuse: ase-FIRE's runs are taken over unchanged, frankenstein runs again.
-    assert (
-        main(
-            [
-                "bench",
-                "lj38",
-                "--n",
-                "2",
-                "--methods",
-                "frankenstein",
-                "ase-FIRE",
-                "--limit",
-                "ase-FIRE=1",
-                "--reuse",
-                str(tmp_path / "t.json"),
-                "--rerun",
-                "frankenstein",
-                "--out",
-                str(tmp_path),
-                "--tag",
-                "t2",
-            ]
-        )
-        == 0
-    )
+    reuse = ["--reuse", str(tmp_path / "t.json"), "--out", str(tmp_path)]
+    assert main([*lj38, "--n", "2", *reuse, "--rerun", "frankenstein", "--tag", "t2"]) == 0
     again = json.loads((tmp_path / "t2.json").read_text())
     assert list(again["reused"]) == ["ase-FIRE"]
     assert [r for r in again["runs"] if r["method"] == "ase-FIRE"] == [
         r for r in payload["runs"] if r["method"] == "ase-FIRE"
     ]
     assert "Rows reused" in (tmp_path / "t2.md").read_text()
-    assert (
-        main(
-            [
-                "bench",
-                "lj38",
-                "--n",
-                "3",
-                "--methods",
-                "ase-FIRE",
-                "--reuse",
-                str(tmp_path / "t.json"),
-                "--out",
-                str(tmp_path),
-                "--tag",
-                "t3",
-            ]
-        )
-        == 2
-    )  # a different number of starts cannot be reused
+    # a different number of starts cannot be reused
+    assert main(["bench", "lj38", "--n", "3", "--methods", "ase-FIRE", *reuse, "--tag", "t3"]) == 2

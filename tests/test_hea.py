@@ -40,7 +40,7 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     pytest.importorskip("ovito")
     from atomopt.bench import hea
 
-    payload = hea.run(
+    small = dict(
         n_atoms=1000,
         grains=[3],
         budget=25,
@@ -49,8 +49,8 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
         out=tmp_path,
         tag="t",
         quiet=True,
-        command="atomopt bench hea (test)",
     )
+    payload = hea.run(**small, command="atomopt bench hea (test)")
     rows = {(r["method"], r["box"]): r for r in payload["table"]}
     assert set(rows) == {("fire", False), ("cg", False), ("frankenstein", False), ("cg", True), ("frankenstein", True)}
     for (_method, box), r in rows.items():
@@ -78,30 +78,11 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
     )
     with open(tmp_path / "t.jsonl", "a") as handle:
         handle.write(__import__("json").dumps(stale) + "\n")
-    hea.run(
-        n_atoms=1000,
-        grains=[3],
-        budget=25,
-        methods=["fire", "cg", "frankenstein"],
-        potdir=POTENTIALS,
-        out=tmp_path,
-        tag="t",
-        quiet=True,
-        report_only=True,
-    )
+    hea.run(**small, report_only=True)
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(lines) == len(journal) + 2 and __import__("json").loads(lines[-1])["dxa"] == journal[0]["dxa"]
     # what ran is kept: a second call runs nothing and gives the same table
-    again = hea.run(
-        n_atoms=1000,
-        grains=[3],
-        budget=25,
-        methods=["fire", "cg", "frankenstein"],
-        potdir=POTENTIALS,
-        out=tmp_path,
-        tag="t",
-        quiet=True,
-    )
+    again = hea.run(**small)
     assert again["table"] == payload["table"] and again["not_run"] == []
     # an interrupted series is reported as it stands, with what is missing named, and nothing is run
     partial = hea.run(
