@@ -23,6 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from atomopt.frontends.lammps.library import find_mpirun
+from atomopt.frontends.lammps.stats import parse_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,8 +69,7 @@ def run(style: str, ranks: int, potdir: Path, n: int) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{style} failed ({done.returncode}): {done.stderr[-2000:]}")
     text = log.read_text()
-    stats = text.split("Minimization stats")[-1]
-    iterations, evaluations = (int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2])
+    stats = parse_stats(text)
     number = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
     final = re.search(
         rf"^Relaxed energy per atom: {number} eV, box {number} {number} {number} A, pressure "
@@ -77,13 +77,12 @@ def run(style: str, ranks: int, potdir: Path, n: int) -> dict:
         text,
         re.M,
     )
-    energies = stats.split("Energy initial, next-to-last, final =")[1].split()[:3]
     return {
         "style": style,
-        "stop": stats.split("Stopping criterion =")[1].splitlines()[0].strip(),
-        "iterations": iterations,
-        "force_evaluations": evaluations,
-        "energy_final": float(energies[2]),
+        "stop": stats["stop"],
+        "iterations": stats["iterations"],
+        "force_evaluations": stats["force_evaluations"],
+        "energy_final": stats["energies"][2],
         "energy_per_atom": float(final.group(1)),
         "box": [float(final.group(i)) for i in (2, 3, 4)],
         "pressure_bar": [float(final.group(i)) for i in (5, 6, 7)],

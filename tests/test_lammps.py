@@ -426,3 +426,59 @@ def test_min_modify_errors_name_the_keyword(tmp_path, line, message):
     import re
 
     assert re.search(message, log.read_text().strip().splitlines()[-1]), log.read_text()[-500:]
+
+
+NATIVE_STATS = """Loop time of 0.0123 on 1 procs for 31 steps with 500 atoms
+
+Minimization stats:
+  Stopping criterion = energy tolerance
+  Energy initial, next-to-last, final =
+     -6.76216777853    -6.79046530339    -6.79046531432
+  Search direction = steepest
+  Iterations, force evaluations = 31 58
+"""
+
+
+def test_minimization_stats_are_written_and_read_by_one_pair():
+    from atomopt.frontends.lammps.driver import MinimizeResult
+    from atomopt.frontends.lammps.stats import parse_stats, stats_lines
+
+    result = MinimizeResult(
+        "force tolerance",
+        12,
+        13,
+        -3.0,
+        -3.5,
+        -3.5000001,
+        2.0,
+        1e-5,
+        1.0,
+        5e-6,
+        0.2,
+        0.01,
+        lr_final=0.0425,
+        eps_final=0.1,
+        fire_restarts=3,
+        atoms=2,
+    )
+    read = parse_stats("Loop time of 0.2 on 1 procs\n" + "\n".join(stats_lines("frankenstein", result)))
+    assert read == {
+        "loop_seconds": 0.2,
+        "stop": "force tolerance",
+        "energies": (-3.0, -3.5, -3.5000001),
+        "iterations": 12,
+        "force_evaluations": 13,
+        "lr_final": 0.0425,
+        "eps_final": 0.1,
+        "fire_restarts": 3,
+    }
+    per_atom = parse_stats("\n".join(stats_lines("frankenstein", result, per_atom=True)))
+    assert per_atom["energies"] == (-1.5, -1.75, -1.75000005)
+    native = parse_stats(NATIVE_STATS)
+    assert native == {
+        "loop_seconds": 0.0123,
+        "stop": "energy tolerance",
+        "energies": (-6.76216777853, -6.79046530339, -6.79046531432),
+        "iterations": 31,
+        "force_evaluations": 58,
+    }

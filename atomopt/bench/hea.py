@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from atomopt.frontends.lammps.stats import parse_stats
+
 HEA_ELEMENTS = ("Co", "Cr", "Fe", "Mn", "Ni")
 #: fcc lattice constant of CoCrFeMnNi with Choi et al.'s 2NN MEAM, Å (as in the issue's 20,057-atom measurement).
 HEA_LATTICE = 3.60
@@ -221,29 +223,6 @@ def read_thermo(log_text: str) -> list[tuple[int, float, float]]:
     return rows if inside and rows else block
 
 
-def minimization_stats(log_text: str) -> dict:
-    """Stopping criterion, iterations and force evaluations from the log's 'Minimization stats'; the
-    minimization's loop time (s) and memory per MPI rank (MB, the largest rank's) from the lines before it."""
-    before, _, stats = log_text.rpartition("Minimization stats")
-    out: dict = {}
-    for line in reversed(before.splitlines()):
-        if line.startswith("Loop time of") and "loop_seconds" not in out:
-            out["loop_seconds"] = float(line.split()[3])
-        elif line.startswith("Per MPI rank memory allocation"):
-            out["memory_mb_per_rank"] = float(line.split("=")[1].split("|")[2].split()[0])
-            break
-    if "Stopping criterion =" in stats:
-        out["stop"] = stats.split("Stopping criterion =")[1].splitlines()[0].strip()
-    if "Iterations, force evaluations =" in stats:
-        out["iterations"], out["force_evaluations"] = (
-            int(v) for v in stats.split("Iterations, force evaluations =")[1].split()[:2]
-        )
-    if "Final lr, eps, FIRE restarts =" in stats:  # atomopt's styles: what the step controls did
-        lr, eps, restarts = stats.split("Final lr, eps, FIRE restarts =")[1].split()[:3]
-        out |= {"lr_final": float(lr), "eps_final": float(eps), "fire_restarts": int(restarts)}
-    return out
-
-
 def energy_curve(thermo: list[tuple[int, float, float]], evaluation_steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(force evaluations, energy) after each minimizer step: the evaluations made at or before the step."""
     counted = np.sort(np.asarray(evaluation_steps, dtype=np.int64))
@@ -398,7 +377,7 @@ def run_job(job: Job, data: Path, potdir: Path, budget: int, ranks: int, work: P
         energy=result["energy"],
         pressure_bar=result["pressure_bar"],
         volume=result["volume"],
-        **minimization_stats(log),
+        **{k: v for k, v in parse_stats(log).items() if k != "energies"},
         fnorm_final=thermo[-1][2] if thermo else math.nan,
         curve=[evaluations.tolist(), energies.tolist()],
     )

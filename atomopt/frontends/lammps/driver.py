@@ -48,6 +48,7 @@ from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax, stress_tensor
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
+from atomopt.frontends.lammps.stats import stats_lines
 from atomopt.optimizers import make_minimizer
 
 #: Steps after an energy rise during which the energy tolerance is not tested (LAMMPS FIRE's DELAYSTEP).
@@ -553,7 +554,9 @@ def minimize(
     moves = np.array([run.last_move]), np.empty(1)
     comm.Allreduce(moves[0], moves[1], op=mpi_op(comm, "max"))
     result.max_move_final = float(moves[1][0])
-    lmp.commands_list(quiet + stats_commands(optimizer, result, per_atom_thermo(lmp)) + loud)
+    lmp.commands_list(
+        quiet + [f'print "{line}"' for line in stats_lines(optimizer, result, per_atom_thermo(lmp))] + loud
+    )
     return result
 
 
@@ -588,24 +591,3 @@ def per_atom_thermo(lmp: Any) -> bool:
     total = float(lmp.extract_compute("thermo_pe", 0, 0))
     shown = float(lmp.get_thermo("pe"))
     return natoms > 1 and total != 0.0 and abs(shown * natoms - total) <= 1e-9 * abs(total)
-
-
-def stats_commands(optimizer: str, r: MinimizeResult, per_atom: bool = False) -> list[str]:
-    """LAMMPS ``print`` commands writing the minimization stats in LAMMPS's layout (energies per atom when
-    thermo output is normalized, as LAMMPS prints them; no line search: its alpha is 0)."""
-    scale = 1.0 / r.atoms if per_atom and r.atoms else 1.0
-    energies = (r.energy_initial * scale, r.energy_next_to_last * scale, r.energy_final * scale)
-    lines = [
-        f"Minimization stats (atomopt {optimizer}):",
-        f"  Stopping criterion = {r.stop_reason}",
-        "  Energy initial, next-to-last, final = ",
-        "    " + " ".join(f"{e:18.15g}" for e in energies),
-        f"  Force two-norm initial, final = {r.force_two_norm_initial:.8g} {r.force_two_norm_final:.8g}",
-        f"  Force max component initial, final = {r.force_max_component_initial:.8g} {r.force_max_component_final:.8g}",
-        f"  Final line search alpha, max atom move = 0 {r.max_move_final:.8g}",
-        f"  Iterations, force evaluations = {r.iterations} {r.force_evaluations}",
-        f"  Optimizer time, wall time = {r.optimizer_time:.4g} {r.wall_time:.4g} s",
-        f"  Final lr, eps, FIRE restarts = {r.lr_final:.6g} {r.eps_final:.6g} {r.fire_restarts}",
-        "",
-    ]
-    return [f'print "{line}"' for line in lines]
