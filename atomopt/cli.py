@@ -195,7 +195,7 @@ def merge_command(args: argparse.Namespace) -> int:
 
 def bench_command(args: argparse.Namespace) -> int:
     from atomopt.bench import lj38
-    from atomopt.bench.report import run_lj38
+    from atomopt.bench.lj38 import run_lj38
 
     names = args.methods or list(lj38.DEFAULT_METHODS)
     limits = {}

@@ -158,7 +158,7 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
 def test_targets_of_variants_and_over_seeds():
     """A variant of Frankenstein competes with the issue's methods, not with the other settings tried; the
     verdicts are counted over the seeds (realisations of one grain count)."""
-    from atomopt.bench.hea import _KEY, Job, targets, targets_over_seeds
+    from atomopt.bench.hea import RUN_KEY, Job, targets, targets_over_seeds
 
     def row(method, energy, to_1_mev, seed):
         return {
@@ -202,9 +202,9 @@ def test_targets_of_variants_and_over_seeds():
     # journal keys: seed 0 keeps the key of the runs made before seeds existed; names with underscores parse back
     job = Job(16, True, "frankenstein@fire_n_min=2,fire_f_inc=1.05", 3)
     assert Job(16, True, "cg").key == "g16_box_cg" and job.key == "g16_box_frankenstein@fire_n_min=2,fire_f_inc=1.05_s3"
-    parsed = _KEY.fullmatch(job.key)
+    parsed = RUN_KEY.fullmatch(job.key)
     assert (parsed["grains"], parsed["box"], parsed["method"], parsed["seed"]) == ("16", "box", job.method, "3")
-    assert _KEY.fullmatch("g4_fixed_frankenstein@fire_f_dec=0.97")["method"] == "frankenstein@fire_f_dec=0.97"
+    assert RUN_KEY.fullmatch("g4_fixed_frankenstein@fire_f_dec=0.97")["method"] == "frankenstein@fire_f_dec=0.97"
 
 
 def test_burgers_vectors_fall_into_ovitos_fcc_families():

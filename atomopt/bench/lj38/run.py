@@ -1,21 +1,17 @@
-"""The OptBench LJ38 minimization benchmark.
-
-Protocol (OptBench): Lennard-Jones, ε = σ = 1, no cutoff, 38 atoms, free
-boundaries. Starts by random sequential addition into a cube of side
-a = (n·(4/3)π·0.31/0.1)^{1/3}: a uniform random point is accepted when its
-nearest-neighbour distance d satisfies 0.496 < d < 0.806 (the first atom is
-free). A run converges when the largest per-atom force norm is ≤ 0.01 within
-10,000 force calls (every energy/force evaluation counts). A run that ends
-with the cluster broken apart (an atom with no neighbour within 1.5σ, or
-E > −100) fails whatever its forces.
-"""
+"""OptBench LJ38, the runs: every method on the same starts (ASE optimizers, SciPy, atomopt through ASE or batched), in parallel, with the reuse of earlier rows."""
 
 from __future__ import annotations
 
+import json
 import math
+import multiprocessing
+import os
+import platform
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,81 +19,18 @@ import torch
 from ase import Atoms
 
 from atomopt.bench.counting import BudgetExceeded, CallCounter
+from atomopt.bench.lj38.build import (
+    DEFAULT_SEED,
+    FMAX,
+    GLOBAL_MINIMUM,
+    MAX_FORCE_CALLS,
+    RunResult,
+    cluster_intact,
+    load_starts,
+    max_force,
+)
+from atomopt.bench.lj38.report import markdown, plot
 from atomopt.models.cluster_lj import ClusterLennardJones
-
-N_ATOMS = 38
-FMAX = 0.01
-MAX_FORCE_CALLS = 10_000
-GLOBAL_MINIMUM = -173.928427
-DEFAULT_SEED = 20261124
-STARTS_FILE = Path(__file__).resolve().parents[2] / "data" / "lj38_starts.extxyz"
-
-
-def box_side(n: int = N_ATOMS) -> float:
-    return (n * (4.0 / 3.0) * math.pi * 0.31 / 0.1) ** (1.0 / 3.0)
-
-
-def random_start(rng: np.random.Generator, n: int = N_ATOMS) -> Atoms:
-    """One start by OptBench's random sequential addition."""
-    side = box_side(n)
-    positions = [rng.uniform(0.0, side, 3)]
-    while len(positions) < n:
-        trial = rng.uniform(0.0, side, 3)
-        d = np.min(np.linalg.norm(np.asarray(positions) - trial, axis=1))
-        if 0.496 < d < 0.806:
-            positions.append(trial)
-    return Atoms(f"Ar{n}", positions=np.asarray(positions), pbc=False)
-
-
-def generate_starts(count: int, seed: int = DEFAULT_SEED) -> list[Atoms]:
-    rng = np.random.default_rng(seed)
-    return [random_start(rng) for _ in range(count)]
-
-
-def load_starts(count: int) -> list[Atoms]:
-    """The shipped starts (``data/lj38_starts.extxyz``), or the same ones regenerated from the seed."""
-    if STARTS_FILE.exists():
-        from ase.io import read
-
-        frames = read(STARTS_FILE, index=f":{count}")
-        if len(frames) >= count:
-            return frames
-    return generate_starts(count)
-
-
-def read_optbench_xyz(path: str | Path) -> Atoms:
-    """Read OptBench's xyz variant (symbol ``LJ``, per-coordinate free flags)."""
-    lines = Path(path).read_text().splitlines()
-    n = int(lines[0].split()[0])
-    positions = [[float(x) for x in line.split()[1:4]] for line in lines[2 : 2 + n]]
-    return Atoms(f"Ar{n}", positions=positions, pbc=False)
-
-
-def max_force(atoms: Atoms) -> float:
-    return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
-
-
-def cluster_intact(atoms: Atoms, energy: float) -> bool:
-    diff = atoms.positions[:, None, :] - atoms.positions[None, :, :]
-    r = np.linalg.norm(diff, axis=-1)
-    np.fill_diagonal(r, np.inf)
-    return bool(energy <= -100.0 and np.all(r.min(axis=1) <= 1.5))
-
-
-@dataclass
-class RunResult:
-    method: str
-    start: int
-    converged: bool
-    force_calls: int
-    energy: float
-    fmax: float
-    seconds: float
-    calculator_seconds: float
-    failure: str  # "", "not converged", "budget", "broken cluster", or an error message
-
-
-# ---------------------------------------------------------------- methods
 
 
 def _ase_method(factory: Callable[[Atoms], object]) -> Callable[[Atoms], None]:
@@ -149,6 +82,8 @@ def scipy_lbfgsb(atoms: Atoms, fmax: float = FMAX, budget: int = MAX_FORCE_CALLS
 
 
 ATOMOPT_NAMES = ("frankenstein", "adan", "adamnx", "innaprop")
+
+
 #: Paper-exact forms run with the learning rate the issue measured them at (0.01 σ).
 PAPER_LR = 0.01
 
@@ -294,3 +229,134 @@ def summarize(results: list[RunResult]) -> dict:
 
 def as_dict(result: RunResult) -> dict:
     return asdict(result)
+
+
+_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _task(args):
+    import torch
+
+    torch.set_num_threads(1)
+    method, index, start = args
+    return run_one(method, index, start)
+
+
+def run_lj38(
+    n_starts: int,
+    method_names: list[str],
+    workers: int,
+    out_dir: Path,
+    tag: str = "lj38",
+    engine: str = "batch",
+    limits: dict[str, int] | None = None,
+    reuse: Path | None = None,
+    rerun: Sequence[str] = (),
+) -> dict:
+    """Run every method on the first ``n_starts`` starts; write ``{tag}.json``, ``.md``, ``.png``.
+
+    ``engine="batch"`` runs the atomopt methods on all starts at once through the batched tensor engine
+    (same minimizer, same force-call count as the ASE optimizers, far less overhead); ``"ase"`` runs them
+    through the ASE optimizers like the baselines. ``limits`` runs a method on its first N starts only.
+    ``reuse`` names an earlier results JSON of the same protocol: its runs of the listed methods are kept
+    instead of being run again, except for the methods in ``rerun`` (e.g. after changing their defaults).
+    Baselines run in ``workers`` single-threaded processes (several BLAS threads per process on few
+    cores slow the quasi-Newton baselines down several times).
+    """
+    from tqdm import tqdm
+
+    if engine not in ("batch", "ase"):
+        raise ValueError(f"engine must be 'batch' or 'ase', got {engine!r}")
+    known = methods()
+    limits = limits or {}
+    unknown = [m for m in list(method_names) + list(limits) if m not in known]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(known)}")
+    starts = load_starts(n_starts)
+    results: list[RunResult] = []
+    reused: dict[str, str] = {}
+    if reuse is not None:
+        earlier = json.loads(Path(reuse).read_text())
+        same = {
+            "starts": n_starts,
+            "seed": DEFAULT_SEED,
+            "fmax": FMAX,
+            "max_force_calls": MAX_FORCE_CALLS,
+        }
+        if any(earlier["protocol"].get(k) != v for k, v in same.items()):
+            raise ValueError(f"{reuse} was run with a different protocol: {earlier['protocol']}")
+        for method in method_names:
+            runs = [r for r in earlier["runs"] if r["method"] == method]
+            if method not in rerun and len(runs) == limits.get(method, n_starts):
+                results += [RunResult(**r) for r in runs]
+                reused[method] = earlier.get("reused", {}).get(method, earlier["command"])
+    todo = [m for m in method_names if m not in reused]
+    batched = [m for m in todo if engine == "batch" and m in atomopt_methods()]
+    t0 = time.perf_counter()
+    for method in batched:
+        with tqdm(total=MAX_FORCE_CALLS, desc=method, unit="call", file=sys.stderr, disable=None) as bar:
+
+            def progress(calls: int, active) -> None:
+                bar.update(1)
+                bar.set_postfix(active=int(active.numel()), refresh=False)
+
+            results += run_batched(method, starts[: limits.get(method, n_starts)], progress=progress)
+    tasks = [(m, i, s) for m in todo if m not in batched for i, s in enumerate(starts[: limits.get(m, n_starts)])]
+    if tasks:
+        saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+        os.environ.update({k: "1" for k in _ONE_THREAD})  # read by numpy's BLAS when a spawned worker imports it
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_task, t) for t in tasks]
+                for future in tqdm(
+                    as_completed(futures), total=len(futures), unit="run", file=sys.stderr, disable=None
+                ):
+                    results.append(future.result())
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    elapsed = time.perf_counter() - t0
+    results.sort(key=lambda r: (method_names.index(r.method), r.start))
+    summary = {m: summarize([r for r in results if r.method == m]) for m in method_names}
+    import ase
+    import numpy as np
+    import scipy
+    import torch
+
+    payload = {
+        "benchmark": "OptBench LJ38",
+        "command": "atomopt " + " ".join(sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith("atomopt")
+        else " ".join(sys.argv),
+        "protocol": {
+            "fmax": FMAX,
+            "max_force_calls": MAX_FORCE_CALLS,
+            "starts": n_starts,
+            "seed": DEFAULT_SEED,
+            "global_minimum": GLOBAL_MINIMUM,
+            "atomopt_engine": engine,
+            "limits": limits,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "workers": workers,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "ase": ase.__version__,
+            "torch": torch.__version__,
+        },
+        "elapsed_seconds": elapsed,
+        "reused": reused,
+        "summary": summary,
+        "runs": [as_dict(r) for r in results],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{tag}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out_dir / f"{tag}.md").write_text(markdown(payload))
+    plot(payload, out_dir / f"{tag}.png")
+    return payload

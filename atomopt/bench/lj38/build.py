@@ -1,0 +1,91 @@
+"""OptBench LJ38, the problem: the starts (random sequential addition), the convergence criterion, what counts as a failure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+N_ATOMS = 38
+
+
+FMAX = 0.01
+
+
+MAX_FORCE_CALLS = 10_000
+
+
+GLOBAL_MINIMUM = -173.928427
+
+
+DEFAULT_SEED = 20261124
+
+
+STARTS_FILE = Path(__file__).resolve().parents[3] / "data" / "lj38_starts.extxyz"
+
+
+def box_side(n: int = N_ATOMS) -> float:
+    return (n * (4.0 / 3.0) * math.pi * 0.31 / 0.1) ** (1.0 / 3.0)
+
+
+def random_start(rng: np.random.Generator, n: int = N_ATOMS) -> Atoms:
+    """One start by OptBench's random sequential addition."""
+    side = box_side(n)
+    positions = [rng.uniform(0.0, side, 3)]
+    while len(positions) < n:
+        trial = rng.uniform(0.0, side, 3)
+        d = np.min(np.linalg.norm(np.asarray(positions) - trial, axis=1))
+        if 0.496 < d < 0.806:
+            positions.append(trial)
+    return Atoms(f"Ar{n}", positions=np.asarray(positions), pbc=False)
+
+
+def generate_starts(count: int, seed: int = DEFAULT_SEED) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    return [random_start(rng) for _ in range(count)]
+
+
+def load_starts(count: int) -> list[Atoms]:
+    """The shipped starts (``data/lj38_starts.extxyz``), or the same ones regenerated from the seed."""
+    if STARTS_FILE.exists():
+        from ase.io import read
+
+        frames = read(STARTS_FILE, index=f":{count}")
+        if len(frames) >= count:
+            return frames
+    return generate_starts(count)
+
+
+def read_optbench_xyz(path: str | Path) -> Atoms:
+    """Read OptBench's xyz variant (symbol ``LJ``, per-coordinate free flags)."""
+    lines = Path(path).read_text().splitlines()
+    n = int(lines[0].split()[0])
+    positions = [[float(x) for x in line.split()[1:4]] for line in lines[2 : 2 + n]]
+    return Atoms(f"Ar{n}", positions=positions, pbc=False)
+
+
+def max_force(atoms: Atoms) -> float:
+    return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+
+
+def cluster_intact(atoms: Atoms, energy: float) -> bool:
+    diff = atoms.positions[:, None, :] - atoms.positions[None, :, :]
+    r = np.linalg.norm(diff, axis=-1)
+    np.fill_diagonal(r, np.inf)
+    return bool(energy <= -100.0 and np.all(r.min(axis=1) <= 1.5))
+
+
+@dataclass
+class RunResult:
+    method: str
+    start: int
+    converged: bool
+    force_calls: int
+    energy: float
+    fmax: float
+    seconds: float
+    calculator_seconds: float
+    failure: str  # "", "not converged", "budget", "broken cluster", or an error message

@@ -1,0 +1,48 @@
+"""Matbench-Discovery-protocol relaxation benchmark: every method on the same starts and the same model.
+
+    atomopt bench matbench [--model sevennet-0|chgnet|mace:PATH] [--set proxy|ZIP[:CSV]] [--fmax 0.05 0.02 0.01]
+                           [--steps 500] [--methods ...] [--n N] [--workers W]
+
+Methods (cell free everywhere, as Matbench Discovery relaxes):
+  ase-fire, ase-lbfgs, ase-bfgs, ase-bfgslinesearch   ASE's optimizers on a FrechetCellFilter, one structure at a
+                                                      time (the protocol's default is FIRE, fmax 0.05, 500 steps)
+  frankenstein, adan, adamnx, innaprop                atomopt's optimizers at their defaults in the batched engine
+  ase-frankenstein                                    Frankenstein through its ASE front end (cross-check)
+  torchsim-fire                                       TorchSim 0.3.0's batched frechet_cell_fire with its own
+                                                      autobatcher and SevenNet wrapper, in its own environment
+
+One run per method and structure serves every threshold: no method's update depends on fmax, so the run goes to
+the tightest threshold and records, for each threshold, the first state within the step budget whose largest row
+force (atoms and cell rows, as FrechetCellFilter counts) is below it, or the state at the budget. This gives the
+same numbers as separate runs at each threshold for a third of the force calls.
+
+Reference (proxy set): the lowest energy any reference method reaches in a tight relaxation (fmax 0.001 eV/Å,
+2000 steps); the reference methods run on to that threshold. With Matbench Discovery's own files and their DFT
+energies, errors are also reported against DFT (Table 7 of the Frankenstein paper).
+
+Results: ``{out}/{tag}.jsonl`` (one line per method and structure; the run resumes from it), ``{tag}.json``,
+``{tag}.md`` and ``{tag}.png``.
+"""
+
+from atomopt.bench.matbench.build import DEFAULT_METHODS, ENGINE_METHODS, Target, Trace, load_set, targets_for
+from atomopt.bench.matbench.report import calls_by_size, complete_structures, method_metrics, references
+from atomopt.bench.matbench.run import run, run_ase, run_engine
+from atomopt.bench.matbench.torchsim import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "ENGINE_METHODS",
+    "TORCHSIM_SWAP_EVERY",
+    "Target",
+    "Trace",
+    "calls_by_size",
+    "complete_structures",
+    "load_set",
+    "method_metrics",
+    "references",
+    "run",
+    "run_ase",
+    "run_engine",
+    "targets_for",
+    "torchsim_fire_batcher",
+]

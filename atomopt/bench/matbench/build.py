@@ -1,0 +1,216 @@
+"""Matbench protocol, the inputs: method names, thresholds, the structure sets, the model each worker loads, and the per-threshold trace of a run."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
+
+
+ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop")
+
+
+METHODS = (*ASE_METHODS, *ENGINE_METHODS, "ase-frankenstein", "torchsim-fire")
+
+
+DEFAULT_METHODS = (*ASE_METHODS, *ENGINE_METHODS)
+
+
+DEFAULT_REFERENCE = ("ase-bfgs", "frankenstein")
+
+
+TIGHT = ("tight", 0.001, 2000)
+
+
+#: Energy above the reference that counts as ending in a higher basin, eV/atom.
+HIGHER_BASIN = 0.010
+
+
+SYMPREC = 0.01
+
+
+#: Structures per task of a batched method.
+CHUNK = 40
+
+
+TORCHSIM_VERSION = "0.3.0"
+
+
+#: TorchSim 0.3.0's SevenNet wrapper imports ``sevenn.calculator.torch_script_type``, gone in sevenn 0.13.
+TORCHSIM_SEVENN = "0.12.1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A convergence threshold (eV/Å) with its step budget."""
+
+    name: str
+    fmax: float
+    steps: int
+
+
+def targets_for(fmaxes: Sequence[float], steps: int, tight: bool) -> list[Target]:
+    out = [Target(f"{f:g}", float(f), int(steps)) for f in sorted(set(fmaxes), reverse=True)]
+    return out + [Target(*TIGHT)] if tight else out
+
+
+def spacegroup_number(atoms: Atoms, symprec: float = SYMPREC) -> int | None:
+    """spglib's space-group number of ``atoms`` (``None`` when spglib finds none)."""
+    import warnings
+
+    import spglib
+
+    with warnings.catch_warnings():  # spglib 2.5+ warns about its own error-handling switch on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = spglib.get_symmetry_dataset(
+            (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers), symprec=symprec
+        )
+    return None if data is None else int(data.number)
+
+
+class Trace:
+    """Resolves every target of one structure's run from the states the optimizer visits.
+
+    ``observe`` is called with each evaluated state (step number, force calls so far, largest row force,
+    energy, and a function giving the structure); a target resolves at the first state within its budget whose
+    largest force is below its threshold (``converged``), or at its budget (``max_steps``).
+    """
+
+    def __init__(self, targets: Sequence[Target], n_atoms: int):
+        self.targets, self.n_atoms = list(targets), n_atoms
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return len(self.outcomes) == len(self.targets)
+
+    @property
+    def max_steps(self) -> int:
+        return max(t.steps for t in self.targets)
+
+    @property
+    def fmax(self) -> float:
+        return min(t.fmax for t in self.targets)
+
+    def observe(self, step: int, calls: int, fmax: float, energy: float, structure: Callable[[], Atoms]) -> bool:
+        """Record the state; ``True`` once every target is resolved."""
+        if not (math.isfinite(fmax) and math.isfinite(energy)):
+            self.fail("non_finite", "the model returned NaN or inf", calls)
+            return True
+        atoms = None
+        for target in self.targets:
+            if target.name in self.outcomes:
+                continue
+            status = "converged" if fmax <= target.fmax else "max_steps" if step >= target.steps else None
+            if status is None:
+                continue
+            atoms = atoms if atoms is not None else structure()
+            self.outcomes[target.name] = {
+                "status": status,
+                "force_calls": int(calls),
+                "steps": int(step),
+                "energy": float(energy),
+                "energy_per_atom": float(energy) / self.n_atoms,
+                "fmax": float(fmax),
+                "volume": float(abs(atoms.cell.volume)),
+                "spacegroup": spacegroup_number(atoms),
+                "seconds": time.perf_counter() - self.start,
+            }
+        return self.done
+
+    def fail(self, status: str, message: str, calls: int) -> None:
+        """Resolve every open target as failed (``error`` or ``non_finite``)."""
+        for target in self.targets:
+            self.outcomes.setdefault(
+                target.name,
+                {
+                    "status": status,
+                    "message": message,
+                    "force_calls": int(calls),
+                    "energy": math.nan,
+                    "energy_per_atom": math.nan,
+                    "seconds": time.perf_counter() - self.start,
+                },
+            )
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def get_model(spec: str, device: str | None = None):
+    """The benchmark's model, loaded once per process (on the worker's device unless ``device`` is given)."""
+    from atomopt.models import load_model
+
+    device = device or _WORKER.get("device", "cpu")
+    if (spec, device) not in _MODELS:
+        _MODELS[(spec, device)] = load_model(spec, device=device)
+    return _MODELS[(spec, device)]
+
+
+def load_set(spec: str, n: int | None = None) -> list[Atoms]:
+    """``proxy`` (the shipped WBM-like set), ``ZIP[:CSV]`` (Matbench Discovery's files) or any file ASE reads."""
+    from atomopt.bench.wbm_proxy import load_proxy, load_wbm
+
+    if spec == "proxy":
+        structures = load_proxy()
+    else:
+        path, _, summary = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+        structures = load_wbm(path, summary or None)
+    return structures[:n] if n is not None else structures
+
+
+@dataclass
+class Task:
+    method: str
+    items: list[tuple[int, Atoms]]
+    targets: list[Target]
+    capacity: float = 128
+
+    @property
+    def weight(self) -> int:
+        return len(self.items)
+
+
+def protocol(args: dict) -> dict:
+    return {k: args[k] for k in ("model", "set", "fmax", "steps", "reference", "capacity", "device")}
+
+
+def machine(threads: int, workers: int) -> dict:
+    import ase
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "ase": ase.__version__}
+    for name in ("sevenn", "chgnet", "mace", "spglib"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            pass
+    versions["torch-sim-atomistic"] = TORCHSIM_VERSION + f" (own environment, sevenn {TORCHSIM_SEVENN})"
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "workers": workers,
+        "torch_threads_per_worker": threads,
+        "versions": versions,
+    }
+
+
+def batched_rows(method: str, items: Sequence[tuple[int, Atoms]], traces: dict[int, Trace], wall: float) -> list[dict]:
+    """The journal rows of a batched method: one per structure, the batch's wall time shared out evenly."""
+    return [
+        {"method": method, "index": i, "n_atoms": len(a), "outcomes": traces[i].outcomes, "seconds": wall / len(items)}
+        for i, a in items
+    ]

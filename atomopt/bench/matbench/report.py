@@ -1,0 +1,400 @@
+"""Matbench protocol, the report: references, errors, failures, force calls by cell size, cross-checks, the tables and the plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from atomopt.bench.matbench.build import HIGHER_BASIN, SYMPREC, TIGHT
+
+
+def references(rows: dict[tuple[str, int], dict], structures: Sequence[Atoms], reference: Sequence[str]) -> list[dict]:
+    """Per structure: the lowest tight-relaxation energy per atom of the reference methods, its volume and
+    space group, and which method reached it."""
+    out = []
+    for i, atoms in enumerate(structures):
+        best = None
+        for method in reference:
+            outcome = rows.get((method, i), {}).get("outcomes", {}).get(TIGHT[0])
+            if outcome and math.isfinite(outcome.get("energy_per_atom", math.nan)):
+                if best is None or outcome["energy_per_atom"] < best["energy_per_atom"]:
+                    best = dict(outcome, method=method)
+        out.append(best or {"energy_per_atom": math.nan})
+        if "dft_energy_per_atom" in atoms.info:
+            out[-1]["dft_energy_per_atom"] = float(atoms.info["dft_energy_per_atom"])
+    return out
+
+
+def method_metrics(method: str, target: str, rows: dict, refs: Sequence[dict], indices: Sequence[int]) -> dict | None:
+    """A method's row of the table at one threshold, over the structures ``indices`` it ran."""
+    outcomes = [(i, rows[(method, i)]["outcomes"].get(target)) for i in indices if (method, i) in rows]
+    outcomes = [(i, o) for i, o in outcomes if o is not None]
+    if not outcomes:
+        return None
+    calls = np.array([o["force_calls"] for _, o in outcomes])
+    sizes = np.array([rows[(method, i)]["n_atoms"] for i, _ in outcomes])
+    errors, dft_errors, volume, kept, classes = [], [], [], 0, {"max_steps": 0, "error": 0, "higher_basin": 0}
+    below = 0
+    for i, o in outcomes:
+        ref = refs[i]
+        status = o["status"]
+        if status in ("error", "non_finite"):
+            classes["error"] += 1
+            continue
+        err = o["energy_per_atom"] - ref["energy_per_atom"]
+        if math.isfinite(err):
+            errors.append(err)
+            below += err < -1e-3
+            volume.append(abs(o["volume"] / ref["volume"] - 1))
+            kept += o.get("spacegroup") is not None and o.get("spacegroup") == ref.get("spacegroup")
+        if "dft_energy_per_atom" in ref:
+            dft_errors.append(o["energy_per_atom"] - ref["dft_energy_per_atom"])
+        if status == "max_steps":
+            classes["max_steps"] += 1
+        elif math.isfinite(err) and err > HIGHER_BASIN:
+            classes["higher_basin"] += 1
+    errors_arr = np.array(errors)
+    result = {
+        "method": method,
+        "target": target,
+        "structures": len(outcomes),
+        "converged": sum(o["status"] == "converged" for _, o in outcomes),
+        "failures": sum(classes.values()),
+        "not_converged": classes["max_steps"],
+        "errors": classes["error"],
+        "higher_basin": classes["higher_basin"],
+        "mae_mev_per_atom": float(np.abs(errors_arr).mean() * 1000) if len(errors) else math.nan,
+        "below_reference": int(below),
+        "force_calls_total": int(calls.sum()),
+        "force_calls_mean": float(calls.mean()),
+        "force_calls_median": float(np.median(calls)),
+        "force_calls_max": int(calls.max()),
+        "atom_force_calls_total": int((calls * sizes).sum()),
+        "volume_error_percent": float(np.mean(volume) * 100) if volume else math.nan,
+        "spacegroup_kept": int(kept),
+    }
+    if dft_errors:
+        dft = np.array(dft_errors)
+        result.update(
+            dft_mae_mev_per_atom=float(np.nanmean(np.abs(dft)) * 1000),
+            dft_errors_over_1ev=int(np.sum(np.abs(dft) > 1.0)),
+        )
+    return result
+
+
+def complete_structures(rows: dict, n: int, methods: Sequence[str], subsets: dict[str, int]) -> list[int]:
+    """Structures every method asked to run them has run (all of them once a run has finished)."""
+    return [i for i in range(n) if all((m, i) in rows for m in methods if i < subsets.get(m, n))]
+
+
+def summarize(
+    rows: dict,
+    structures: Sequence[Atoms],
+    methods: Sequence[str],
+    spec: dict,
+    reference: Sequence[str],
+    subsets: dict[str, int] | None = None,
+) -> dict:
+    """The tables over the structures every method has finished (a comparison on the same structures also
+    when the run was interrupted)."""
+    n = len(structures)
+    refs = references(rows, structures, reference)
+    targets = [f"{f:g}" for f in spec["fmax"]] + [TIGHT[0]]
+    complete = complete_structures(rows, n, methods, subsets or {})
+    table = []
+    for target in targets:
+        for method in methods:
+            metrics = method_metrics(method, target, rows, refs, complete)
+            if metrics is None:
+                continue
+            done = [(method, i) for i in complete if (method, i) in rows]
+            metrics["structures_per_second"] = len(done) / max(sum(rows[k]["seconds"] for k in done), 1e-12)
+            table.append(metrics)
+    return {
+        "protocol": spec,
+        "n_structures": n,
+        "complete": len(complete),
+        "n_atoms": [len(a) for a in structures],
+        "reference_found": int(sum(math.isfinite(r["energy_per_atom"]) for r in refs)),
+        "reference_by_method": {m: sum(r.get("method") == m for r in refs) for m in reference},
+        "reference_energy_per_atom": [r["energy_per_atom"] for r in refs],
+        "table": table,
+        "checks": checks(table, spec),
+        "cross_check": cross_check(rows, n, targets),
+        "by_size": calls_by_size(rows, complete, methods, targets),
+    }
+
+
+#: Cell sizes (atoms, inclusive; None: no upper bound) the force calls are broken down by.
+SIZE_BINS = ((1, 4), (5, 8), (9, 16), (17, None))
+
+
+def calls_by_size(rows: dict, indices: Sequence[int], methods: Sequence[str], targets: Sequence[str]) -> list[dict]:
+    """Total force calls per method and threshold within each cell-size bin of :data:`SIZE_BINS`."""
+    out = []
+    for target in targets:
+        for method in methods:
+            totals = []
+            for low, high in SIZE_BINS:
+                outcomes = [
+                    rows[(method, i)]["outcomes"].get(target)
+                    for i in indices
+                    if (method, i) in rows and low <= rows[(method, i)]["n_atoms"] <= (high or math.inf)
+                ]
+                outcomes = [o for o in outcomes if o]
+                totals.append(
+                    {
+                        "atoms": f"{low}–{high}" if high else f"≥ {low}",
+                        "structures": len(outcomes),
+                        "force_calls": sum(o["force_calls"] for o in outcomes),
+                    }
+                )
+            out.append({"method": method, "target": target, "bins": totals})
+    return out
+
+
+def cross_check(rows: dict, n: int, targets: Sequence[str]) -> list[dict]:
+    """Frankenstein through its ASE front end against the batched engine on the structures both ran."""
+    out = []
+    for target in targets:
+        pairs = [
+            (rows[("ase-frankenstein", i)]["outcomes"].get(target), rows[("frankenstein", i)]["outcomes"].get(target))
+            for i in range(n)
+            if ("ase-frankenstein", i) in rows and ("frankenstein", i) in rows
+        ]
+        pairs = [(a, b) for a, b in pairs if a and b]
+        if not pairs:
+            continue
+        gaps = [
+            abs(a["energy_per_atom"] - b["energy_per_atom"])
+            for a, b in pairs
+            if math.isfinite(a["energy_per_atom"]) and math.isfinite(b["energy_per_atom"])
+        ]
+        out.append(
+            {
+                "target": target,
+                "structures": len(pairs),
+                "ase_front_end_calls": sum(a["force_calls"] for a, _ in pairs),
+                "engine_calls": sum(b["force_calls"] for _, b in pairs),
+                "same_status": sum(a["status"] == b["status"] for a, b in pairs),
+                "max_energy_gap_mev_per_atom": 1000 * max(gaps) if gaps else math.nan,
+            }
+        )
+    return out
+
+
+def checks(table: Sequence[dict], spec: dict) -> list[dict]:
+    """The issue's targets for Frankenstein at each fmax, as measured."""
+    out = []
+    for f in spec["fmax"]:
+        target = f"{f:g}"
+        rows = {r["method"]: r for r in table if r["target"] == target}
+        mine = rows.get("frankenstein")
+        if mine is None:
+            continue
+        baselines = [m for m in rows if m.startswith(("ase-", "torchsim")) and m != "ase-frankenstein"]
+        if baselines:
+            worst = min(rows[m]["failures"] for m in baselines)
+            out.append(
+                {
+                    "fmax": f,
+                    "check": "failures <= every baseline's",
+                    "value": mine["failures"],
+                    "limit": worst,
+                    "met": mine["failures"] <= worst,
+                }
+            )
+        for base, limit in (("ase-fire", 0.55), ("ase-lbfgs", 0.85)):
+            if base in rows:
+                ratio = mine["force_calls_total"] / rows[base]["force_calls_total"]
+                out.append(
+                    {
+                        "fmax": f,
+                        "check": f"total force calls <= {limit} x {base}",
+                        "value": ratio,
+                        "limit": limit,
+                        "met": ratio <= limit,
+                    }
+                )
+        if "ase-fire" in rows:
+            out.append(
+                {
+                    "fmax": f,
+                    "check": "MAE <= ase-fire's",
+                    "value": mine["mae_mev_per_atom"],
+                    "limit": rows["ase-fire"]["mae_mev_per_atom"],
+                    "met": mine["mae_mev_per_atom"] <= rows["ase-fire"]["mae_mev_per_atom"],
+                }
+            )
+    return out
+
+
+def markdown(payload: dict) -> str:
+    spec = payload["protocol"]
+    partial = payload["complete"] < payload["n_structures"]
+    lines = [
+        f"# Matbench-Discovery protocol: {spec['model']}, {payload['n_structures']} structures ({spec['set']})",
+        "",
+        *(
+            [
+                f"**Interrupted run: the tables cover the {payload['complete']} structures every method has finished "
+                f"(of {payload['n_structures']}); the same command resumes it.**",
+                "",
+            ]
+            if partial
+            else []
+        ),
+        f"Cell free (FrechetCellFilter rows), at most {spec['steps']} steps per threshold; reference = lowest "
+        f"energy of tight relaxations (fmax {TIGHT[1]} eV/Å, {TIGHT[2]} steps) by {', '.join(spec['reference'])} "
+        f"(found for {payload['reference_found']}/{payload['n_structures']}; lowest by method: "
+        f"{payload['reference_by_method']}). Failures: not converged within the budget, errors or non-finite "
+        f"energies, or ending more than {HIGHER_BASIN * 1000:g} meV/atom above the reference. Space group: spglib, "
+        f"symprec {SYMPREC}, final vs the reference structure's.",
+        "",
+        f"Command: `{payload.get('command', '')}`  ",
+        f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, "
+        f"{payload['machine']['workers']} workers × {payload['machine']['torch_threads_per_worker']} torch "
+        f"threads; versions: " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()),
+        "",
+    ]
+    for target in dict.fromkeys(r["target"] for r in payload["table"]):
+        rows = [r for r in payload["table"] if r["target"] == target]
+        fire = next((r for r in rows if r["method"] == "ase-fire"), None)
+        title = f"fmax {target} eV/Å" if target != TIGHT[0] else f"tight (fmax {TIGHT[1]}, {TIGHT[2]} steps)"
+        lines += [
+            f"## {title}",
+            "",
+            "| method | n | converged | failures | not conv. | errors | higher basin | MAE meV/atom | "
+            "below ref | calls total | vs FIRE | atom-calls vs FIRE | mean | median | max | vol. err % | SG kept | "
+            "structures/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            same = fire is not None and fire["structures"] == r["structures"]  # a subset row has no ratio
+            ratio = f"{r['force_calls_total'] / fire['force_calls_total']:.2f}×" if same else "–"
+            atom_ratio = f"{r['atom_force_calls_total'] / fire['atom_force_calls_total']:.2f}×" if same else "–"
+            lines.append(
+                f"| {r['method']} | {r['structures']} | {r['converged']} | {r['failures']} | "
+                f"{r['not_converged']} | {r['errors']} | {r['higher_basin']} | {r['mae_mev_per_atom']:.3f} | "
+                f"{r['below_reference']} | {r['force_calls_total']} | {ratio} | {atom_ratio} | "
+                f"{r['force_calls_mean']:.1f} | "
+                f"{r['force_calls_median']:.0f} | {r['force_calls_max']} | {r['volume_error_percent']:.3f} | "
+                f"{r['spacegroup_kept']} | {r['structures_per_second']:.3f} |"
+            )
+        lines.append("")
+    if payload["checks"]:
+        lines += [
+            "## Frankenstein against the targets",
+            "",
+            "| fmax | check | measured | limit | met |",
+            "|---|---|---|---|---|",
+        ]
+        for c in payload["checks"]:
+            lines.append(
+                f"| {c['fmax']:g} | {c['check']} | {c['value']:.3f} | {c['limit']:.3f} | "
+                f"{'yes' if c['met'] else 'no'} |"
+            )
+        lines.append("")
+    if payload.get("cross_check"):
+        lines += [
+            "## Frankenstein: ASE front end against the batched engine (same structures)",
+            "",
+            "| threshold | structures | ASE front end calls | engine calls | same status | max energy gap meV/atom |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['target']} | {c['structures']} | {c['ase_front_end_calls']} | {c['engine_calls']} | "
+            f"{c['same_status']} | {c['max_energy_gap_mev_per_atom']:.3f} |"
+            for c in payload["cross_check"]
+        ]
+        lines.append("")
+    fire_bins = {r["target"]: r["bins"] for r in payload["by_size"] if r["method"] == "ase-fire"}
+    if fire_bins:
+        first = next(iter(fire_bins.values()))
+        lines += [
+            "## Force calls by cell size, against ASE FIRE's on the same structures",
+            "",
+            "Structures per bin (atoms per cell): "
+            + ", ".join(f"{b['atoms']}: {b['structures']}" for b in first)
+            + ".",
+            "",
+            "| threshold | method | " + " | ".join(f"{b['atoms']} atoms" for b in first) + " |",
+            "|---|---|" + "---|" * len(first),
+        ]
+        for r in payload["by_size"]:
+            fire = fire_bins.get(r["target"])
+            per_bin = [b["structures"] for b in r["bins"]]  # a row on other structures (a subset) is left out
+            if (
+                fire is None
+                or r["method"] == "ase-fire"
+                or not any(per_bin)
+                or per_bin != [b["structures"] for b in fire]
+            ):
+                continue
+            cells = [
+                f"{b['force_calls'] / f['force_calls']:.2f}×" if f["force_calls"] else "–"
+                for b, f in zip(r["bins"], fire)
+            ]
+            lines.append(f"| {r['target']} | {r['method']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "structures/s: structures over the summed run time of their tasks (per worker; a run goes to the "
+        "tightest threshold, so the same number stands in every table). Force calls: up to the state that "
+        "resolves the threshold, as a run stopping there would count them. atom-calls: force calls weighted by "
+        "the structure's atoms (what a model's cost on a CPU follows; a GPU call costs nearly the same for "
+        "any small batch). below ref: structures ending more than 1 meV/atom under the reference (the "
+        "reference missed a lower basin).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(payload: dict, rows: dict, path: Path) -> None:
+    """Force-call and energy-error distributions per method at each threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [f"{f:g}" for f in payload["protocol"]["fmax"]]
+    methods = list(dict.fromkeys(r["method"] for r in payload["table"]))
+    n = payload["n_structures"]
+    fig, axes = plt.subplots(2, len(targets), figsize=(5 * len(targets), 8), squeeze=False)
+    for col, target in enumerate(targets):
+        calls = []
+        for method in methods:
+            out = [rows[(method, i)]["outcomes"].get(target) for i in range(n) if (method, i) in rows]
+            out = [o for o in out if o]
+            calls.append([o["force_calls"] for o in out])
+        axes[0, col].boxplot(calls, orientation="horizontal", showfliers=True)
+        axes[0, col].set_yticks(range(1, len(methods) + 1), methods)
+        axes[0, col].set_xscale("log")
+        axes[0, col].set_xlabel("force calls per structure")
+        axes[0, col].set_title(f"fmax {target} eV/Å")
+        for method in methods:
+            errors = energy_errors(payload["reference_energy_per_atom"], rows, method, target)
+            if len(errors):
+                e = np.sort(np.maximum(np.abs(errors) * 1000, 1e-4))
+                axes[1, col].step(e, np.arange(1, len(e) + 1) / len(e), where="post", label=method)
+        axes[1, col].set_xscale("log")
+        axes[1, col].axvline(HIGHER_BASIN * 1000, color="grey", lw=0.8, ls="--")
+        axes[1, col].set_xlabel("|energy error| vs reference, meV/atom")
+        axes[1, col].set_ylabel("fraction of structures")
+    axes[1, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def energy_errors(refs: Sequence[float], rows: dict, method: str, target: str) -> np.ndarray:
+    """A method's final minus reference energies, eV/atom, where both are finite."""
+    out = []
+    for i in range(len(refs)):
+        o = rows.get((method, i), {}).get("outcomes", {}).get(target)
+        if o and math.isfinite(o.get("energy_per_atom", math.nan)) and math.isfinite(refs[i]):
+            out.append(o["energy_per_atom"] - refs[i])
+    return np.array(out)

@@ -1,0 +1,283 @@
+"""Matbench protocol, the runs: ASE's optimizers and atomopt's engine on the same starts and model, planned as tasks, journaled, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from atomopt.bench.matbench.build import (
+    _WORKER,
+    ASE_METHODS,
+    CHUNK,
+    DEFAULT_METHODS,
+    DEFAULT_REFERENCE,
+    ENGINE_METHODS,
+    METHODS,
+    Target,
+    Task,
+    Trace,
+    batched_rows,
+    get_model,
+    load_set,
+    machine,
+    protocol,
+    targets_for,
+)
+from atomopt.bench.matbench.report import markdown, plot, summarize
+from atomopt.bench.matbench.torchsim import run_torchsim_subprocess, torchsim_environment
+
+
+def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Sequence[Target]) -> dict:
+    """One structure with an ASE optimizer (or atomopt's ASE front end) on a FrechetCellFilter."""
+    import ase.optimize
+    from ase.filters import FrechetCellFilter
+
+    from atomopt.bench.counting import CallCounter
+    from atomopt.models.as_ase_calculator import ModelCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = ModelCalculator(get_model(model_spec))
+    counter = CallCounter(atoms.calc)
+    trace = Trace(targets, len(atoms))
+    try:
+        cell_filter = FrechetCellFilter(atoms)
+        if method == "ase-frankenstein":
+            from atomopt import Frankenstein
+
+            optimizer = Frankenstein(cell_filter, logfile=None)
+        else:
+            optimizer = getattr(ase.optimize, ASE_METHODS[method])(cell_filter, logfile=None)
+        for _ in optimizer.irun(fmax=trace.fmax, steps=trace.max_steps):
+            forces = cell_filter.get_forces()
+            fmax = float(np.sqrt((forces**2).sum(axis=1).max()))
+            if trace.observe(optimizer.nsteps, counter.calls, fmax, atoms.get_potential_energy(), atoms.copy):
+                break
+    except Exception as err:  # every failure is a record, as Matbench Discovery keeps them
+        trace.fail("error", f"{type(err).__name__}: {err}", counter.calls)
+    return {
+        "method": method,
+        "index": index,
+        "n_atoms": len(atoms),
+        "outcomes": trace.outcomes,
+        "seconds": time.perf_counter() - trace.start,
+    }
+
+
+def run_engine(
+    method: str,
+    items: Sequence[tuple[int, Atoms]],
+    model_spec: str,
+    targets: Sequence[Target],
+    capacity: float = 128,
+    label: str | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> list[dict]:
+    """Structures with atomopt's batched engine (``capacity`` atoms per model call), every target from one run,
+    the model on ``device`` (default: the worker's). ``options`` go to :func:`atomopt.optimizers.make_minimizer` (a
+    variant of the default, rows named ``label``)."""
+    from atomopt.frontends.engine import InFlightRelaxer
+
+    traces = {i: Trace(targets, len(a)) for i, a in items}
+    finished: set[int] = set()
+
+    def observer(obs) -> None:
+        for k, i in enumerate(obs.ids):
+            if i not in finished and traces[i].observe(
+                obs.force_calls[k] - 1,
+                obs.force_calls[k],
+                float(obs.fmax[k]),
+                float(obs.energy[k]),
+                lambda k=k: obs.structure(k),
+            ):
+                finished.add(i)
+
+    fmax = min(t.fmax for t in targets)
+    steps = max(t.steps for t in targets)
+    relaxer = InFlightRelaxer(
+        get_model(model_spec, device),
+        method,
+        fmax=fmax,
+        steps=steps,
+        cell=True,
+        capacity=capacity,
+        capacity_metric="atoms",
+        observer=observer,
+        **options,
+    )
+    start = time.perf_counter()
+    for record in relaxer.run(items):
+        trace = traces[record.index]
+        if not trace.done:  # the engine stopped it before every target resolved: a failure of its own
+            trace.fail(
+                "error" if record.status != "non_finite" else "non_finite",
+                f"{record.status}: {record.message}",
+                record.force_calls,
+            )
+    wall = time.perf_counter() - start
+    return batched_rows(label or method, items, traces, wall)
+
+
+def plan(
+    methods: Sequence[str],
+    structures: Sequence[Atoms],
+    done: set[tuple[str, int]],
+    fmaxes: Sequence[float],
+    steps: int,
+    reference: Sequence[str],
+    capacity: float,
+    subsets: dict[str, int],
+) -> list[Task]:
+    """The tasks still to run: ASE methods one structure per task; batched methods (atomopt's engine, TorchSim)
+    in chunks of :data:`CHUNK` structures, each an in-flight run at the same capacity in atoms (a structure's
+    trajectory does not depend on its batch; chunks bound what an interruption loses)."""
+    tasks: list[Task] = []
+    for method in methods:
+        targets = targets_for(fmaxes, steps, method in reference)
+        pending = [(i, a) for i, a in enumerate(structures[: subsets.get(method)]) if (method, i) not in done]
+        if not pending:
+            continue
+        if method in ENGINE_METHODS or method == "torchsim-fire":
+            tasks += [Task(method, pending[k : k + CHUNK], targets, capacity) for k in range(0, len(pending), CHUNK)]
+        else:
+            tasks += [Task(method, [item], targets) for item in pending]
+    # chunk by chunk over every method, long tasks first within a chunk: an interrupted run leaves the first
+    # structures done by all methods, a fair comparison on a subset
+    return sorted(tasks, key=lambda t: (t.items[0][0] // CHUNK, -t.weight))
+
+
+def _init_worker(model_spec: str, threads: int, torchsim_python: str | None, device: str = "cpu") -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(model=model_spec, torchsim_python=torchsim_python, threads=threads, device=device)
+
+
+def _run_task(task: Task) -> list[dict]:
+    model_spec = _WORKER["model"]
+    if task.method in ENGINE_METHODS:
+        return run_engine(task.method, task.items, model_spec, task.targets, task.capacity)
+    if task.method == "torchsim-fire":
+        return run_torchsim_subprocess(
+            task, model_spec, _WORKER["torchsim_python"], _WORKER["threads"], _WORKER["device"]
+        )
+    return [run_ase(task.method, i, a, model_spec, task.targets) for i, a in task.items]
+
+
+def read_journal(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
+    """Rows of an earlier run with the same protocol (the run resumes from them)."""
+    rows: dict[tuple[str, int], dict] = {}
+    if not path.exists():
+        return rows
+    with open(path) as handle:
+        for number, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+            if number == 0:
+                if {"device": "cpu", **row.get("protocol", {})} != expected:  # journals before --device ran on CPU
+                    raise ValueError(
+                        f"{path} holds a run with another protocol ({row.get('protocol')}); "
+                        "choose another --tag or remove it"
+                    )
+                continue
+            rows[(row["method"], row["index"])] = row
+    return rows
+
+
+def run(
+    model: str = "sevennet-0",
+    structure_set: str = "proxy",
+    fmax: Sequence[float] = (0.05, 0.02, 0.01),
+    steps: int = 500,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    reference: Sequence[str] = DEFAULT_REFERENCE,
+    n: int | None = None,
+    workers: int = 1,
+    out: str | Path = "benchmarks/results",
+    tag: str | None = None,
+    subsets: dict[str, int] | None = None,
+    capacity: float = 128,
+    torchsim_env: str | Path = ".venv-torchsim",
+    command: str = "",
+    quiet: bool = False,
+    report_only: bool = False,
+    device: str = "cpu",
+) -> dict:
+    """Run (or resume) the benchmark and write its results; returns the summary payload. ``report_only``
+    writes the results of the journal as it stands without running anything."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if any(f <= 0 for f in fmax) or steps < 1:
+        raise ValueError("fmax values must be positive and steps at least 1")
+    structures = load_set(structure_set, n)
+    if not structures:
+        raise ValueError(f"no structures in {structure_set}")
+    reference = [m for m in reference if m in methods]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = tag or f"matbench_{model.split(':')[0].replace('-', '')}"
+    spec = protocol(
+        {
+            "model": model,
+            "set": structure_set,
+            "fmax": sorted(fmax, reverse=True),
+            "steps": steps,
+            "reference": list(reference),
+            "capacity": capacity,
+            "device": device,
+        }
+    )
+    journal = out / f"{tag}.jsonl"
+    rows = read_journal(journal, spec)
+    subsets = dict(subsets or {})
+    tasks = [] if report_only else plan(methods, structures, set(rows), fmax, steps, reference, capacity, subsets)
+    python = None
+    if any(t.method == "torchsim-fire" for t in tasks):
+        python = torchsim_environment(Path(torchsim_env))
+    if not journal.exists() or journal.stat().st_size == 0:
+        journal.write_text(json.dumps({"protocol": spec}) + "\n")
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    total = sum(t.weight for t in tasks)
+    bar = tqdm(total=total, unit="run", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+    with open(journal, "a") as handle:
+
+        def keep(new_rows: list[dict]) -> None:
+            for row in new_rows:
+                rows[(row["method"], row["index"])] = row
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            bar.update(len(new_rows))
+
+        if workers <= 1:
+            _init_worker(model, threads, python, device)
+            for task in tasks:
+                keep(_run_task(task))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(workers, initializer=_init_worker, initargs=(model, threads, python, device)) as pool:
+                for new_rows in pool.imap_unordered(_run_task, tasks):
+                    keep(new_rows)
+    bar.close()
+    payload = summarize(rows, structures, methods, spec, reference, subsets)
+    payload.update(command=command, machine=machine(threads, workers), tag=tag)
+    (out / f"{tag}.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
+    (out / f"{tag}.md").write_text(markdown(payload))
+    plot(payload, rows, out / f"{tag}.png")
+    return payload
