@@ -14,12 +14,14 @@ from typing import Any
 from atomopt.controls.auto_eps import AutoEpsilon
 from atomopt.controls.fire import FireControl
 from atomopt.controls.secant import SecantControl
+from atomopt.controls.trust_radius import TrustRadius
 from atomopt.core.minimizer import GainControl
 
 #: The registered controls, in the order they run in a step. The secant control comes before FIRE: it sets lr from
 #: the measured curvature, and FIRE, seeing lr set, only restarts (the restart uses the lr the secant chose). The
-#: gradient-histogram ε acts after the step is committed, on the state the step left.
-CONTROLS: tuple[type[GainControl], ...] = (SecantControl, FireControl, AutoEpsilon)
+#: trust radius bounds the step whatever set the gain. The gradient-histogram ε acts after the step is committed,
+#: on the state the step left.
+CONTROLS: tuple[type[GainControl], ...] = (SecantControl, FireControl, TrustRadius, AutoEpsilon)
 CONTROL_NAMES: tuple[str, ...] = tuple(c.name for c in CONTROLS)
 
 
@@ -68,6 +70,7 @@ __all__ = [
     "FireControl",
     "GainControl",
     "SecantControl",
+    "TrustRadius",
     "control_class",
     "keyword_fields",
     "resolve_control",

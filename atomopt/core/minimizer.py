@@ -54,6 +54,11 @@ class GainControl:
     def reads_line(self) -> bool:
         return False
 
+    @property
+    def needs_energy(self) -> bool:
+        """Whether it reads the energy of the current positions (the front ends then pass it to every step)."""
+        return False
+
     def init(self, per_structure: Tensor) -> dict[str, Tensor]:
         """Its own per-structure state before the first step (``per_structure`` is a ``(S,)`` tensor of ones)."""
         return {}
@@ -89,7 +94,12 @@ class StepContext:
     lr_max: float
     uphill: Tensor
     restarted: Tensor
+    energy: Tensor | None = None  # (S,) eV at the current positions, when a control needs it
     lr_set_by: str | None = None
+    #: Per-structure limit on the largest row move (Å) that a control sets for this step (a trust radius).
+    max_step: Tensor | None = None
+    #: Structures whose step a control takes instead of the rule's (a retreat along the last step): (mask, rows).
+    replacement: tuple[Tensor, Tensor] | None = None
     _slope: Tensor | None = field(default=None, repr=False)
     _line: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
@@ -163,6 +173,11 @@ class Minimizer:
         """Whether the state keeps s·g from before the last step (a control reads the secant fraction)."""
         return any(c.reads_line for c in self.controls)
 
+    @property
+    def needs_energy(self) -> bool:
+        """Whether :meth:`step` needs the energy of the current positions (a control reads it)."""
+        return any(c.needs_energy for c in self.controls)
+
     def init(self, gradient: Tensor, layout: Layout) -> MinimizerState:
         """State before the first step; ``gradient`` is ``-forces`` (eV/Å), ``(n_rows, 3)``."""
         check_gradient(gradient, layout)
@@ -184,15 +199,24 @@ class Minimizer:
         return state
 
     def step(
-        self, state: MinimizerState, gradient: Tensor, layout: Layout, constrain: Constraint | None = None
+        self,
+        state: MinimizerState,
+        gradient: Tensor,
+        layout: Layout,
+        constrain: Constraint | None = None,
+        energy: Tensor | None = None,
     ) -> tuple[Tensor, MinimizerState]:
         """The displacement (Å) for the current ``gradient`` and the new state.
 
         ``constrain`` maps the displacement onto what the front end can take (cell-step projections, fixed atoms,
         LAMMPS's ``vmax``). It is applied before the rule commits the step, so the state (momenta, the last step
-        of FIRE's power test) holds the step actually taken.
+        of FIRE's power test) holds the step actually taken. ``energy`` (``(n_structures,)``, eV) is the energy at
+        the current positions, required when a control reads it (:attr:`needs_energy`).
         """
         check_gradient(gradient, layout)
+        if self.needs_energy and energy is None:
+            names = [c.name for c in self.controls if c.needs_energy]
+            raise ValueError(f"the {', '.join(names)} control reads energies: pass energy= to Minimizer.step")
         no = torch.zeros_like(state["steps"], dtype=torch.bool)
         context = StepContext(
             rule=self.rule,
@@ -208,11 +232,15 @@ class Minimizer:
             lr_max=self.lr_max,
             uphill=no,
             restarted=no,
+            energy=None if energy is None else energy.reshape(-1).to(gradient.dtype),
         )
         owns = state["controls"]
         owns = {c.name: c.before_update(context, owns[c.name]) for c in self.controls}
         displacement, rule_state = self.rule.update(context.rule_state, gradient, context.lr, context.eps, layout)
-        for move in self.displacement_path(layout, constrain):
+        if context.replacement is not None:  # a control's step wins over the rule's where it takes one
+            mask, replacement = context.replacement
+            displacement = torch.where(layout.select(mask), replacement, displacement)
+        for move in self.displacement_path(layout, constrain, context.max_step):
             displacement = move(displacement)
         context.rule_state = self.rule.commit(rule_state, displacement)
         context.steps = context.steps + 1
@@ -231,13 +259,17 @@ class Minimizer:
             new_state["last_slope"] = layout.sum(gradient * displacement)
         return displacement, new_state
 
-    def displacement_path(self, layout: Layout, constrain: Constraint | None = None) -> list[Constraint]:
-        """What a proposed displacement goes through before the rule commits it: the max step, then the front
-        end's constraint."""
+    def displacement_path(
+        self, layout: Layout, constrain: Constraint | None = None, radius: Tensor | None = None
+    ) -> list[Constraint]:
+        """What a proposed displacement goes through before the rule commits it: the max step (and a control's
+        per-structure ``radius``), then the front end's constraint."""
         path: list[Constraint] = []
         if self.max_step is not None:
             max_step = self.max_step
             path.append(lambda displacement: limit_step(displacement, layout, max_step))
+        if radius is not None:
+            path.append(lambda displacement: limit_step(displacement, layout, radius))
         if constrain is not None:
             path.append(constrain)
         return path
@@ -313,7 +345,7 @@ def secant_fraction(slope_before: Tensor, slope_after: Tensor) -> tuple[Tensor, 
     return -slope_before / torch.where(measured, curvature, 1.0), measured
 
 
-def limit_step(displacement: Tensor, layout: Layout, max_step: float) -> Tensor:
+def limit_step(displacement: Tensor, layout: Layout, max_step: float | Tensor) -> Tensor:
     """Scale each structure's displacement so that no row moves more than ``max_step`` Å."""
     longest = torch.sqrt(layout.max(row_sum(displacement * displacement)))
     scale = torch.clamp(max_step / torch.clamp(longest, min=torch.finfo(displacement.dtype).tiny), max=1.0)

@@ -147,7 +147,10 @@ class AtomoptOptimizer(Optimizer):
         g = g.reshape(-1, 3)
         if self.state is None:
             self.state = self.minimizer.init(g, self.layout)
-        displacement, self.state = self.minimizer.step(self.state, g, self.layout)
+        energy = None
+        if self.minimizer.needs_energy:  # the calculator's cached result: no extra force call
+            energy = torch.tensor([float(optimizable.get_value())], dtype=self.dtype, device=self.device)
+        displacement, self.state = self.minimizer.step(self.state, g, self.layout, energy=energy)
         x = optimizable.get_x()
         optimizable.set_x(x + displacement.detach().cpu().numpy().ravel()[: self.ndofs].astype(x.dtype))
         if getattr(self.target, "constant_volume", False) and hasattr(self.target, "orig_cell"):
@@ -211,4 +214,13 @@ class INNAprop(AtomoptOptimizer):
     rule_name = "innaprop"
 
 
-OPTIMIZERS: dict[str, type[AtomoptOptimizer]] = {cls.rule_name: cls for cls in (Frankenstein, Adan, AdamNX, INNAprop)}
+class SafeLBFGS(AtomoptOptimizer):
+    """Safeguarded limited-memory BFGS (docs/safe_lbfgs.md) as an ASE optimizer; arguments as
+    :class:`AtomoptOptimizer`, plus ``memory`` (pairs kept) and ``initial_curvature`` (eV/Å², the first step's)."""
+
+    rule_name = "safelbfgs"
+
+
+OPTIMIZERS: dict[str, type[AtomoptOptimizer]] = {
+    cls.rule_name: cls for cls in (Frankenstein, Adan, AdamNX, INNAprop, SafeLBFGS)
+}

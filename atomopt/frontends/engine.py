@@ -319,7 +319,8 @@ class InFlightRelaxer:
             )
         records = self._end(batch, index, self._endings(batch, forces, errors), evaluated)
         if len(batch):
-            records += self._advance(batch, index, forces.gradient, evaluated, left=bool(records))
+            energy = self._objective(out.energy, frame) if self.minimizer.needs_energy else None
+            records += self._advance(batch, index, forces.gradient, energy, evaluated, left=bool(records))
         self.stats.in_batch = len(batch)
         self._sync()
         self.stats.optimizer_seconds += time.perf_counter() - clock
@@ -417,8 +418,14 @@ class InFlightRelaxer:
                 ending[i] = ("max_steps", "")
         return ending
 
+    def _objective(self, energy: Tensor, frame: _Frame) -> Tensor:
+        """What the rows' forces are the negative gradient of: the energy, plus p·V under a target pressure."""
+        if self.cell is None or self.cell.scalar_pressure == 0.0:
+            return energy
+        return energy + self.cell.scalar_pressure * torch.linalg.det(frame.structures.cell).abs()
+
     def _advance(
-        self, batch: Batch, index: RowIndex, gradient: Tensor, evaluated: Evaluated, left: bool
+        self, batch: Batch, index: RowIndex, gradient: Tensor, energy: Tensor | None, evaluated: Evaluated, left: bool
     ) -> list[RelaxRecord]:
         """One optimizer step for the structures still in the batch (``left``: some have just left it); a step that
         takes a cell out of its volume bounds is not taken, and that structure ends."""
@@ -426,6 +433,7 @@ class InFlightRelaxer:
             still = torch.zeros(len(evaluated.atom_offsets), dtype=torch.bool, device=self.device)
             still[evaluated.slot] = True
             gradient = gradient[still[index.layout.structure]]
+            energy = None if energy is None else energy[still]
             index = RowIndex.build(batch, self.cell is not None, self.device)
         fixed_rows = index.atom_rows[batch.fixed] if bool(batch.fixed.any()) else None
 
@@ -436,7 +444,7 @@ class InFlightRelaxer:
                 displacement[fixed_rows] = 0.0
             return displacement
 
-        displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout, constrain)
+        displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout, constrain, energy)
         batch.rows = batch.rows + displacement
         if self.cell is None:
             return []
