@@ -15,6 +15,7 @@ from atomopt.frontends.ase_optimizer import (
     Frankenstein,
     INNAprop,
     MissingCalculatorError,
+    SafeLBFGS,
 )
 from atomopt.frontends.engine import InFlightRelaxer, RelaxRecord, relax_iter, relax_many
 
@@ -24,6 +25,7 @@ __all__ = [
     "Adan",
     "AdamNX",
     "INNAprop",
+    "SafeLBFGS",
     "AtomoptOptimizer",
     "OPTIMIZERS",
     "MissingCalculatorError",

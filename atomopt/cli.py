@@ -318,7 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="emt",
         help="sevennet-0, chgnet, mace:PATH, emt or lj (default emt)",
     )
-    relax.add_argument("--optimizer", default="frankenstein", type=str.lower, choices=sorted(OPTIMIZERS))
+    relax.add_argument(
+        "--optimizer",
+        default="frankenstein",
+        type=_optimizer_name,
+        choices=sorted(OPTIMIZERS),
+        help="update rule (safe-lbfgs is safelbfgs; default frankenstein)",
+    )
     relax.add_argument("--fmax", type=_positive, default=0.05, help="force threshold, eV/Å (default 0.05)")
     relax.add_argument("--steps", type=_at_least_one, default=500, help="step budget per structure (default 500)")
     relax.add_argument(
@@ -499,6 +505,11 @@ def _add_journal_arguments(parser: argparse.ArgumentParser, tag: str | None, tag
         help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _optimizer_name(text: str) -> str:
+    """Optimizer names as users spell them: ``safe-lbfgs``, ``SafeLBFGS`` and ``safelbfgs`` are one."""
+    return text.lower().replace("-", "").replace("_", "")
 
 
 def _at_least_one(text: str) -> int:

@@ -22,6 +22,9 @@ ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "adan": {"lr": 0.1, "eps": 1.0, "rule": {"beta1": 0.1}, "fire": _GENTLE_FIRE},
     "adamnx": {"lr": 0.1, "eps": 0.1},
     "innaprop": {"lr": 0.3, "eps": 1.0, "fire": FireControl(f_dec=0.9, f_inc=1.02, acts_on="eps", measured_cut=True)},
+    # SafeLBFGS safeguards itself (curvature and descent tests, docs/safe_lbfgs.md): no FIRE; lr is the length of
+    # its steepest-descent fallback step, as ASE's and TSASE's maxstep.
+    "safelbfgs": {"lr": 0.2, "eps": 0.0, "fire": None},
 }
 
 
@@ -43,7 +46,7 @@ def make_minimizer(
     and no step control at all (no max step, no control); only the learning rate, a length here, keeps the
     atomistic default unless given. Any control can still be set explicitly.
     """
-    key = name.lower()
+    key = name.lower().replace("-", "").replace("_", "")  # "safe-lbfgs", "SafeLBFGS", "safelbfgs"
     if key not in RULES:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(RULES)}")
     defaults = ATOMISTIC_DEFAULTS[key]

@@ -7,12 +7,14 @@ from atomopt.rules.adamnx import AdamNXRule
 from atomopt.rules.adan import AdanRule
 from atomopt.rules.frankenstein import FrankensteinRule
 from atomopt.rules.innaprop import INNApropRule
+from atomopt.rules.safe_lbfgs import SafeLBFGSRule
 
 RULES: dict[str, type[UpdateRule]] = {
     "frankenstein": FrankensteinRule,
     "adan": AdanRule,
     "adamnx": AdamNXRule,
     "innaprop": INNApropRule,
+    "safelbfgs": SafeLBFGSRule,
 }
 
-__all__ = ["RULES", "FrankensteinRule", "AdanRule", "AdamNXRule", "INNApropRule"]
+__all__ = ["RULES", "FrankensteinRule", "AdanRule", "AdamNXRule", "INNApropRule", "SafeLBFGSRule"]

@@ -95,6 +95,8 @@ def atomopt_methods() -> dict[str, tuple[str, dict]]:
         table[f"{name}-paper"] = (name, {"paper_exact": True, "lr": PAPER_LR})
     for form in ("appendix_b", "released"):
         table[f"frankenstein-{form}-paper"] = ("frankenstein", {"paper_exact": True, "lr": PAPER_LR, "form": form})
+    table["safelbfgs"] = ("safelbfgs", {})  # not from a paper: no paper-exact form
+    table["safelbfgs-trust-radius"] = ("safelbfgs", {"trust_radius": True})
     return table
 
 

@@ -16,7 +16,7 @@ from ase import Atoms
 ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
 
 
-ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop")
+ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 
 
 METHODS = (*ASE_METHODS, *ENGINE_METHODS, "ase-frankenstein", "torchsim-fire")

@@ -479,6 +479,8 @@ def minimize(
     import_lammps()
     comm = world_comm(lmp.extract_setting("world_size")) if comm is None else comm
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
+    if minimizer.rule.name == "safelbfgs":
+        raise NotImplementedError("safelbfgs is not available in LAMMPS yet: its dot products need MPI reductions")
     if minimizer.control("auto_eps") is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
