@@ -127,15 +127,13 @@ def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int
     convergence function with cell forces, swaps every 5 steps) with a per-structure cap of ``steps``.
     """
     import torch_sim as ts
-    from sevenn.util import load_checkpoint, pretrained_name_to_path
-    from torch_sim.models.sevennet import SevenNetModel
     from torch_sim.runners import generate_force_convergence_fn
 
-    from atomopt.bench.matbench import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher
+    from atomopt.bench.matbench import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher, torchsim_sevennet
 
     if metric != "atoms":
         raise SystemExit("torchsim-fire needs --capacity-metric atoms (its autobatcher counts atoms)")
-    model = SevenNetModel(model=load_checkpoint(pretrained_name_to_path("7net-0")).build_model(), device=device)
+    model = torchsim_sevennet(device)
     counts = {"calls": 0, "structures": 0, "atoms": 0, "seconds": 0.0}
     forward = model.forward
     forward(ts.initialize_state(list(structures[:1]), model.device, model.dtype))  # warm-up, untimed

@@ -27,7 +27,7 @@ Results: ``{out}/{tag}.jsonl`` (one line per method and structure; the run resum
 from atomopt.bench.matbench.build import DEFAULT_METHODS, ENGINE_METHODS, Target, Trace, load_set, targets_for
 from atomopt.bench.matbench.report import calls_by_size, complete_structures, method_metrics, references
 from atomopt.bench.matbench.run import run, run_ase, run_engine
-from atomopt.bench.matbench.torchsim import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher
+from atomopt.bench.matbench.torchsim import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher, torchsim_sevennet
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -45,4 +45,5 @@ __all__ = [
     "run_engine",
     "targets_for",
     "torchsim_fire_batcher",
+    "torchsim_sevennet",
 ]

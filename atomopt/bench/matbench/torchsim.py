@@ -40,6 +40,14 @@ def torchsim_fire_batcher(model, structures: Sequence[Atoms], capacity: float, s
     return state, batcher, update_fn
 
 
+def torchsim_sevennet(device: str):
+    """SevenNet-0 in TorchSim's own wrapper, as a TorchSim user loads it (the benchmarks' one TorchSim model)."""
+    from sevenn.util import load_checkpoint, pretrained_name_to_path
+    from torch_sim.models.sevennet import SevenNetModel
+
+    return SevenNetModel(model=load_checkpoint(pretrained_name_to_path("7net-0")).build_model(), device=device)
+
+
 def run_torchsim(
     items: Sequence[tuple[int, Atoms]],
     model_spec: str,
@@ -58,10 +66,7 @@ def run_torchsim(
             f"the TorchSim rows run SevenNet-0 only (TorchSim {TORCHSIM_VERSION} has no wrapper "
             f"for {model_spec} usable beside sevenn {TORCHSIM_SEVENN}); got {model_spec}"
         )
-    from sevenn.util import load_checkpoint, pretrained_name_to_path
-    from torch_sim.models.sevennet import SevenNetModel
-
-    model = SevenNetModel(model=load_checkpoint(pretrained_name_to_path("7net-0")).build_model(), device=device)
+    model = torchsim_sevennet(device)
     swap_every = TORCHSIM_SWAP_EVERY
     order = [i for i, _ in items]
     traces = {i: Trace(targets, len(a)) for i, a in items}
