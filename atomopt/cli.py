@@ -219,6 +219,16 @@ def bench_command(args: argparse.Namespace) -> int:
     return 0 if payload else 1
 
 
+def _parameters_of(function, args: argparse.Namespace, **given) -> dict:
+    """The parsed options that ``function`` takes by name (the parser's destinations are its parameter names),
+    with ``given`` on top, and the exact command for the results' provenance."""
+    import inspect
+
+    names = inspect.signature(function).parameters
+    chosen = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return chosen | {"command": "atomopt " + " ".join(sys.argv[1:])} | given
+
+
 def matbench_command(args: argparse.Namespace) -> int:
     from atomopt.bench import matbench
 
@@ -228,25 +238,8 @@ def matbench_command(args: argparse.Namespace) -> int:
         if not count.isdigit():
             raise ValueError(f"--subset takes METHOD=N, got {item!r}")
         subsets[method] = int(count)
-    payload = matbench.run(
-        model=args.model,
-        structure_set=args.set,
-        fmax=args.fmax,
-        steps=args.steps,
-        methods=args.methods or matbench.DEFAULT_METHODS,
-        reference=args.reference,
-        n=args.n,
-        workers=args.workers,
-        out=args.out,
-        tag=args.tag,
-        subsets=subsets,
-        capacity=args.capacity,
-        torchsim_env=args.torchsim_env,
-        command="atomopt " + " ".join(sys.argv[1:]),
-        quiet=args.quiet,
-        report_only=args.report_only,
-        device=args.device,
-    )
+    given = {"methods": args.methods or matbench.DEFAULT_METHODS, "subsets": subsets, "tag": args.tag}
+    payload = matbench.run(**_parameters_of(matbench.run, args, **given))
     print((Path(args.out) / f"{payload['tag']}.md").read_text())
     return 0
 
@@ -256,37 +249,22 @@ def hea_command(args: argparse.Namespace) -> int:
 
     if args.cost_ranks:
         tag = "hea_cost" if args.tag == "hea" else args.tag
-        hea.cost_model(
-            n_atoms=args.atoms,
-            grains=args.grains[0],
-            budget=args.budget,
-            ranks=args.cost_ranks,
-            methods=args.methods or ("cg", "fire", "frankenstein"),
-            seed=args.seeds[0],
-            potdir=args.potdir,
-            out=args.out,
-            tag=tag,
-            command="atomopt " + " ".join(sys.argv[1:]),
-        )
+        given = {
+            "grains": args.grains[0],
+            "ranks": args.cost_ranks,
+            "seed": args.seeds[0],
+            "tag": tag,
+            "methods": args.methods or ("cg", "fire", "frankenstein"),
+        }
+        hea.cost_model(**_parameters_of(hea.cost_model, args, **given))
         print((Path(args.out) / f"{tag}.md").read_text())
         return 0
-    payload = hea.run(
-        n_atoms=args.atoms,
-        grains=args.grains,
-        budget=args.budget,
-        ranks=args.ranks,
-        methods=args.methods or hea.DEFAULT_METHODS,
-        box={"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box],
-        seeds=args.seeds,
-        potdir=args.potdir,
-        out=args.out,
-        tag=args.tag,
-        workers=args.workers,
-        analyse=not args.no_dxa,
-        command="atomopt " + " ".join(sys.argv[1:]),
-        quiet=args.quiet,
-        report_only=args.report_only,
-    )
+    given = {
+        "methods": args.methods or hea.DEFAULT_METHODS,
+        "analyse": not args.no_dxa,
+        "box": {"both": (False, True), "fixed": (False,), "relaxed": (True,)}[args.box],
+    }
+    payload = hea.run(**_parameters_of(hea.run, args, **given))
     print((Path(args.out) / f"{args.tag}.md").read_text())
     return 0 if payload["table"] else 1
 
@@ -404,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--model", default="sevennet-0", help="sevennet-0, chgnet or mace:PATH (default sevennet-0)")
     mb.add_argument(
         "--set",
+        dest="structure_set",
         default="proxy",
         help="proxy (160 WBM-like structures, shipped), Matbench Discovery's "
         "wbm-initial-atoms.extxyz.zip[:summary.csv], or any structure file ASE reads",
@@ -447,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CoCrFeMnNi polycrystals in LAMMPS (2NN MEAM): native fire/cg/hftn/sd and "
         "atomopt's styles at an equal force-evaluation budget, with dislocation analysis",
     )
-    he.add_argument("--atoms", type=int, default=20000, help="atoms per polycrystal (default 20000)")
+    he.add_argument("--atoms", dest="n_atoms", type=int, default=20000, help="atoms per polycrystal (default 20000)")
     he.add_argument("--grains", type=int, nargs="+", default=[4, 8, 16, 32], help="grain counts (default 4 8 16 32)")
     he.add_argument("--budget", type=int, default=3000, help="force evaluations per run (default 3000)")
     he.add_argument("--ranks", type=int, default=1, help="MPI ranks per run (default 1)")

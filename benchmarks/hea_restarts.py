@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from atomopt.bench.hea import TYPE_ORDER, polycrystal, write_data
+from atomopt.bench.provenance import report_header
 from atomopt.core.layout import Layout
 from atomopt.frontends.lammps.runner import optimizer_options
 from atomopt.lammps import import_lammps
@@ -135,12 +136,12 @@ def trace(data: Path, potdir: Path, options: dict, steps: int) -> dict:
 
 def markdown(payload: dict) -> str:
     lines = [
-        f"# Frankenstein's FIRE restarts on a HEA polycrystal ({payload['natoms']} atoms, {payload['grains']} "
-        f"grains, seed {payload['seed']}), {payload['steps']} steps",
-        "",
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {payload['machine']}; torch {payload['torch']}",
-        "",
+        *report_header(
+            f"Frankenstein's FIRE restarts on a HEA polycrystal ({payload['natoms']} atoms, {payload['grains']} "
+            f"grains, seed {payload['seed']}), {payload['steps']} steps",
+            payload["command"],
+            f"{payload['machine']}; torch {payload['torch']}",
+        ),
         "Uphill: FIRE's power test found the step before uphill (P = F·Δθ < 0) and the gain was cut. Restart: "
         "the rule's state was restarted too (on every uphill step unless `fire_restart_below` spares the mild "
         "overshoots). Burst: consecutive restarts. Lower energy: share of restarts whose uphill step had "

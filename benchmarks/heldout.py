@@ -30,6 +30,7 @@ from ase.calculators.emt import EMT
 
 from atomopt.bench import lj38
 from atomopt.bench.counting import BudgetExceeded, CallCounter
+from atomopt.bench.provenance import machine_facts
 from atomopt.controls import FireControl
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
@@ -130,18 +131,10 @@ def main() -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     problems = {"LJ55": lj55(args.n_lj), "Cu EMT vacancy": cu_emt(args.n_cu)}
-    import ase
-
     payload = {
         "benchmark": "held-out check of the defaults",
         "command": "python " + " ".join(sys.argv),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "ase": ase.__version__,
-            "torch": torch.__version__,
-        },
+        "machine": machine_facts("ase", "torch"),
         "elapsed_seconds": time.perf_counter() - t0,
         "problems": problems,
     }
@@ -153,7 +146,7 @@ def main() -> int:
         "",
         f"Command: `{payload['command']}`  ",
         f"Machine: {payload['machine']['platform']}, {os.cpu_count()} CPUs; "
-        f"Python {platform.python_version()}, ase {ase.__version__}, torch {torch.__version__}",
+        f"Python {platform.python_version()}, ase {payload['machine']['ase']}, torch {torch.__version__}",
         "",
         "LJ55: OptBench random sequential addition (n = 55), fmax 0.01, ≤ 10,000 calls, broken clusters fail. "
         "Cu EMT: 255-atom fcc with a vacancy, 0.3 Å random displacements, 2 % strain, fmax 0.01 eV/Å, ≤ 2,000 calls.",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from atomopt.bench import lj38
+from atomopt.bench.provenance import machine_facts
 from atomopt.controls import AutoEpsilon, FireControl, SecantControl
 from atomopt.core.layout import Layout, row_sum
 from atomopt.core.minimizer import Minimizer
@@ -225,19 +226,10 @@ def main() -> int:
             flush=True,
         )
     spectrum = hessian_spectrum(starts[:20])
-    import ase
-
     payload = {
         "benchmark": "OptBench LJ38 default search",
         "command": "python " + " ".join(sys.argv),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "ase": ase.__version__,
-            "torch": torch.__version__,
-        },
+        "machine": machine_facts("numpy", "ase", "torch"),
         "protocol": {"fmax": lj38.FMAX, "max_force_calls": lj38.MAX_FORCE_CALLS, "seed": lj38.DEFAULT_SEED},
         "results": rows,
         "hessian_at_minima": spectrum,
@@ -250,7 +242,7 @@ def main() -> int:
         "",
         f"Command: `{payload['command']}`  ",
         f"Machine: {payload['machine']['platform']}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, ase {ase.__version__}. Batched tensor engine, float64.",
+        f"torch {torch.__version__}, ase {payload['machine']['ase']}. Batched tensor engine, float64.",
         "",
         "| configuration | approach | runs | failures | mean calls | median | max | mean E |",
         "|---|---|---|---|---|---|---|---|",

@@ -1,5 +1,6 @@
 """The atomopt command line."""
 
+import functools
 import json
 
 from ase.build import bulk
@@ -58,3 +59,39 @@ def test_bench_lj38_writes_results_with_limits(tmp_path):
     assert "Rows reused" in (tmp_path / "t2.md").read_text()
     # a different number of starts cannot be reused
     assert main(["bench", "lj38", "--n", "3", "--methods", "ase-FIRE", *reuse, "--tag", "t3"]) == 2
+
+
+def test_bench_commands_pass_every_option_to_their_benchmark(monkeypatch, tmp_path):
+    """The parser's destinations are the benchmark functions' parameter names: nothing is dropped on the way."""
+    from atomopt.bench import hea, matbench
+
+    seen = {}
+
+    def capture(name, original, payload):
+        @functools.wraps(original)  # keeps the signature the command reads
+        def function(**kwargs):
+            seen[name] = kwargs
+            (tmp_path / f"{kwargs['tag'] or 'matbench_x'}.md").write_text("report")
+            return payload | {"tag": kwargs["tag"] or "matbench_x"}
+
+        return function
+
+    monkeypatch.setattr(matbench, "run", capture("matbench", matbench.run, {}))
+    monkeypatch.setattr(hea, "run", capture("hea", hea.run, {"table": [1]}))
+    monkeypatch.setattr(hea, "cost_model", capture("cost", hea.cost_model, {}))
+    out = ["--out", str(tmp_path)]
+    assert (
+        main(["bench", "matbench", "--set", "x.extxyz", "--fmax", "0.05", "--n", "3", "--subset", "ase-fire=2", *out])
+        == 0
+    )
+    assert seen["matbench"] | {"command": ""} == {
+        "model": "sevennet-0", "structure_set": "x.extxyz", "fmax": [0.05], "steps": 500,
+        "methods": matbench.DEFAULT_METHODS, "reference": ["ase-bfgs", "frankenstein"], "n": 3,
+        "workers": seen["matbench"]["workers"], "out": str(tmp_path), "tag": None, "subsets": {"ase-fire": 2},
+        "capacity": 128, "torchsim_env": ".venv-torchsim", "command": "", "quiet": False, "report_only": False,
+        "device": "cpu"}  # fmt: skip
+    assert main(["bench", "hea", "--atoms", "1000", "--grains", "3", "--box", "fixed", "--no-dxa", *out]) == 0
+    assert seen["hea"]["n_atoms"] == 1000 and seen["hea"]["grains"] == [3] and seen["hea"]["box"] == (False,)
+    assert seen["hea"]["analyse"] is False and seen["hea"]["methods"] == hea.DEFAULT_METHODS
+    assert main(["bench", "hea", "--cost-ranks", "1", "2", "--grains", "8", *out]) == 0
+    assert seen["cost"]["ranks"] == [1, 2] and seen["cost"]["grains"] == 8 and seen["cost"]["tag"] == "hea_cost"

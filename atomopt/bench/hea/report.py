@@ -10,6 +10,7 @@ import numpy as np
 
 from atomopt.bench.hea.build import RUN_KEY, _polycrystal, polycrystal_of
 from atomopt.bench.hea.dislocations import BURGERS_FAMILIES, DXA_CIRCUITS
+from atomopt.bench.provenance import report_header
 
 
 def evaluations_to_reach(evaluations: np.ndarray, energies: np.ndarray, level: float) -> int | None:
@@ -159,15 +160,19 @@ def memory_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return float(np.mean(y - slope * x)), 1000 * slope
 
 
+def _machine_line(machine: dict, runs: str = "") -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    return f"{machine['platform']}, {machine['cpus']} CPUs{runs}; {versions}"
+
+
 def cost_markdown(payload: dict) -> str:
     lines = [
-        f"# Cost of the HEA minimizations: {payload['table'][0]['natoms']} atoms, {payload['grains']} grains, "
-        f"{payload['budget']} force evaluations",
-        "",
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs; "
-        + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()),
-        "",
+        *report_header(
+            f"Cost of the HEA minimizations: {payload['table'][0]['natoms']} atoms, {payload['grains']} grains, "
+            f"{payload['budget']} force evaluations",
+            payload["command"],
+            _machine_line(payload["machine"]),
+        ),
         "Cost: LAMMPS's loop time of the minimization × ranks / (atoms × force evaluations). Speedup and "
         "efficiency: time per evaluation against one rank. Memory: LAMMPS's largest rank.",
         "",
@@ -201,14 +206,13 @@ def cost_markdown(payload: dict) -> str:
 
 def markdown(payload: dict) -> str:
     lines = [
-        f"# CoCrFeMnNi polycrystals, 2NN MEAM: {payload['n_atoms']} atoms, grains {payload['grains']}, "
-        f"{payload['budget']} force evaluations",
-        "",
-        f"Command: `{payload['command']}`  ",
-        *[f"Runs made by: `{c}`  " for c in payload.get("run_commands", []) if c != payload["command"]],
-        f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, {payload['ranks']} MPI "
-        f"rank(s) per run; " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()),
-        "",
+        *report_header(
+            f"CoCrFeMnNi polycrystals, 2NN MEAM: {payload['n_atoms']} atoms, grains {payload['grains']}, "
+            f"{payload['budget']} force evaluations",
+            payload["command"],
+            _machine_line(payload["machine"], f", {payload['ranks']} MPI rank(s) per run"),
+            between=[f"Runs made by: `{c}`  " for c in payload.get("run_commands", []) if c != payload["command"]],
+        ),
         "Gap: final energy above the lowest any method reached on the same polycrystal and box mode. "
         "evals to 1 / 0.1 meV/atom: force evaluations after which the energy stays within that of the best "
         "(– never). DXA: OVITO dislocation analysis of the final structure (segments / total length Å).",
