@@ -10,6 +10,7 @@ import pytest
 
 from atomopt import OPTIMIZERS
 from atomopt.bench import lj38
+from atomopt.frontends.lammps.runner import ATOMOPT_STYLES
 from atomopt.models.cluster_lj import ClusterLennardJones
 
 try:
@@ -70,7 +71,7 @@ def positions_by_id(lmp):
     return lmp.numpy.extract_atom("x")[:nlocal][np.argsort(ids)].copy()
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(ATOMOPT_STYLES))
 def test_lammps_follows_the_ase_trajectory(name):
     start = lj38.load_starts(1)[0]
     atoms = start.copy()
