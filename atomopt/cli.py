@@ -21,6 +21,7 @@ from ase import Atoms
 
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 from atomopt.models.base import resolve_device
+from atomopt.optimizers import canonical_name
 
 
 def example_structure() -> Atoms:
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument(
         "--optimizer",
         default="frankenstein",
-        type=_optimizer_name,
+        type=canonical_name,
         choices=sorted(OPTIMIZERS),
         help="update rule (safe-lbfgs is safelbfgs; default frankenstein)",
     )
@@ -484,11 +485,6 @@ def _add_journal_arguments(parser: argparse.ArgumentParser, tag: str | None, tag
         help="write the results of the journal as it stands (e.g. of an interrupted run), run nothing",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def _optimizer_name(text: str) -> str:
-    """Optimizer names as users spell them: ``safe-lbfgs``, ``SafeLBFGS`` and ``safelbfgs`` are one."""
-    return text.lower().replace("-", "").replace("_", "")
 
 
 def _at_least_one(text: str) -> int:

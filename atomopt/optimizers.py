@@ -28,6 +28,11 @@ ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def canonical_name(name: str) -> str:
+    """An optimizer's name as users spell it, as :data:`atomopt.rules.RULES` keys it (``safe-lbfgs`` → ``safelbfgs``)."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
 def make_minimizer(
     name: str,
     *,
@@ -46,7 +51,7 @@ def make_minimizer(
     and no step control at all (no max step, no control); only the learning rate, a length here, keeps the
     atomistic default unless given. Any control can still be set explicitly.
     """
-    key = name.lower().replace("-", "").replace("_", "")  # "safe-lbfgs", "SafeLBFGS", "safelbfgs"
+    key = canonical_name(name)
     if key not in RULES:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(RULES)}")
     defaults = ATOMISTIC_DEFAULTS[key]

@@ -73,8 +73,8 @@ class UpdateRule(ABC):
         for key, old in state.items():
             if key in self.structure_fields:
                 out[key] = torch.where(mask, fresh[key], old)
-            else:
-                out[key] = torch.where(rows, fresh[key], old)
+            else:  # per-row fields of any width: (n_rows, 3), or (n_rows, k, 3) for a history
+                out[key] = torch.where(rows.reshape(rows.shape[0], *([1] * (old.ndim - 1))), fresh[key], old)
         return out
 
     def validate_lr(self, lr: Tensor) -> None:

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from atomopt.core.layout import Layout
+from atomopt.core.layout import Layout, row_sum_in_order
 from atomopt.core.rule import State, UpdateRule
 
 
@@ -66,37 +66,33 @@ class SafeLBFGSRule(UpdateRule):
         self.validate_lr(lr)
         g, s, y = gradient, state["s_prev"], gradient - state["g_prev"]
         started = state["t"] > 0
-        curvature = _structure_sum(layout, s * y)
-        keep = started & (curvature > 0)
-        wipe = started & ~keep
-        pairs = torch.where(keep, torch.clamp(state["pairs"] + 1, max=float(self.memory)), torch.zeros_like(curvature))
-        kept = _per_row(layout, keep)
-        s_history = torch.cat([torch.where(kept, s, 0.0)[:, None], state["s_history"][:, :-1]], dim=1)
-        y_history = torch.cat([torch.where(kept, y, 0.0)[:, None], state["y_history"][:, :-1]], dim=1)
-        wiped = _per_row(layout, wipe | ~keep)[:, None]  # a structure without a new pair has no history either
-        s_history = torch.where(wiped, 0.0, s_history)
-        y_history = torch.where(wiped, 0.0, y_history)
+        keep = started & (layout.sum_in_order(s * y) > 0)
+        # Slot 0 takes the newest pair; only each structure's first ``pairs`` slots are read, so a wiped history
+        # needs no clearing.
+        pairs = torch.where(
+            keep, torch.clamp(state["pairs"] + 1, max=float(self.memory)), torch.zeros_like(state["pairs"])
+        )
+        s_history = torch.cat([s[:, None], state["s_history"][:, :-1]], dim=1)
+        y_history = torch.cat([y[:, None], state["y_history"][:, :-1]], dim=1)
 
-        direction = -self._two_loop(g, s_history, y_history, pairs, layout)
         first = ~started
-        direction = torch.where(_per_row(layout, first), -g / self.initial_curvature, direction)
-        downhill = _structure_sum(layout, direction * g) < 0
-        fallback = (wipe | ~downhill) & ~first
-        largest = torch.sqrt(layout.max(_row_values(g * g)))
+        direction = torch.where(
+            layout.select(first), -g / self.initial_curvature, -self._two_loop(g, s_history, y_history, pairs, layout)
+        )
+        downhill = layout.sum_in_order(direction * g) < 0
+        fallback = started & ~(keep & downhill)
+        largest = torch.sqrt(layout.max(row_sum_in_order(g * g)))
         steepest = -g * layout.rows(lr / torch.clamp(largest, min=torch.finfo(g.dtype).tiny))
-        direction = torch.where(_per_row(layout, fallback), steepest, direction)
-        pairs = torch.where(fallback, torch.zeros_like(pairs), pairs)
-        wiped = _per_row(layout, fallback)[:, None]
         new_state = {
             "t": state["t"] + 1,
-            "pairs": pairs,
+            "pairs": torch.where(fallback, torch.zeros_like(pairs), pairs),
             "resets": state["resets"] + fallback.to(g.dtype),
             "g_prev": g.clone(),
             "s_prev": state["s_prev"],
-            "s_history": torch.where(wiped, 0.0, s_history),
-            "y_history": torch.where(wiped, 0.0, y_history),
+            "s_history": s_history,
+            "y_history": y_history,
         }
-        return direction, new_state
+        return torch.where(layout.select(fallback), steepest, direction), new_state
 
     def commit(self, state: State, displacement: Tensor) -> State:
         return {**state, "s_prev": displacement.clone()}
@@ -108,63 +104,25 @@ class SafeLBFGSRule(UpdateRule):
         rhos, alphas = [], []
         for j in range(used):
             s_j, y_j = s_history[:, j], y_history[:, j]
-            sy = _structure_sum(layout, s_j * y_j)
+            sy = layout.sum_in_order(s_j * y_j)
             valid = pairs > j
             rho = torch.where(valid, 1.0 / torch.where(valid, sy, 1.0), 0.0)
-            alpha = rho * _structure_sum(layout, s_j * q)
+            alpha = rho * layout.sum_in_order(s_j * q)
             q = q - layout.rows(alpha) * y_j
             rhos.append(rho)
             alphas.append(alpha)
         if used:
             s0, y0 = s_history[:, 0], y_history[:, 0]
-            yy = _structure_sum(layout, y0 * y0)
-            h0 = torch.where(pairs > 0, _structure_sum(layout, s0 * y0) / torch.where(pairs > 0, yy, 1.0), 0.0)
+            yy = layout.sum_in_order(y0 * y0)
+            h0 = torch.where(pairs > 0, layout.sum_in_order(s0 * y0) / torch.where(pairs > 0, yy, 1.0), 0.0)
         else:
             h0 = torch.zeros_like(pairs)
         r = layout.rows(h0) * q
         for j in reversed(range(used)):
             s_j, y_j = s_history[:, j], y_history[:, j]
-            beta = rhos[j] * _structure_sum(layout, y_j * r)
+            beta = rhos[j] * layout.sum_in_order(y_j * r)
             r = r + layout.rows(alphas[j] - beta) * s_j
         return r
 
-    def reset(self, state: State, gradient: Tensor, layout: Layout, lr: Tensor, mask: Tensor) -> State:
-        """Forget the history of the structures in ``mask`` (a control's restart): their next step is a first one."""
-        if not bool(mask.any()):
-            return state
-        fresh = self.init(gradient, layout, lr)
-        rows = _per_row(layout, mask)
-        out = {}
-        for key, old in state.items():
-            if key in self.structure_fields:
-                out[key] = old if key == "resets" else torch.where(mask, fresh[key], old)
-            else:
-                out[key] = torch.where(rows.reshape(-1, *([1] * (old.ndim - 1))), fresh[key], old)
-        return out
-
     def adaptive_term(self, state: State, layout: Layout) -> Tensor:
         raise ValueError("safelbfgs has no adaptive per-coordinate term: the gradient-histogram ε does not apply")
-
-
-def _per_row(layout: Layout, per_structure: Tensor) -> Tensor:
-    """A ``(n_structures,)`` bool tensor as a ``(n_rows, 1)`` row mask."""
-    if layout.n_structures == 1:
-        return per_structure.reshape(1, 1).expand(layout.n_rows, 1)
-    return per_structure[layout.structure].unsqueeze(-1)
-
-
-def _structure_sum(layout: Layout, values: Tensor) -> Tensor:
-    """Per-structure sum of a ``(n_rows, ...)`` tensor in a fixed order (columns, then rows in sequence), the same
-    for a structure alone and in any batch: L-BFGS amplifies last-bit differences of its dot products, so a
-    structure's trajectory must not depend on what else is in the batch."""
-    out = torch.zeros(layout.n_structures, dtype=values.dtype, device=values.device)
-    return out.index_add_(0, layout.structure, _row_values(values))
-
-
-def _row_values(values: Tensor) -> Tensor:
-    """The sum of each row of a ``(n_rows, ...)`` tensor, column after column (an order no kernel changes)."""
-    flat = values.reshape(values.shape[0], -1)
-    per_row = flat[:, 0]
-    for column in range(1, flat.shape[1]):
-        per_row = per_row + flat[:, column]
-    return per_row

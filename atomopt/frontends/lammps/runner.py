@@ -36,13 +36,11 @@ import torch
 
 from atomopt.controls import CONTROL_NAMES, keyword_fields
 from atomopt.frontends.lammps.box import BoxRelax
-from atomopt.frontends.lammps.driver import NORMS, MinimizeResult, minimize
+from atomopt.frontends.lammps.driver import LAMMPS_PENDING, NORMS, MinimizeResult, minimize
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
 from atomopt.frontends.lammps.transcript import ECHO_MODES, Transcript
 from atomopt.rules import RULES
 
-#: SafeLBFGS's dot products span all atoms, so on several MPI ranks they need reductions the driver does not do yet.
-LAMMPS_PENDING = ("safelbfgs",)
 ATOMOPT_STYLES = tuple(name for name in RULES if name not in LAMMPS_PENDING)
 _GENERAL_KEYWORDS = ("lr", "eps", "paper_exact", "device", "dtype") + CONTROL_NAMES
 #: ``NAME_FIELD``: a field of a step control (``fire_f_dec 0.5``, ``secant_max_factor 1.5``, ...).
