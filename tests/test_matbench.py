@@ -127,7 +127,7 @@ def _row(method, index, status, energy_per_atom, calls, volume=10.0, spacegroup=
     }
 
 
-def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_energy():
+def test_metrics_split_failures_and_measure_signed_errors_against_the_lowest_energy_any_run_reached():
     structures = [bulk("Cu")] * 3
     rows = dict(
         [
@@ -137,15 +137,25 @@ def test_metrics_split_failures_and_measure_errors_against_the_lowest_tight_ener
             _row("frankenstein", 0, "converged", -1.001, 5, tight=-1.003),  # the lower tight energy is the reference
             _row("frankenstein", 1, "max_steps", -1.990, 501, volume=11.0, spacegroup=1),  # not converged (and higher)
             _row("frankenstein", 2, "converged", -2.980, 7),  # a higher basin: 20 meV/atom above
-            _row("ase-fire", 0, "error", math.nan, 3),
+            _row("ase-fire", 0, "error", -9.0, 3),  # a run that raised sets no reference, whatever it reports
+            _row("ase-lbfgs", 1, "converged", -2.004, 9),  # a judged run below every tight one sets the reference
         ]
     )
-    refs = matbench.references(rows, structures, ["ase-bfgs", "frankenstein"])
-    assert [r["energy_per_atom"] for r in refs] == [-1.003, -2.000, -3.000]
-    assert refs[0]["method"] == "frankenstein"
+    methods = ["ase-bfgs", "frankenstein", "ase-fire", "ase-lbfgs"]
+    refs = matbench.references(rows, structures, methods)
+    assert [r["energy_per_atom"] for r in refs] == [-1.003, -2.004, -3.000]
+    assert [(r["method"], r["target"]) for r in refs] == [
+        ("frankenstein", "tight"),
+        ("ase-lbfgs", "0.05"),
+        ("ase-bfgs", "0.05"),  # ties go to the first method in order, at its first threshold
+    ]
+    bfgs = matbench.method_metrics("ase-bfgs", "0.05", rows, refs, range(3))
+    assert bfgs["mean_signed_error_mev_per_atom"] == pytest.approx((3.0 + 4.0 + 0.0) / 3)
+    assert (bfgs["above_reference_by_1_mev"], bfgs["above_reference_by_10_mev"]) == (2, 0)
+    assert (bfgs["below_reference_by_1_mev"], bfgs["failures"]) == (0, 0)
     mine = matbench.method_metrics("frankenstein", "0.05", rows, refs, range(3))
     assert (mine["failures"], mine["not_converged"], mine["higher_basin"], mine["errors"]) == (2, 1, 1, 0)
-    assert mine["mae_mev_per_atom"] == pytest.approx((2.0 + 10.0 + 20.0) / 3)
+    assert mine["mae_mev_per_atom"] == pytest.approx((2.0 + 14.0 + 20.0) / 3)
     assert mine["force_calls_total"] == 513 and mine["force_calls_median"] == 7
     assert mine["atom_force_calls_total"] == 5 * 1 + 501 * 2 + 7 * 3  # calls weighted by each structure's atoms
     assert mine["volume_error_percent"] == pytest.approx(100 * 0.1 / 3)
