@@ -1,5 +1,5 @@
 """Run under 1 or 2 MPI ranks by tests/test_lammps_box.py: a rattled, strained, sheared EAM Cu box relaxed with
-fix box/relax tri by Frankenstein; writes the final enthalpy, box and stopping reason (JSON, rank 0)."""
+fix box/relax tri by the optimizer named on the command line; writes the final enthalpy, box and stopping reason (JSON, rank 0)."""
 
 import json
 import sys
@@ -30,7 +30,7 @@ def main() -> None:
     comm = MPI.COMM_WORLD
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
     lmp.commands_string(COPPER.format(region=TRICLINIC, strain=STRAIN))
-    result = minimize(lmp, "frankenstein", ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
+    result = minimize(lmp, sys.argv[2], ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
     if comm.rank == 0:
         with open(sys.argv[1], "w") as handle:
             json.dump(

@@ -1,7 +1,7 @@
 """Run under 1 or 2 MPI ranks by tests/test_lammps.py.
 
 An expanded EAM Cu cluster off the box centre contracts, so atoms cross the plane that splits the
-box between two ranks. After 80 steps the per-atom optimizer state is written by atom ID with the
+box between two ranks. After STEPS steps (default 80) the per-atom optimizer state is written by atom ID with the
 number of atoms that changed rank; a second minimization then converges and gives the final
 energy (JSON, rank 0)."""
 
@@ -15,6 +15,7 @@ from mpi4py import MPI  # noqa: E402  (after the MPI library is loaded)
 
 comm = MPI.COMM_WORLD
 optimizer, out = sys.argv[1], sys.argv[2]
+steps = int(sys.argv[3]) if len(sys.argv) > 3 else 80
 lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
 lmp.commands_string(
     """
@@ -41,7 +42,7 @@ def owners() -> dict[int, int]:
 
 
 before = owners()
-minimize(lmp, optimizer, ftol=0.0, maxiter=80, keep_state=True)
+minimize(lmp, optimizer, ftol=0.0, maxiter=steps, keep_state=True)
 after = owners()
 nlocal = lmp.extract_setting("nlocal")
 tags = lmp.numpy.extract_atom("id")[:nlocal]

@@ -182,12 +182,18 @@ MPIRUN = find_mpirun()
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
-@pytest.mark.parametrize("name", ["frankenstein", "adan"])
-def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name):
+@pytest.mark.parametrize(
+    "name, steps",
+    # SafeLBFGS is near its minimum by step 80, where its steps (~1e-9 Å) come from differences of tiny
+    # gradients and the ranks' summation order shows: compare its state while the steps are still large
+    [("frankenstein", 80), ("adan", 80), ("safelbfgs", 12)],
+)
+def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name, steps):
     results = {}
     for ranks in (1, 2):
         out = tmp_path / f"np{ranks}.json"
-        cmd = [MPIRUN, "-np", str(ranks), sys.executable, str(ROOT / "tests" / "lammps_mpi_case.py"), name, str(out)]
+        case = str(ROOT / "tests" / "lammps_mpi_case.py")
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, name, str(out), str(steps)]
         subprocess.run(cmd, check=True, timeout=300, capture_output=True)
         results[ranks] = json.loads(out.read_text())
     one, two = results[1], results[2]
@@ -274,6 +280,7 @@ def test_min_modify_fire_fields_refine_the_fire_control_and_are_refused_without_
         ({"fire_f_dec": "0.5", "fire": "no"}, "is off"),
         ({"fire_n_min": "2.5"}, "whole number"),
         ({"fire_f_inc": "fast"}, "expects a number"),
+        ({"memory": "2.5"}, "whole number"),
     ):
         with pytest.raises(InputError, match=message):
             optimizer_options(raw)
@@ -294,6 +301,24 @@ def test_min_modify_fire_fields_reach_the_minimizer(tmp_path):
         # lr moves between cuts on uphill steps (×0.9 per restart) and growth up to 10× the start (0.05 Å)
         assert 0 < float(lr) <= 0.5 and float(eps) == 0.1 and 0 <= int(restarts) < iterations[name]
     assert iterations["changed"] != iterations["default"]  # a faster-growing lr: another path to fmax
+
+
+def test_min_style_safelbfgs_runs_an_input_and_takes_its_memory_from_min_modify(tmp_path):
+    from atomopt.frontends.lammps.runner import optimizer_options
+
+    assert optimizer_options({"memory": "5", "initial_curvature": "20"}) == {"memory": 5, "initial_curvature": 20.0}
+    base = LOG_INPUT.format(units="lj", lattice=1.0, potential="pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0")
+    evaluations = {}
+    for name, extra in (("default", ""), ("short", " memory 1")):
+        script = tmp_path / f"in.{name}"
+        script.write_text(base.replace("min_modify norm max", "min_modify norm max" + extra))
+        log = tmp_path / f"{name}.log"
+        done = run_input(script, "-var", "s", "safelbfgs", "-log", str(log), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        text = log.read_text()
+        assert "Stopping criterion = force tolerance" in text
+        evaluations[name] = int(text.split("Iterations, force evaluations =")[1].split()[1])
+    assert evaluations["short"] != evaluations["default"]  # one pair of memory: another path to the minimum
 
 
 def test_min_modify_rejects_unknown_values(tmp_path):

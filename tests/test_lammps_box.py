@@ -48,7 +48,9 @@ def test_box_relaxation_reaches_native_cg_box_and_energy(mode):
     args = f"{mode} 0.0 vmax 0.001"
     reference_box, reference_energy = native_cg(mode, args)
     assert reference_box[:3] / 4 == pytest.approx(3.615, abs=1e-3)  # relaxed fcc Cu (Cu_u3.eam)
-    for name in ["frankenstein", "adan", "adamnx", "innaprop"] if mode == "iso" else ["frankenstein"]:
+    for name in (
+        ["safelbfgs", "frankenstein", "adan", "adamnx", "innaprop"] if mode == "iso" else ["safelbfgs", "frankenstein"]
+    ):
         lmp = copper(mode)
         lmp.command(f"fix relax all box/relax {args}")
         result = minimize(lmp, name, ftol=1e-8, maxiter=3000, box_relax=args)
@@ -192,11 +194,13 @@ def test_input_runner_relaxes_the_box_with_an_unchanged_input(tmp_path):
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
-def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path):
+@pytest.mark.parametrize("name", ["frankenstein", "safelbfgs"])
+def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path, name):
     results = {}
     for ranks in (1, 2):
         out = tmp_path / f"np{ranks}.json"
-        cmd = [MPIRUN, "-np", str(ranks), sys.executable, str(ROOT / "tests" / "lammps_mpi_box_case.py"), str(out)]
+        case = str(ROOT / "tests" / "lammps_mpi_box_case.py")
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, str(out), name]
         subprocess.run(cmd, check=True, timeout=300, capture_output=True)
         results[ranks] = json.loads(out.read_text())
     one, two = results[1], results[2]

@@ -304,12 +304,14 @@ class Minimizer:
     # Per-row fields (one value per atom) and per-structure fields of a state. Front ends that keep the
     # per-row part elsewhere (LAMMPS per-atom arrays that follow atoms across ranks) split and join with these.
 
-    def row_fields(self) -> tuple[str, ...]:
-        """Names of the per-row state fields, as :meth:`split_rows` keys them."""
+    def row_fields(self) -> dict[str, tuple[int, ...]]:
+        """The per-row state fields, as :meth:`split_rows` keys them, with the shape of one row's value: ``(3,)``
+        for most, ``(memory, 3)`` for a history."""
         probe = self.rule.init(
             torch.zeros(1, 3, dtype=torch.float64), Layout.single(1), torch.ones(1, dtype=torch.float64)
         )
-        return tuple(k for k in probe if k not in self.rule.structure_fields) + ("last_step",)
+        fields = {k: tuple(v.shape[1:]) for k, v in probe.items() if k not in self.rule.structure_fields}
+        return fields | {"last_step": (3,)}
 
     def split_rows(self, state: MinimizerState) -> tuple[dict[str, Tensor], MinimizerState]:
         """``state`` as its per-row fields (a flat dict named by :meth:`row_fields`) and the per-structure rest."""

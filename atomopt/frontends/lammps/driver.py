@@ -13,7 +13,8 @@ How it runs inside LAMMPS (no C++ plugin, nothing private):
   as the ASE front end) for a displacement and moves the local atoms in place.
   No time integration happens, so positions change only by the optimizer.
 * The per-atom optimizer state lives in ``fix property/atom d2_atomopt_*``
-  arrays, which LAMMPS carries with their atoms across ranks and through
+  arrays (3 columns per field, ``3·memory`` for SafeLBFGS's s and y
+  histories), which LAMMPS carries with their atoms across ranks and through
   sorting. Per-structure scalars (step count, learning rate, ...) are equal
   on every rank because they come from global reductions only.
 * The sums and maxima the controls need (FIRE's power, the max-step norm, the
@@ -49,7 +50,7 @@ from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax, stress_tensor
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
 from atomopt.frontends.lammps.stats import stats_lines
-from atomopt.optimizers import make_minimizer
+from atomopt.optimizers import DEFAULT_OPTIMIZER, make_minimizer
 
 #: Steps after an energy rise during which the energy tolerance is not tested (LAMMPS FIRE's DELAYSTEP).
 ETOL_DELAY = 5
@@ -62,8 +63,6 @@ UNSUPPORTED_FIX_STYLES = (
     "gld", "gle", "dt/reset", "nvk",
 )  # fmt: skip
 _PREFIX = "atomopt"
-#: Rules whose per-row state is wider than three columns (a history per atom): not yet stored in LAMMPS.
-LAMMPS_PENDING = ("safelbfgs",)
 
 
 class UnsupportedFixError(RuntimeError):
@@ -355,8 +354,10 @@ class _Run:
         if self.per_structure is None:  # first step
             return self.minimizer.init(gradient, layout)
         per_row = {
-            name: torch.as_tensor(self._array(name, nlocal)[rows], dtype=self.dtype, device=self.device)
-            for name in self.row_fields
+            name: torch.as_tensor(self._array(name, nlocal)[rows], dtype=self.dtype, device=self.device).reshape(
+                -1, *shape
+            )
+            for name, shape in self.row_fields.items()
         }
         if self.box is not None and self.box.here:  # the box rows follow the atoms
             per_row = {name: torch.cat([value, self.box.state[name]]) for name, value in per_row.items()}
@@ -368,7 +369,7 @@ class _Run:
             self.box.state = {name: value[-2:] for name, value in per_row.items()}
             per_row = {name: value[:-2] for name, value in per_row.items()}
         for name, value in per_row.items():
-            self._array(name, nlocal)[rows] = value.detach().cpu().numpy()
+            self._array(name, nlocal)[rows] = value.detach().cpu().numpy().reshape(value.shape[0], -1)
 
 
 def defined_fixes(
@@ -437,7 +438,7 @@ def check_box(lmp: Any, box: BoxRelax) -> None:
 
 def minimize(
     lmp: Any,
-    optimizer: str = "frankenstein",
+    optimizer: str = DEFAULT_OPTIMIZER,
     *,
     etol: float = 0.0,
     ftol: float = 1.0e-3,
@@ -458,7 +459,7 @@ def minimize(
 
     Args:
         lmp: a ``lammps.lammps`` instance with its system, potential and fixes set up.
-        optimizer: ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
+        optimizer: ``safelbfgs``, ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
         etol: relative energy tolerance (unitless), 0 to switch off.
         ftol: force tolerance (force units, eV/Å in metal units) on the norm ``norm``, 0 to switch off.
         maxiter: most iterations (steps); maxeval: most force evaluations.
@@ -488,11 +489,6 @@ def minimize(
     import_lammps()
     comm = world_comm(lmp.extract_setting("world_size")) if comm is None else comm
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
-    if minimizer.rule.name in LAMMPS_PENDING:
-        raise NotImplementedError(
-            f"{minimizer.rule.name} is not available in LAMMPS yet: its per-atom history does "
-            "not fit the driver's three-column per-atom state arrays"
-        )
     if minimizer.control("auto_eps") is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
@@ -500,7 +496,7 @@ def minimize(
     box_fixes = check_supported(lmp, comm, group, quiet, loud, box)
     run = _Run(lmp, minimizer, comm, group, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
                norm=norm, dtype=dtype, device=torch.device(device), box=box)  # fmt: skip
-    arrays = " ".join(f"d2_{_PREFIX}_{name} 3" for name in run.row_fields)
+    arrays = " ".join(f"d2_{_PREFIX}_{name} {math.prod(shape)}" for name, shape in run.row_fields.items())
     setup = [
         f"fix {_PREFIX}_state all property/atom {arrays} ghost no",
         f"fix {_PREFIX}_step all external pf/callback 1 1",

@@ -1,4 +1,4 @@
-"""Run an ordinary LAMMPS input in which ``min_style frankenstein|adan|adamnx|innaprop`` works.
+"""Run an ordinary LAMMPS input in which ``min_style safelbfgs|frankenstein|adan|adamnx|innaprop`` works.
 
     atomopt lammps -in in.relax -var T 300 -log log.relax
     mpirun -np 4 atomopt lammps -in in.relax
@@ -18,8 +18,8 @@ Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
 
 atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``paper_exact yes|no``,
 ``device cpu|cuda``, ``dtype float64|float32``, the update rule's
-hyperparameters by name (e.g. ``form appendix_b`` for Frankenstein, ``beta1
-0.02`` for Adan), and for every step control of :data:`atomopt.controls.CONTROLS`
+hyperparameters by name (e.g. ``memory 20`` for SafeLBFGS, ``form appendix_b``
+for Frankenstein, ``beta1 0.02`` for Adan), and for every step control of :data:`atomopt.controls.CONTROLS`
 ``NAME yes|no`` and its fields as ``NAME_FIELD value`` (``fire no``,
 ``fire_f_dec 0.5``, ``secant yes``, ``auto_eps_warmup 20``).
 """
@@ -36,18 +36,21 @@ import torch
 
 from atomopt.controls import CONTROL_NAMES, keyword_fields
 from atomopt.frontends.lammps.box import BoxRelax
-from atomopt.frontends.lammps.driver import LAMMPS_PENDING, NORMS, MinimizeResult, minimize
+from atomopt.frontends.lammps.driver import NORMS, MinimizeResult, minimize
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
 from atomopt.frontends.lammps.transcript import ECHO_MODES, Transcript
 from atomopt.rules import RULES
 
-ATOMOPT_STYLES = tuple(name for name in RULES if name not in LAMMPS_PENDING)
+ATOMOPT_STYLES = tuple(RULES)
 _GENERAL_KEYWORDS = ("lr", "eps", "paper_exact", "device", "dtype") + CONTROL_NAMES
 #: ``NAME_FIELD``: a field of a step control (``fire_f_dec 0.5``, ``secant_max_factor 1.5``, ...).
 _CONTROL_FIELD_KEYWORDS = keyword_fields()
 _RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule)}
-#: Rule hyperparameters that take a word (the others take numbers).
-_WORD_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)}
+#: Rule hyperparameters that take a word or a whole number (the others take any number).
+_WHOLE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if str(f.type) == "int"}
+_WORD_KEYWORDS = {
+    f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)
+} - _WHOLE_KEYWORDS
 #: LAMMPS's own min_modify keywords (passed on to LAMMPS).
 _NATIVE_KEYWORDS = (
     "dmax",
@@ -126,11 +129,6 @@ class InputRunner:
             return
         if command == "min_style":
             style = self.lmp.expand(strip_comment(line)).split()[1]
-            if style in LAMMPS_PENDING:
-                raise InputError(
-                    f"min_style {style} is not available in LAMMPS yet (its dot products span all atoms "
-                    "and need MPI reductions); use it from ASE or atomopt relax"
-                )
             self.style = style if style in ATOMOPT_STYLES else None
             if self.style is None:
                 self.lmp.command(line)
@@ -230,6 +228,11 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
             options[key] = value
         elif key in _WORD_KEYWORDS:
             options[key] = value
+        elif key in _WHOLE_KEYWORDS:
+            number = parse_number(key, value)
+            if not float(number).is_integer():
+                raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
+            options[key] = int(number)
         else:
             options[key] = parse_number(key, value)
     fields: dict[str, dict[str, Any]] = {}
