@@ -144,8 +144,9 @@ def markdown(payload: dict) -> str:
     lines = [
         f"# Frankenstein's control variants on the Matbench proxy set (SevenNet-0, {payload['structures']} structures)",
         "",
-        f"Baselines, references and `frankenstein` (the default, on the benchmark's CPU run) from "
-        f"`{payload['journal']}`; the `frankenstein/VARIANT` rows from `benchmarks/matbench_variants.py run`:",
+        f"Baselines and `frankenstein` (on the benchmark's CPU run) from `{payload['journal']}`; the "
+        "`frankenstein/VARIANT` rows from `benchmarks/matbench_variants.py run`. Reference of a structure: the "
+        "lowest energy any run in these tables reached on it (so MAE is a mean signed error, every error ≥ 0):",
         "",
     ]
     for name, header in runs.items():
