@@ -1,6 +1,6 @@
 """The ``atomopt`` command.
 
-    atomopt relax [STRUCTURES] -o OUT.extxyz --model sevennet-0 --optimizer frankenstein --fmax 0.05 --steps 500
+    atomopt relax [STRUCTURES] -o OUT.extxyz --model sevennet-0 --optimizer safe-lbfgs --fmax 0.05 --steps 500
                   [--cell/--no-cell] [--device cuda] [--batch-atoms N] [--resume] [--shard I/N] [--workers N]
 
 Without STRUCTURES it relaxes the built-in example: a 4×4×4 fcc Cu supercell
@@ -21,7 +21,7 @@ from ase import Atoms
 
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 from atomopt.models.base import resolve_device
-from atomopt.optimizers import canonical_name
+from atomopt.optimizers import DEFAULT_OPTIMIZER, canonical_name
 
 
 def example_structure() -> Atoms:
@@ -299,10 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relax.add_argument(
         "--optimizer",
-        default="frankenstein",
+        default=DEFAULT_OPTIMIZER,
         type=canonical_name,
         choices=sorted(OPTIMIZERS),
-        help="update rule (safe-lbfgs is safelbfgs; default frankenstein)",
+        help=f"optimizer (safe-lbfgs is safelbfgs; default {DEFAULT_OPTIMIZER}: docs/safe_lbfgs.md says why; the "
+        "papers' frankenstein, adan, adamnx, innaprop stay as they were)",
     )
     relax.add_argument("--fmax", type=_positive, default=0.05, help="force threshold, eV/Å (default 0.05)")
     relax.add_argument("--steps", type=_at_least_one, default=500, help="step budget per structure (default 500)")
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "lammps",
-        help="run a LAMMPS input in which min_style frankenstein|adan|adamnx|innaprop works "
+        help="run a LAMMPS input in which min_style safelbfgs|frankenstein|adan|adamnx|innaprop works "
         "(atomopt lammps -in FILE [-var NAME VALUE] [-log FILE]; -h for details)",
     )
     bench = sub.add_parser("bench", help="run a benchmark")

@@ -12,7 +12,7 @@ from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.units import GPa
 
-from atomopt import Frankenstein
+from atomopt import Frankenstein, SafeLBFGS
 from atomopt.core.cell import CellFilter
 from atomopt.frontends.engine import InFlightRelaxer, relax_many
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch
@@ -30,16 +30,17 @@ def others():
     return [crystal("Au", (1, 1, 2), 0.97, seed=1, a=4.08), crystal("Cu", (1, 2, 2), 1.01, seed=2)]
 
 
+@pytest.mark.parametrize("optimizer", [SafeLBFGS, Frankenstein])
 @pytest.mark.parametrize("steps", [1, 10, 30])
 @pytest.mark.parametrize("in_batch", [False, True])
-def test_tensor_frechet_filter_follows_ase(steps, in_batch):
-    """Frankenstein on ASE's FrechetCellFilter and in the engine: same positions, cell and energy after k steps."""
+def test_tensor_frechet_filter_follows_ase(steps, in_batch, optimizer):
+    """An optimizer on ASE's FrechetCellFilter and in the engine: same positions, cell and energy after k steps."""
     reference = crystal()
     reference.calc = EMT()
-    Frankenstein(FrechetCellFilter(reference), logfile=None).run(fmax=1e-9, steps=steps)
+    optimizer(FrechetCellFilter(reference), logfile=None).run(fmax=1e-9, steps=steps)
 
     batch = [others()[0], crystal(), others()[1]] if in_batch else [crystal()]
-    records = relax_many(batch, "emt", fmax=1e-9, steps=steps)
+    records = relax_many(batch, "emt", optimizer.rule_name, fmax=1e-9, steps=steps)
     record = records[1 if in_batch else 0]
     assert record.status == "max_steps" and record.force_calls == steps + 1
     np.testing.assert_allclose(record.atoms.positions, reference.positions, rtol=0, atol=1e-8)

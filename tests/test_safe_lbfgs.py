@@ -128,11 +128,13 @@ def test_ase_tutorial_slab_in_no_more_steps_than_bfgs():
     assert ours.run(fmax=0.05) and ours.nsteps <= reference.nsteps
 
 
-def test_names_and_the_lammps_refusal():
+def test_names_hyperparameters_and_the_default():
+    from atomopt.optimizers import DEFAULT_OPTIMIZER
+
     assert make_minimizer("safe-lbfgs").rule == make_minimizer("SafeLBFGS").rule == SafeLBFGSRule()
     assert make_minimizer("safelbfgs").control("fire") is None
+    assert DEFAULT_OPTIMIZER == "safelbfgs"
     with pytest.raises(ValueError, match="memory"):
         SafeLBFGSRule(memory=0)
-    from atomopt.frontends.lammps.runner import ATOMOPT_STYLES
-
-    assert "safelbfgs" not in ATOMOPT_STYLES
+    with pytest.raises(ValueError, match="initial_curvature"):
+        SafeLBFGSRule(initial_curvature=-1.0)

@@ -22,7 +22,7 @@ from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
 from atomopt.frontends.ase_optimizer import check_structure
 from atomopt.frontends.engine import InFlightRelaxer
 from atomopt.models import TensorFunctionModel
-from atomopt.optimizers import make_minimizer
+from atomopt.optimizers import DEFAULT_OPTIMIZER, make_minimizer
 
 
 @dataclass
@@ -38,7 +38,7 @@ class BatchResult:
 
 def relax_batch(
     structures: Sequence[Atoms],
-    optimizer: str = "frankenstein",
+    optimizer: str = DEFAULT_OPTIMIZER,
     fmax: float = 0.05,
     steps: int = 1000,
     *,
@@ -51,7 +51,7 @@ def relax_batch(
 
     Args:
         structures: the structures; each needs its own calculator.
-        optimizer: ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
+        optimizer: ``safelbfgs`` (the default), ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
         fmax: convergence threshold on the largest row force, eV/Å.
         steps: maximum number of optimizer steps per structure.
         dtype, device: torch dtype and device of the optimizer math.

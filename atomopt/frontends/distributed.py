@@ -16,6 +16,7 @@ from ase import Atoms
 
 from atomopt.frontends.engine import InFlightRelaxer, RelaxRecord
 from atomopt.frontends.records import balanced_shards
+from atomopt.optimizers import DEFAULT_OPTIMIZER
 
 
 def _relax_shard(model: Any, optimizer: str, options: dict, items: list, threads: int) -> Iterator[RelaxRecord]:
@@ -29,7 +30,7 @@ def _relax_shard(model: Any, optimizer: str, options: dict, items: list, threads
 def relax_on_ray(
     items: Sequence[tuple[int, Atoms | str]],
     model: Any,
-    optimizer: str = "frankenstein",
+    optimizer: str = DEFAULT_OPTIMIZER,
     *,
     workers: int = 2,
     gpus_per_worker: float = 0.0,

@@ -36,7 +36,7 @@ from atomopt.frontends.records import RelaxRecord, tag_atoms
 from atomopt.frontends.structures import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
 from atomopt.models.base import resolve_device
-from atomopt.optimizers import make_minimizer
+from atomopt.optimizers import DEFAULT_OPTIMIZER, make_minimizer
 
 #: What a structure's load in the batch counts: its atoms, its neighbour pairs within the model's cutoff
 #: (what graph models' memory grows with), or 1 per structure.
@@ -70,7 +70,7 @@ class InFlightRelaxer:
     Args:
         model: a :class:`~atomopt.models.BatchedModel`, a name (``sevennet-0``, ``chgnet``, ``mace:PATH``,
             ``emt``, ``lj``), an ASE calculator or a TorchSim-style model (:func:`atomopt.models.load_model`).
-        optimizer: ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
+        optimizer: ``safelbfgs`` (the default), ``frankenstein``, ``adan``, ``adamnx`` or ``innaprop``.
         fmax: convergence threshold on the largest row force, eV/Å (atoms and cell rows). A cell row's force is
             the virial divided by the number of atoms (ASE's FrechetCellFilter, the Matbench Discovery protocol),
             so with ``fmax`` alone a cell of few atoms may stop with a stress of up to ~``fmax``·N/V.
@@ -99,7 +99,7 @@ class InFlightRelaxer:
     def __init__(
         self,
         model: Any,
-        optimizer: str | Minimizer = "frankenstein",
+        optimizer: str | Minimizer = DEFAULT_OPTIMIZER,
         *,
         fmax: float = 0.05,
         steps: int = 500,
@@ -598,7 +598,7 @@ class _RowForces:
 
 
 def relax_iter(
-    structures: Iterable[Atoms | tuple[int, Atoms]], model: Any, optimizer: str = "frankenstein", **options: Any
+    structures: Iterable[Atoms | tuple[int, Atoms]], model: Any, optimizer: str = DEFAULT_OPTIMIZER, **options: Any
 ) -> Iterator[RelaxRecord]:
     """Relax a stream of structures; records are yielded as structures finish (see :class:`InFlightRelaxer`)."""
     return InFlightRelaxer(model, optimizer, **options).run(structures)
@@ -607,7 +607,7 @@ def relax_iter(
 def relax_many(
     structures: Iterable[Atoms],
     model: Any,
-    optimizer: str = "frankenstein",
+    optimizer: str = DEFAULT_OPTIMIZER,
     progress: Callable[[RelaxRecord, EngineStats], None] | None = None,
     **options: Any,
 ) -> list[RelaxRecord]:

@@ -27,6 +27,7 @@ from atomopt.frontends.records import (
     write_records,
 )
 from atomopt.models.base import resolve_device
+from atomopt.optimizers import DEFAULT_OPTIMIZER
 
 
 class JournalExistsError(RuntimeError):
@@ -74,7 +75,7 @@ def relax_file(
     source: str | Path | list[Atoms],
     output: str | Path | None,
     model: Any,
-    optimizer: str = "frankenstein",
+    optimizer: str = DEFAULT_OPTIMIZER,
     *,
     resume: bool = False,
     overwrite: bool = False,
