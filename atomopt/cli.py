@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument(
         "--methods",
         nargs="+",
-        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's four; also ase-frankenstein, torchsim-fire",
+        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's five; also ase-frankenstein, torchsim-fire, "
+        "nvalchemi-lbfgs, nvalchemi-fire2",
     )
     mb.add_argument(
         "--reference",

@@ -6,18 +6,23 @@
 Methods (cell free everywhere, as Matbench Discovery relaxes):
   ase-fire, ase-lbfgs, ase-bfgs, ase-bfgslinesearch   ASE's optimizers on a FrechetCellFilter, one structure at a
                                                       time (the protocol's default is FIRE, fmax 0.05, 500 steps)
-  frankenstein, adan, adamnx, innaprop                atomopt's optimizers at their defaults in the batched engine
+  safelbfgs, frankenstein, adan, adamnx, innaprop     atomopt's optimizers at their defaults in the batched engine
   ase-frankenstein                                    Frankenstein through its ASE front end (cross-check)
   torchsim-fire                                       TorchSim 0.3.0's batched frechet_cell_fire with its own
                                                       autobatcher and SevenNet wrapper, in its own environment
+                                                      (historical: TorchSim 0.5.2 batched the per-structure loop)
+  nvalchemi-lbfgs, nvalchemi-fire2                    NVIDIA nvalchemi-toolkit-ops's batched variable-cell L-BFGS
+                                                      and FIRE2 Warp kernels at their defaults, on atomopt's model
+                                                      object, in their own environment (nvalchemi.py)
 
 One run per method and structure serves every threshold: no method's update depends on fmax, so the run goes to
 the tightest threshold and records, for each threshold, the first state within the step budget whose largest row
 force (atoms and cell rows, as FrechetCellFilter counts) is below it, or the state at the budget. This gives the
 same numbers as separate runs at each threshold for a third of the force calls.
 
-Reference (proxy set): the lowest energy any reference method reaches in a tight relaxation (fmax 0.001 eV/Å,
-2000 steps); the reference methods run on to that threshold. With Matbench Discovery's own files and their DFT
+Reference (proxy set): the lowest energy any run in the table reached on the structure (every method, every
+threshold, and the tight relaxations (fmax 0.001 eV/Å, 2000 steps) of the --reference methods, which run on to
+that threshold); errors are signed. With Matbench Discovery's own files and their DFT
 energies, errors are also reported against DFT (Table 7 of the Frankenstein paper).
 
 Results: ``{out}/{tag}.jsonl`` (one line per method and structure; the run resumes from it), ``{tag}.json``,

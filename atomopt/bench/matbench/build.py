@@ -19,7 +19,7 @@ ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "as
 ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 
 
-METHODS = (*ASE_METHODS, *ENGINE_METHODS, "ase-frankenstein", "torchsim-fire")
+METHODS = (*ASE_METHODS, *ENGINE_METHODS, "ase-frankenstein", "torchsim-fire", "nvalchemi-lbfgs", "nvalchemi-fire2")
 
 
 DEFAULT_METHODS = (*ASE_METHODS, *ENGINE_METHODS)
@@ -199,6 +199,9 @@ def machine(threads: int, workers: int) -> dict:
         except Exception:
             pass
     versions["torch-sim-atomistic"] = TORCHSIM_VERSION + f" (own environment, sevenn {TORCHSIM_SEVENN})"
+    from atomopt.bench.matbench.nvalchemi import NVALCHEMI_OPS_VERSION, NVALCHEMI_WARP_VERSION
+
+    versions["nvalchemi-toolkit-ops"] = f"{NVALCHEMI_OPS_VERSION} (own environment, warp-lang {NVALCHEMI_WARP_VERSION})"
     return {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

@@ -31,6 +31,7 @@ from atomopt.bench.matbench.build import (
     protocol,
     targets_for,
 )
+from atomopt.bench.matbench.nvalchemi import NVALCHEMI_METHODS, nvalchemi_environment, run_nvalchemi_subprocess
 from atomopt.bench.matbench.report import markdown, plot, summarize
 from atomopt.bench.matbench.torchsim import run_torchsim_subprocess, torchsim_environment
 
@@ -145,7 +146,7 @@ def plan(
         pending = [(i, a) for i, a in enumerate(structures[: subsets.get(method)]) if (method, i) not in done]
         if not pending:
             continue
-        if method in ENGINE_METHODS or method == "torchsim-fire":
+        if method in ENGINE_METHODS or method == "torchsim-fire" or method in NVALCHEMI_METHODS:
             tasks += [Task(method, pending[k : k + CHUNK], targets, capacity) for k in range(0, len(pending), CHUNK)]
         else:
             tasks += [Task(method, [item], targets) for item in pending]
@@ -154,17 +155,29 @@ def plan(
     return sorted(tasks, key=lambda t: (t.items[0][0] // CHUNK, -t.weight))
 
 
-def _init_worker(model_spec: str, threads: int, torchsim_python: str | None, device: str = "cpu") -> None:
+def _init_worker(
+    model_spec: str, threads: int, torchsim_python: str | None, device: str = "cpu", nvalchemi_python: str | None = None
+) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update(model=model_spec, torchsim_python=torchsim_python, threads=threads, device=device)
+    _WORKER.update(
+        model=model_spec,
+        torchsim_python=torchsim_python,
+        nvalchemi_python=nvalchemi_python,
+        threads=threads,
+        device=device,
+    )
 
 
 def _run_task(task: Task) -> list[dict]:
     model_spec = _WORKER["model"]
     if task.method in ENGINE_METHODS:
         return run_engine(task.method, task.items, model_spec, task.targets, task.capacity)
+    if task.method in NVALCHEMI_METHODS:
+        return run_nvalchemi_subprocess(
+            task, model_spec, _WORKER["nvalchemi_python"], _WORKER["threads"], _WORKER["device"]
+        )
     if task.method == "torchsim-fire":
         return run_torchsim_subprocess(
             task, model_spec, _WORKER["torchsim_python"], _WORKER["threads"], _WORKER["device"]
@@ -210,6 +223,7 @@ def run(
     subsets: dict[str, int] | None = None,
     capacity: float = 128,
     torchsim_env: str | Path = ".venv-torchsim",
+    nvalchemi_env: str | Path = ".venv-nvalchemi",
     command: str = "",
     quiet: bool = False,
     report_only: bool = False,
@@ -251,6 +265,9 @@ def run(
     python = None
     if any(t.method == "torchsim-fire" for t in tasks):
         python = torchsim_environment(Path(torchsim_env))
+    nvalchemi_python = None
+    if any(t.method in NVALCHEMI_METHODS for t in tasks):
+        nvalchemi_python = nvalchemi_environment(Path(nvalchemi_env))
     if not journal.exists() or journal.stat().st_size == 0:
         journal.write_text(json.dumps({"protocol": spec}) + "\n")
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -266,12 +283,13 @@ def run(
             bar.update(len(new_rows))
 
         if workers <= 1:
-            _init_worker(model, threads, python, device)
+            _init_worker(model, threads, python, device, nvalchemi_python)
             for task in tasks:
                 keep(_run_task(task))
         else:
             context = multiprocessing.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker, initargs=(model, threads, python, device)) as pool:
+            initargs = (model, threads, python, device, nvalchemi_python)
+            with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
                 for new_rows in pool.imap_unordered(_run_task, tasks):
                     keep(new_rows)
     bar.close()
