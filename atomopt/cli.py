@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument(
         "--methods",
         nargs="+",
-        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's five; also ase-frankenstein, torchsim-fire, "
+        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's five; also ase-frankenstein, "
+        "torchsim-fire, torchsim-lbfgs, torchsim-bfgs (TorchSim 0.6), torchsim0.3-fire (historical), "
         "nvalchemi-lbfgs, nvalchemi-fire2",
     )
     mb.add_argument(
@@ -420,7 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="atoms per model call of the batched methods, atomopt's and TorchSim's (default 128, the "
         "engine's CPU default)",
     )
-    mb.add_argument("--torchsim-env", default=".venv-torchsim", help="TorchSim's own environment (made on first use)")
+    mb.add_argument(
+        "--torchsim-env",
+        default=".venv-torchsim06",
+        help="TorchSim 0.6's own environment (made on first use with its 3.11 syntax backport)",
+    )
     _add_journal_arguments(mb, tag=None, tag_help="default matbench_MODEL")
     mb.set_defaults(handler=matbench_command)
 

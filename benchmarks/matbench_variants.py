@@ -65,7 +65,7 @@ VARIANTS = {
 }
 FMAXES = (0.05, 0.02, 0.01)
 STEPS = 500
-BASELINES = ("ase-fire", "ase-lbfgs", "ase-bfgs", "ase-bfgslinesearch", "torchsim-fire", "frankenstein")
+BASELINES = ("ase-fire", "ase-lbfgs", "ase-bfgs", "ase-bfgslinesearch", "torchsim0.3-fire", "frankenstein")
 
 
 def run(variant: str, device: str, capacity: float, out: Path, n: int | None, threads: int = 1) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -16,10 +17,11 @@ class CallCounter:
 
     The counter wraps ``calc.calculate`` in place, so ASE's caching still decides when an evaluation happens. With a
     ``budget``, the evaluation past it raises :class:`BudgetExceeded` instead of running; set ``budget`` to
-    ``math.inf`` before a final check that is not the method's own.
+    ``math.inf`` before a final check that is not the method's own. ``observer(calc)``, if given, is called after
+    each evaluation (``calc.results`` and ``calc.atoms`` hold it).
     """
 
-    def __init__(self, calc: Any, budget: float = math.inf):
+    def __init__(self, calc: Any, budget: float = math.inf, observer: Callable[[Any], None] | None = None):
         self.calls, self.seconds, self.budget = 0, 0.0, budget
         inner = calc.calculate
 
@@ -29,8 +31,10 @@ class CallCounter:
             self.calls += 1
             start = time.perf_counter()
             try:
-                return inner(*args, **kwargs)
+                inner(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+            if observer is not None:  # the evaluation's results, outside the timed part
+                observer(calc)
 
         calc.calculate = counted

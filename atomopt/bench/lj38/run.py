@@ -24,11 +24,12 @@ from atomopt.bench.lj38.build import (
     FMAX,
     GLOBAL_MINIMUM,
     MAX_FORCE_CALLS,
+    Criteria,
     RunResult,
-    cluster_intact,
     load_starts,
     max_force,
 )
+from atomopt.bench.lj38.pele import PELE_METHODS, PELE_VERSION, run_pele_method
 from atomopt.bench.lj38.report import markdown, plot
 from atomopt.models.cluster_lj import ClusterLennardJones
 
@@ -36,7 +37,8 @@ from atomopt.models.cluster_lj import ClusterLennardJones
 def _ase_method(factory: Callable[[Atoms], object]) -> Callable[[Atoms], None]:
     def run(atoms: Atoms) -> None:
         opt = factory(atoms)
-        opt.run(fmax=FMAX, steps=MAX_FORCE_CALLS)
+        # fmax 0: the run's own test never stops it; :class:`Criteria` stops it once both criteria are met
+        opt.run(fmax=0.0, steps=MAX_FORCE_CALLS)
 
     return run
 
@@ -106,7 +108,7 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
     }
     for cls_name in ("FIRE", "FIRE2", "BFGS", "LBFGS", "BFGSLineSearch", "MDMin", "SciPyFminCG"):
         table[f"ase-{cls_name}"] = _ase(cls_name)
-    table["scipy-L-BFGS-B"] = scipy_lbfgsb
+    table["scipy-L-BFGS-B"] = lambda atoms: scipy_lbfgsb(atoms, fmax=0.0)
     return table
 
 
@@ -143,69 +145,77 @@ def relax_starts(
     n_atoms = len(starts[0])
     if any(len(s) != n_atoms for s in starts):
         raise ValueError("relax_starts needs starts of equal size")
+    criteria = [Criteria() for _ in starts]
+
+    def energy_forces(x: torch.Tensor, active: torch.Tensor):
+        energy, forces = cluster_lj_tensor(x, n_atoms)
+        per_start = forces.detach().cpu().numpy().reshape(-1, n_atoms, 3)
+        where = x.detach().cpu().numpy().reshape(-1, n_atoms, 3)
+        for k, i in enumerate(active.tolist()):
+            criteria[i].observe(float(energy[k]), per_start[k], where[k])
+        return energy, forces
+
     t0 = time.perf_counter()
+    # a largest atom force ≤ FMAX/√N implies an L2 norm ≤ FMAX: every start runs until both criteria are met
     out = relax_tensors(
-        lambda x, _: cluster_lj_tensor(x, n_atoms),
+        energy_forces,
         positions,
         layout,
         minimizer,
-        fmax=FMAX,
+        fmax=FMAX / math.sqrt(n_atoms),
         max_force_calls=MAX_FORCE_CALLS,
         observer=progress,
     )
     seconds = time.perf_counter() - t0
-    final = out.positions.numpy().reshape(len(starts), -1, 3)
     calls = out.force_calls.numpy()
     share = calls / calls.sum()  # the batch's wall time, attributed to starts by their force calls
-    results = []
-    for i, start in enumerate(starts):
-        atoms = start.copy()
-        atoms.positions = final[i]
-        atoms.calc = ClusterLennardJones()
-        energy, fmax = float(atoms.get_potential_energy()), max_force(atoms)
-        failure = ""
-        if fmax > FMAX:
-            failure = "budget" if calls[i] >= MAX_FORCE_CALLS else "not converged"
-        elif not cluster_intact(atoms, energy):
-            failure = "broken cluster"
-        results.append(
-            RunResult(
-                label,
-                i,
-                failure == "",
-                int(calls[i]),
-                energy,
-                fmax,
-                seconds * share[i],
-                out.force_seconds * share[i],
-                failure,
-            )
-        )
-    return results
+    return [
+        result_of(label, i, criteria[i], start, seconds * share[i], out.force_seconds * share[i], "")
+        for i, start in enumerate(starts)
+    ]
+
+
+def result_of(
+    method: str, index: int, criteria: Criteria, start: Atoms, seconds: float, calculator_seconds: float, error: str
+) -> RunResult:
+    """A start's row under both criteria (an error after the max-atom criterion was met fails only the L2 one)."""
+    converged, calls, energy, fmax, failure = criteria.outcome(criteria.max_atom, start)
+    converged_l2, calls_l2, energy_l2, _, failure_l2 = criteria.outcome(criteria.l2, start)
+    if error:
+        failure_l2 = error
+        converged_l2 = False
+        if criteria.max_atom is None:
+            failure, converged = error, False
+    return RunResult(
+        method, index, converged, calls, energy, fmax, seconds, calculator_seconds, failure,
+        converged_l2, calls_l2, energy_l2, failure_l2,
+    )  # fmt: skip
+
+
+class CriteriaMet(Exception):
+    """Both criteria are met: the run is stopped (raised from the counted calculator)."""
 
 
 def run_one(method: str, index: int, start: Atoms) -> RunResult:
     atoms = start.copy()
     atoms.calc = ClusterLennardJones()
-    counter = CallCounter(atoms.calc, MAX_FORCE_CALLS)
-    failure = ""
+    criteria = Criteria()
+
+    def record(calc) -> None:
+        if criteria.observe(calc.results["energy"], calc.results["forces"], calc.atoms.positions):
+            raise CriteriaMet
+
+    counter = CallCounter(atoms.calc, MAX_FORCE_CALLS, observer=record)
+    error = ""
     t0 = time.perf_counter()
     try:
         methods()[method](atoms)
-    except BudgetExceeded:
-        failure = "budget"
+    except (BudgetExceeded, CriteriaMet):
+        pass
     except Exception as err:  # a method that crashes counts as a failure, recorded with its reason
-        failure = f"{type(err).__name__}: {err}"[:200]
+        error = f"{type(err).__name__}: {err}"[:200]
     seconds = time.perf_counter() - t0
-    counter.budget = math.inf  # the final check is not a force call of the method
-    calls = counter.calls
-    energy = float(atoms.get_potential_energy())
-    fmax = max_force(atoms)
-    if not failure and fmax > FMAX:
-        failure = "not converged"
-    if not failure and not cluster_intact(atoms, energy):
-        failure = "broken cluster"
-    return RunResult(method, index, failure == "", calls, energy, fmax, seconds, counter.seconds, failure)
+    return result_of(method, index, criteria, start, seconds, counter.seconds, error)
 
 
 def summarize(results: list[RunResult]) -> dict:
@@ -214,8 +224,13 @@ def summarize(results: list[RunResult]) -> dict:
     ok = np.array([r.converged for r in results])
     seconds = sum(r.seconds for r in results)
     calc_seconds = sum(r.calculator_seconds for r in results)
+    l2 = [r for r in results if r.force_calls_l2 is not None]
+    calls_l2 = np.array([r.force_calls_l2 for r in l2])
     return {
         "runs": len(results),
+        "l2_failures": sum(not r.converged_l2 for r in l2) if len(l2) == len(results) else None,
+        "l2_mean_force_calls": float(calls_l2.mean()) if len(l2) == len(results) else None,
+        "l2_median_force_calls": float(np.median(calls_l2)) if len(l2) == len(results) else None,
         "failures": int((~ok).sum()),
         "mean_force_calls": float(calls.mean()),
         "median_force_calls": float(np.median(calls)),
@@ -269,7 +284,7 @@ def run_lj38(
 
     if engine not in ("batch", "ase"):
         raise ValueError(f"engine must be 'batch' or 'ase', got {engine!r}")
-    known = methods()
+    known = methods() | dict.fromkeys(PELE_METHODS)  # pele's rows run in pele's own environment (run_pele_method)
     limits = limits or {}
     unknown = [m for m in list(method_names) + list(limits) if m not in known]
     if unknown:
@@ -303,7 +318,14 @@ def run_lj38(
                 bar.set_postfix(active=int(active.numel()), refresh=False)
 
             results += run_batched(method, starts[: limits.get(method, n_starts)], progress=progress)
-    tasks = [(m, i, s) for m in todo if m not in batched for i, s in enumerate(starts[: limits.get(m, n_starts)])]
+    for method in [m for m in todo if m in PELE_METHODS]:
+        results += run_pele_method(method, starts[: limits.get(method, n_starts)], workers=min(workers, 2))
+    tasks = [
+        (m, i, s)
+        for m in todo
+        if m not in batched and m not in PELE_METHODS
+        for i, s in enumerate(starts[: limits.get(m, n_starts)])
+    ]
     if tasks:
         saved = {k: os.environ.get(k) for k in _ONE_THREAD}
         os.environ.update({k: "1" for k in _ONE_THREAD})  # read by numpy's BLAS when a spawned worker imports it
@@ -351,6 +373,7 @@ def run_lj38(
             "scipy": scipy.__version__,
             "ase": ase.__version__,
             "torch": torch.__version__,
+            **({"pele": PELE_VERSION} if any(m in PELE_METHODS for m in todo) else {}),
         },
         "elapsed_seconds": elapsed,
         "reused": reused,

@@ -8,9 +8,11 @@ Methods (cell free everywhere, as Matbench Discovery relaxes):
                                                       time (the protocol's default is FIRE, fmax 0.05, 500 steps)
   safelbfgs, frankenstein, adan, adamnx, innaprop     atomopt's optimizers at their defaults in the batched engine
   ase-frankenstein                                    Frankenstein through its ASE front end (cross-check)
-  torchsim-fire                                       TorchSim 0.3.0's batched frechet_cell_fire with its own
-                                                      autobatcher and SevenNet wrapper, in its own environment
-                                                      (historical: TorchSim 0.5.2 batched the per-structure loop)
+  torchsim-fire, torchsim-lbfgs, torchsim-bfgs        TorchSim 0.6's batched FIRE, L-BFGS, BFGS on its Frechet cell
+                                                      filter, ts.optimize + InFlightAutoBatcher, its SevenNet
+                                                      wrapper, in its own environment (torchsim06.py)
+  torchsim0.3-fire                                    historical: TorchSim 0.3.0's frechet_cell_fire, whose
+                                                      per-structure loop 0.5.2 batched (torchsim.py)
   nvalchemi-lbfgs, nvalchemi-fire2                    NVIDIA nvalchemi-toolkit-ops's batched variable-cell L-BFGS
                                                       and FIRE2 Warp kernels at their defaults, on atomopt's model
                                                       object, in their own environment (nvalchemi.py)

@@ -19,7 +19,19 @@ ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "as
 ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 
 
-METHODS = (*ASE_METHODS, *ENGINE_METHODS, "ase-frankenstein", "torchsim-fire", "nvalchemi-lbfgs", "nvalchemi-fire2")
+#: TorchSim's current release (0.6): the benchmark's method names and TorchSim's ``Optimizer`` member for each.
+TORCHSIM_METHODS = {"torchsim-fire": "fire", "torchsim-lbfgs": "lbfgs", "torchsim-bfgs": "bfgs"}
+#: TorchSim 0.3.0's frechet_cell_fire, kept as a labelled historical row (0.5.2 batched its per-structure loop).
+TORCHSIM_HISTORICAL = "torchsim0.3-fire"
+METHODS = (
+    *ASE_METHODS,
+    *ENGINE_METHODS,
+    "ase-frankenstein",
+    *TORCHSIM_METHODS,
+    TORCHSIM_HISTORICAL,
+    "nvalchemi-lbfgs",
+    "nvalchemi-fire2",
+)
 
 
 DEFAULT_METHODS = (*ASE_METHODS, *ENGINE_METHODS)
@@ -198,7 +210,12 @@ def machine(threads: int, workers: int) -> dict:
             versions[name] = __import__(name).__version__
         except Exception:
             pass
-    versions["torch-sim-atomistic"] = TORCHSIM_VERSION + f" (own environment, sevenn {TORCHSIM_SEVENN})"
+    from atomopt.bench.matbench.torchsim06 import TORCHSIM06_SEVENN, TORCHSIM06_VERSION
+
+    versions["torch-sim-atomistic"] = (
+        f"{TORCHSIM06_VERSION} (own environment: its 3.11 syntax backport, sevenn {TORCHSIM06_SEVENN}); "
+        f"{TORCHSIM_VERSION} for the historical {TORCHSIM_HISTORICAL} row (own environment, sevenn {TORCHSIM_SEVENN})"
+    )
     from atomopt.bench.matbench.nvalchemi import NVALCHEMI_OPS_VERSION, NVALCHEMI_WARP_VERSION
 
     versions["nvalchemi-toolkit-ops"] = f"{NVALCHEMI_OPS_VERSION} (own environment, warp-lang {NVALCHEMI_WARP_VERSION})"

@@ -21,6 +21,8 @@ from atomopt.bench.matbench.build import (
     DEFAULT_REFERENCE,
     ENGINE_METHODS,
     METHODS,
+    TORCHSIM_HISTORICAL,
+    TORCHSIM_METHODS,
     Target,
     Task,
     Trace,
@@ -34,6 +36,10 @@ from atomopt.bench.matbench.build import (
 from atomopt.bench.matbench.nvalchemi import NVALCHEMI_METHODS, nvalchemi_environment, run_nvalchemi_subprocess
 from atomopt.bench.matbench.report import markdown, plot, summarize
 from atomopt.bench.matbench.torchsim import run_torchsim_subprocess, torchsim_environment
+from atomopt.bench.matbench.torchsim06 import run_torchsim06_subprocess, torchsim06_environment
+
+#: TorchSim 0.3.0's environment, for the historical row only.
+TORCHSIM03_ENV = ".venv-torchsim"
 
 
 def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Sequence[Target]) -> dict:
@@ -146,7 +152,7 @@ def plan(
         pending = [(i, a) for i, a in enumerate(structures[: subsets.get(method)]) if (method, i) not in done]
         if not pending:
             continue
-        if method in ENGINE_METHODS or method == "torchsim-fire" or method in NVALCHEMI_METHODS:
+        if method in ENGINE_METHODS or method in BATCHED_PEERS:
             tasks += [Task(method, pending[k : k + CHUNK], targets, capacity) for k in range(0, len(pending), CHUNK)]
         else:
             tasks += [Task(method, [item], targets) for item in pending]
@@ -155,33 +161,30 @@ def plan(
     return sorted(tasks, key=lambda t: (t.items[0][0] // CHUNK, -t.weight))
 
 
-def _init_worker(
-    model_spec: str, threads: int, torchsim_python: str | None, device: str = "cpu", nvalchemi_python: str | None = None
-) -> None:
+def _init_worker(model_spec: str, threads: int, device: str, peer_pythons: dict[str, str | None]) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update(
-        model=model_spec,
-        torchsim_python=torchsim_python,
-        nvalchemi_python=nvalchemi_python,
-        threads=threads,
-        device=device,
-    )
+    _WORKER.update(model=model_spec, threads=threads, device=device, peer_pythons=peer_pythons)
+
+
+#: Batched peers: (methods, the Python of their own environment in ``peer_pythons``, the subprocess runner).
+PEER_RUNNERS = (
+    (tuple(TORCHSIM_METHODS), "torchsim", run_torchsim06_subprocess),
+    ((TORCHSIM_HISTORICAL,), "torchsim0.3", run_torchsim_subprocess),
+    (NVALCHEMI_METHODS, "nvalchemi", run_nvalchemi_subprocess),
+)
+BATCHED_PEERS = tuple(m for methods, _, _ in PEER_RUNNERS for m in methods)
 
 
 def _run_task(task: Task) -> list[dict]:
     model_spec = _WORKER["model"]
     if task.method in ENGINE_METHODS:
         return run_engine(task.method, task.items, model_spec, task.targets, task.capacity)
-    if task.method in NVALCHEMI_METHODS:
-        return run_nvalchemi_subprocess(
-            task, model_spec, _WORKER["nvalchemi_python"], _WORKER["threads"], _WORKER["device"]
-        )
-    if task.method == "torchsim-fire":
-        return run_torchsim_subprocess(
-            task, model_spec, _WORKER["torchsim_python"], _WORKER["threads"], _WORKER["device"]
-        )
+    for methods, environment, runner in PEER_RUNNERS:
+        if task.method in methods:
+            python = _WORKER["peer_pythons"].get(environment)
+            return runner(task, model_spec, python, _WORKER["threads"], _WORKER["device"])
     return [run_ase(task.method, i, a, model_spec, task.targets) for i, a in task.items]
 
 
@@ -222,7 +225,7 @@ def run(
     tag: str | None = None,
     subsets: dict[str, int] | None = None,
     capacity: float = 128,
-    torchsim_env: str | Path = ".venv-torchsim",
+    torchsim_env: str | Path = ".venv-torchsim06",
     nvalchemi_env: str | Path = ".venv-nvalchemi",
     command: str = "",
     quiet: bool = False,
@@ -262,12 +265,16 @@ def run(
     rows = read_journal(journal, spec)
     subsets = dict(subsets or {})
     tasks = [] if report_only else plan(methods, structures, set(rows), fmax, steps, reference, capacity, subsets)
-    python = None
-    if any(t.method == "torchsim-fire" for t in tasks):
-        python = torchsim_environment(Path(torchsim_env))
-    nvalchemi_python = None
-    if any(t.method in NVALCHEMI_METHODS for t in tasks):
-        nvalchemi_python = nvalchemi_environment(Path(nvalchemi_env))
+    environments = {
+        "torchsim": lambda: torchsim06_environment(Path(torchsim_env)),
+        "torchsim0.3": lambda: torchsim_environment(Path(TORCHSIM03_ENV)),
+        "nvalchemi": lambda: nvalchemi_environment(Path(nvalchemi_env)),
+    }
+    peer_pythons = {  # each peer's environment, made on first use
+        environment: environments[environment]()
+        for methods, environment, _ in PEER_RUNNERS
+        if any(t.method in methods for t in tasks)
+    }
     if not journal.exists() or journal.stat().st_size == 0:
         journal.write_text(json.dumps({"protocol": spec}) + "\n")
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -283,12 +290,12 @@ def run(
             bar.update(len(new_rows))
 
         if workers <= 1:
-            _init_worker(model, threads, python, device, nvalchemi_python)
+            _init_worker(model, threads, device, peer_pythons)
             for task in tasks:
                 keep(_run_task(task))
         else:
             context = multiprocessing.get_context("spawn")
-            initargs = (model, threads, python, device, nvalchemi_python)
+            initargs = (model, threads, device, peer_pythons)
             with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
                 for new_rows in pool.imap_unordered(_run_task, tasks):
                     keep(new_rows)

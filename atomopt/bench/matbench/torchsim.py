@@ -1,4 +1,4 @@
-"""TorchSim's rows of the Matbench benchmark: its batched FIRE with its autobatcher, in TorchSim's own environment (the one TorchSim set-up of the benchmarks)."""
+"""TorchSim 0.3.0's historical row of the Matbench benchmark (``torchsim0.3-fire``): its batched FIRE with its autobatcher, in its own environment; also the TorchSim set-up of ``benchmarks/batched_relax.py``. TorchSim 0.5.2 batched the per-structure loop of this FIRE step: the current release's rows are ``torchsim06.py``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from pathlib import Path
 
 from ase import Atoms
 
-from atomopt.bench.matbench.build import TORCHSIM_SEVENN, TORCHSIM_VERSION, Target, Task, Trace, batched_rows
+from atomopt.bench.matbench.build import (
+    TORCHSIM_HISTORICAL,
+    TORCHSIM_SEVENN,
+    TORCHSIM_VERSION,
+    Target,
+    Task,
+    Trace,
+    batched_rows,
+)
 
 #: TorchSim's autobatcher swaps structures in and out every this many steps (its tutorial's value).
 TORCHSIM_SWAP_EVERY = 5
@@ -109,7 +117,7 @@ def run_torchsim(
     for i, trace in traces.items():
         if not trace.done:
             trace.fail("error", f"TorchSim's autobatcher took it out after {taken[i]} steps", taken[i] + 1)
-    return batched_rows("torchsim-fire", items, traces, wall)
+    return batched_rows(TORCHSIM_HISTORICAL, items, traces, wall)
 
 
 def run_torchsim_subprocess(
