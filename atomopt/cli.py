@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument(
         "--methods",
         nargs="+",
-        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's five; also ase-frankenstein, "
+        help="default: ASE FIRE/LBFGS/BFGS/BFGSLineSearch and atomopt's five; also ase-preconlbfgs, ase-frankenstein, "
         "torchsim-fire, torchsim-lbfgs, torchsim-bfgs (TorchSim 0.6), torchsim0.3-fire (historical), "
         "nvalchemi-lbfgs, nvalchemi-fire2",
     )

@@ -7,6 +7,9 @@ Methods (cell free everywhere, as Matbench Discovery relaxes):
   ase-fire, ase-lbfgs, ase-bfgs, ase-bfgslinesearch   ASE's optimizers on a FrechetCellFilter, one structure at a
                                                       time (the protocol's default is FIRE, fmax 0.05, 500 steps)
   safelbfgs, frankenstein, adan, adamnx, innaprop     atomopt's optimizers at their defaults in the batched engine
+  ase-preconlbfgs                                     ASE's PreconLBFGS with the Exp preconditioner (Packwood et
+                                                      al. 2016; forced: its 'auto' falls back to plain LBFGS below
+                                                      100 atoms), on the same FrechetCellFilter
   ase-frankenstein                                    Frankenstein through its ASE front end (cross-check)
   torchsim-fire, torchsim-lbfgs, torchsim-bfgs        TorchSim 0.6's batched FIRE, L-BFGS, BFGS on its Frechet cell
                                                       filter, ts.optimize + InFlightAutoBatcher, its SevenNet

@@ -27,6 +27,7 @@ METHODS = (
     *ASE_METHODS,
     *ENGINE_METHODS,
     "ase-frankenstein",
+    "ase-preconlbfgs",
     *TORCHSIM_METHODS,
     TORCHSIM_HISTORICAL,
     "nvalchemi-lbfgs",

@@ -60,6 +60,10 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
             from atomopt import Frankenstein
 
             optimizer = Frankenstein(cell_filter, logfile=None)
+        elif method == "ase-preconlbfgs":  # Packwood et al.'s Exp preconditioner, forced ('auto' skips < 100 atoms)
+            from ase.optimize.precon import Exp, PreconLBFGS
+
+            optimizer = PreconLBFGS(cell_filter, precon=Exp(), logfile=None)
         else:
             optimizer = getattr(ase.optimize, ASE_METHODS[method])(cell_filter, logfile=None)
         for _ in optimizer.irun(fmax=trace.fmax, steps=trace.max_steps):
