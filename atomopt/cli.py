@@ -424,7 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument(
         "--torchsim-env",
         default=".venv-torchsim06",
-        help="TorchSim 0.6's own environment (made on first use with its 3.11 syntax backport)",
+        help="TorchSim 0.6's environment: made on first use (Python 3.11: with its syntax backport), or an "
+        "existing one where torch-sim-atomistic and atomopt are installed (e.g. on a Python 3.12 GPU machine)",
+    )
+    mb.add_argument(
+        "--nvalchemi-env",
+        default=".venv-nvalchemi",
+        help="nvalchemi-toolkit-ops's environment: made on first use, or an existing one with it and atomopt",
     )
     _add_journal_arguments(mb, tag=None, tag_help="default matbench_MODEL")
     mb.set_defaults(handler=matbench_command)

@@ -88,7 +88,7 @@ def test_bench_commands_pass_every_option_to_their_benchmark(monkeypatch, tmp_pa
         "model": "sevennet-0", "structure_set": "x.extxyz", "fmax": [0.05], "steps": 500,
         "methods": matbench.DEFAULT_METHODS, "reference": ["ase-bfgs", "frankenstein"], "n": 3,
         "workers": seen["matbench"]["workers"], "out": str(tmp_path), "tag": None, "subsets": {"ase-fire": 2},
-        "capacity": 128, "torchsim_env": ".venv-torchsim06", "command": "", "quiet": False, "report_only": False,
+        "capacity": 128, "torchsim_env": ".venv-torchsim06", "nvalchemi_env": ".venv-nvalchemi", "command": "", "quiet": False, "report_only": False,
         "device": "cpu"}  # fmt: skip
     assert main(["bench", "hea", "--atoms", "1000", "--grains", "3", "--box", "fixed", "--no-dxa", *out]) == 0
     assert seen["hea"]["n_atoms"] == 1000 and seen["hea"]["grains"] == [3] and seen["hea"]["box"] == (False,)
