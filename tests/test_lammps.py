@@ -262,6 +262,89 @@ def test_input_runner_rejects_what_it_cannot_do(tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
+MELT_2D = """# 2-d LJ melted briefly with fix nve and fix enforce2d left defined, then minimized with a nonzero etol
+variable s index cg
+dimension 2
+atom_style atomic
+atom_modify map array
+neighbor 0.3 bin
+lattice hex 0.8442
+region box block 0 10 0 5 -0.5 0.5
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+velocity all create 5.0 87287 loop geom
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+fix 1 all nve
+fix 2 all enforce2d
+run 200
+min_style ${s}
+minimize 1.0e-4 1.0e-6 1000 10000
+print "minimized pe $(pe:%.10f) x1 $(x[1]:%.10f)"
+run 20
+print "after md x1 $(x[1]:%.10f)"
+"""
+
+
+def _printed(text: str, label: str) -> float:
+    return float(text.split(f"\n{label} ")[-1].split()[0])
+
+
+def test_integrators_are_lifted_around_an_atomopt_minimization_and_restored(tmp_path):
+    """As LAMMPS's minimizers ignore fix nve, an atomopt style runs with it defined and MD goes on afterwards."""
+    script = tmp_path / "in.melt"
+    script.write_text(MELT_2D)
+    logs = {}
+    for style in ("cg", "safelbfgs"):
+        done = run_input(script, "-var", "s", style, "-log", str(tmp_path / style), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        logs[style] = (tmp_path / style).read_text()
+    text = logs["safelbfgs"]
+    assert "atomopt: fix 1 (nve) does not act during minimization" in text and "fix 2" not in text.split("atomopt:")[1]
+    minimized = text.split("\nminimized pe ")[-1].split()
+    assert float(minimized[0]) <= _printed(logs["cg"], "minimized pe") + 1e-3  # per atom (lj units): native's or lower
+    assert _printed(text, "after md x1") != float(minimized[2])  # fix nve is back: the run moves the atoms
+
+
+def test_clear_resets_the_runner_to_native_cg_at_fixed_box(tmp_path):
+    system = (
+        "units lj\nlattice fcc 1.0\nregion b block 0 3 0 3 0 3\ncreate_box 1 b\ncreate_atoms 1 box\nmass 1 1.0\n"
+        "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\ndisplace_atoms all random 0.05 0.05 0.05 5 units box\n"
+    )
+    script = tmp_path / "in.clear"
+    script.write_text(
+        system + "fix relax all box/relax iso 0.0\nmin_style safelbfgs\nmin_modify lr 0.1\nclear\n" + system
+        + 'print "volume before $(vol:%.12f)"\nminimize 0.0 1.0e-6 1000 10000\nprint "volume after $(vol:%.12f)"\n'
+    )  # fmt: skip
+    done = run_input(script, "-log", str(tmp_path / "log"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "log").read_text()
+    assert "Minimization stats:" in text and "atomopt" not in text.split("Minimization stats")[1][:40]  # native cg
+    assert _printed(text, "volume after") == _printed(text, "volume before")  # no box relaxation left over
+
+
+def test_a_minimize_reached_through_if_uses_the_atomopt_style_and_a_jump_there_is_refused(tmp_path):
+    system = (
+        "units lj\nlattice fcc 1.0\nregion b block 0 3 0 3 0 3\ncreate_box 1 b\ncreate_atoms 1 box\nmass 1 1.0\n"
+        "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\ndisplace_atoms all random 0.05 0.05 0.05 5 units box\n"
+        "variable n equal 2\nmin_style safelbfgs\n"
+    )
+    script = tmp_path / "in.if"
+    script.write_text(
+        system + 'if "${n} > 3" then "print never" elif "${n} > 1" "print taken" "minimize 0.0 1e-4 100 1000" '
+        'else "print never"\n'
+    )
+    done = run_input(script, "-log", str(tmp_path / "log"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "log").read_text()
+    assert "\ntaken" in text and "\nnever" not in text
+    assert "Minimization stats (atomopt safelbfgs)" in text
+    script.write_text(system + 'label top\nif "${n} > 1" then "jump SELF top"\n')
+    done = run_input(script, cwd=tmp_path)
+    assert done.returncode == 2 and "jump" in done.stderr
+
+
 def test_min_modify_fire_fields_refine_the_fire_control_and_are_refused_without_it():
     from atomopt.frontends.lammps.runner import InputError, optimizer_options
 
@@ -423,15 +506,15 @@ def test_an_atomopt_error_is_the_last_line_of_the_log_and_on_the_screen(tmp_path
     script = tmp_path / "in.error"
     script.write_text(
         "units metal\nlattice fcc 3.615\nregion b block 0 2 0 2 0 2\ncreate_box 1 b\ncreate_atoms 1 box\n"
-        "mass 1 63.5\npair_style eam\npair_coeff * * Cu_u3.eam\nfix md all nve\n"
-        "min_style frankenstein\nminimize 0.0 1.0e-4 100 1000\n"
+        "mass 1 63.5\npair_style eam\npair_coeff * * Cu_u3.eam\n"
+        "min_style safelbfgs\nmin_modify memory 0\nminimize 0.0 1.0e-4 100 1000\n"
     )
     log = tmp_path / "log"
     cmd = [sys.executable, "-m", "atomopt.cli", "lammps", "-in", str(script), "-log", str(log)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 2
     last = log.read_text().strip().splitlines()[-1]
-    assert last.startswith("ERROR: ") and "nve" in last
+    assert last.startswith("ERROR: ") and "memory must be a whole number" in last
     assert done.stdout.strip().splitlines()[-1] == last  # the same text on the screen
 
 

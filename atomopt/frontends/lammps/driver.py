@@ -413,7 +413,8 @@ def check_supported(lmp: Any, comm: Any, group: str, quiet: Sequence[str] = (), 
             hint = (
                 "pass its settings as box_relax=... (atomopt lammps reads them from the input)"
                 if style == "box/relax"
-                else "unfix it before minimizing"
+                else "LAMMPS's own minimizers ignore it; unfix it before atomopt.lammps.minimize and define it again "
+                "after (the atomopt lammps input runner does this itself)"
             )
             raise UnsupportedFixError(f"fix style {style!r} moves atoms or the box during a run: {hint}")
     if box is not None:

@@ -36,7 +36,13 @@ import torch
 
 from atomopt.controls import CONTROL_NAMES, keyword_fields
 from atomopt.frontends.lammps.box import BoxRelax
-from atomopt.frontends.lammps.driver import NORMS, MinimizeResult, minimize
+from atomopt.frontends.lammps.driver import (
+    NORMS,
+    UNSUPPORTED_FIX_STYLES,
+    MinimizeResult,
+    defined_fixes,
+    minimize,
+)
 from atomopt.frontends.lammps.library import SerialComm, import_lammps, world_comm
 from atomopt.frontends.lammps.transcript import ECHO_MODES, Transcript
 from atomopt.rules import RULES
@@ -74,6 +80,20 @@ _NATIVE_KEYWORDS = (
 _DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
 
 
+#: Commands the runner carries out or tracks itself: an ``if`` whose branches hold one is run through the runner.
+RUNNER_COMMANDS = (
+    "minimize", "min_style", "min_modify", "fix", "unfix", "clear", "include", "jump", "echo", "log", "if",
+)  # fmt: skip
+#: Integrators that keep no state of their own (defining them again after a minimization changes nothing).
+STATELESS_INTEGRATORS = ("nve", "nve/sphere", "nve/asphere", "nve/limit")
+_BRANCH = "atomopt_if_branch"
+
+
+def _quoted(text: str) -> str:
+    """``text`` as one quoted LAMMPS word."""
+    return f'"""{text}"""' if '"' in text else f'"{text}"'
+
+
 class InputError(ValueError):
     """An input line the runner cannot execute."""
 
@@ -89,7 +109,14 @@ class InputRunner:
         self.dmax: float | None = None
         self.results: list[MinimizeResult] = []
         self.box_fixes: dict[str, tuple[str, list[str]]] = {}  # fix box/relax ID → (group, arguments)
+        self.fix_commands: dict[str, str] = {}  # fix ID → its command as defined (variables expanded)
         self._folders: list[Path] = []  # folders of the files being read, innermost last
+
+    def _reset(self) -> None:
+        """After ``clear``: LAMMPS is back to min_style cg with no fixes, and so is the runner."""
+        self.style, self.options, self.norm, self.dmax = None, {}, "two", None
+        self.box_fixes.clear()
+        self.fix_commands.clear()
 
     def run_file(self, path: str | Path) -> None:
         """Execute every command of the input file ``path``."""
@@ -120,7 +147,10 @@ class InputRunner:
             self._output_command(shlex.split(self.lmp.expand(strip_comment(line))))
             return
         if command in ("fix", "unfix"):
-            self._track_box_fix(shlex.split(self.lmp.expand(strip_comment(line))))
+            self._track_fix(shlex.split(self.lmp.expand(strip_comment(line))))
+        if command == "if" and self._branches_need_the_runner(line):
+            self._if(line)
+            return
         if command == "include":
             name = Path(self.lmp.expand(strip_comment(line)).split()[1])
             beside = self._folders[-1] / name if self._folders else name
@@ -142,6 +172,43 @@ class InputRunner:
             return
         self.lmp.command(line)
         self.transcript.pump()
+        if command == "clear":
+            self._reset()
+
+    def _branches_need_the_runner(self, line: str) -> bool:
+        """Whether an ``if`` line's commands include one the runner must see (LAMMPS would run them natively)."""
+        return any(word.split()[0] in RUNNER_COMMANDS for word in shlex.split(strip_comment(line))[2:] if word.split())
+
+    def _if(self, line: str) -> None:
+        """``if BOOLEAN then t1 t2 ... [elif BOOLEAN f1 ...]... [else e1 ...]`` with the branch chosen by LAMMPS
+        itself (the same booleans, the same variable substitution) and its commands run through the runner, so that
+        a ``minimize`` in a branch uses the atomopt style in force."""
+        words = shlex.split(strip_comment(line))
+        branches: list[list[str]] = []
+        rewritten = ["if", _quoted(words[1]), "then"]
+        k = 3
+        while k <= len(words):
+            commands = []
+            while k < len(words) and words[k] not in ("elif", "else"):
+                commands.append(words[k])
+                k += 1
+            rewritten.append(_quoted(f"variable {_BRANCH} equal {len(branches)}"))
+            branches.append(commands)
+            if k >= len(words):
+                break
+            if words[k] == "elif":
+                rewritten += ["elif", _quoted(words[k + 1])]
+                k += 2
+            else:
+                rewritten.append("else")
+                k += 1
+        if words[2:3] != ["then"]:
+            raise InputError(f"if: expected 'then' after the condition, got {line.strip()!r}")
+        self.lmp.commands_list([f"variable {_BRANCH} equal -1", " ".join(rewritten)])
+        taken = int(self.lmp.extract_variable(_BRANCH))
+        self.lmp.command(f"variable {_BRANCH} delete")
+        for command in branches[taken] if taken >= 0 else []:
+            self.execute(command)
 
     def _output_command(self, words: list[str]) -> None:
         """``echo MODE`` and ``log FILE [append]``, carried out by the transcript."""
@@ -154,14 +221,32 @@ class InputRunner:
         else:
             self.transcript.switch_log(words[1], append=len(words) > 2 and words[2] == "append")
 
-    def _track_box_fix(self, words: list[str]) -> None:
-        """Remember the settings of ``fix ID group box/relax ...``: the atomopt styles relax the box with them."""
-        if words[0] == "unfix" and len(words) > 1:
-            self.box_fixes.pop(words[1], None)
-        elif len(words) > 3:
-            self.box_fixes.pop(words[1], None)
+    def _track_fix(self, words: list[str]) -> None:
+        """Remember every fix's command (an integrator is lifted around an atomopt minimization and defined again)
+        and the settings of ``fix ID group box/relax ...`` (the atomopt styles relax the box with them)."""
+        if len(words) < 2:
+            return
+        self.box_fixes.pop(words[1], None)
+        self.fix_commands.pop(words[1], None)
+        if words[0] == "fix" and len(words) > 3:
+            self.fix_commands[words[1]] = shlex.join(words)
             if words[3] == "box/relax":
                 self.box_fixes[words[1]] = (words[2], words[4:])
+
+    def _lifted_fixes(self) -> list[tuple[str, str, str]]:
+        """(ID, style, command) of the defined fixes that move atoms in a run but that LAMMPS's minimizers never
+        call (time integrators, thermostats, fix deform/move, ...), in definition order."""
+        out = []
+        for name, style, _ in defined_fixes(self.lmp, self.comm, ["echo none"], [f"echo {self.transcript.echo_mode}"]):
+            if style != "box/relax" and style.startswith(UNSUPPORTED_FIX_STYLES):
+                if name not in self.fix_commands:
+                    raise InputError(
+                        f"fix {name} ({style}) moves atoms in a run; LAMMPS's minimizers ignore it, and atomopt lifts "
+                        "such a fix around its minimization, but this one was defined where the runner could not "
+                        "read its command: unfix it before minimize"
+                    )
+                out.append((name, style, self.fix_commands[name]))
+        return out
 
     def _min_modify(self, args: list[str]) -> None:
         if len(args) % 2:
@@ -201,12 +286,24 @@ class InputRunner:
             raise InputError(f"more than one fix box/relax is defined ({', '.join(self.box_fixes)}); keep one")
         for group, args in self.box_fixes.values():
             options["box_relax"] = BoxRelax.parse(args, group)
+        lifted = self._lifted_fixes()
+        quiet, loud = ["echo none"], [f"echo {self.transcript.echo_mode}"]
+        for name, style, _ in lifted:
+            stateful = (
+                "" if style in STATELESS_INTEGRATORS else " (its internal state, as a thermostat variable, restarts)"
+            )
+            self.lmp.command(
+                f'print "atomopt: fix {name} ({style}) does not act during minimization, as with the native '
+                f'minimizers: lifted for this minimize and defined again after it{stateful}"'
+            )
+        self.lmp.commands_list(quiet + [f"unfix {name}" for name, _, _ in lifted] + loud)
         self.transcript.begin_minimization(self.style)
         try:
             result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
                               norm=self.norm, comm=self.comm, **options)  # fmt: skip
         finally:
             self.transcript.end_minimization()
+            self.lmp.commands_list(quiet + [command for _, _, command in lifted] + loud)
         self.results.append(result)
 
 
