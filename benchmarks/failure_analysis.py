@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from atomopt.bench.matbench.build import HIGHER_BASIN, load_set
-from atomopt.bench.matbench.report import references
+from atomopt.bench.matbench.build import HIGHER_BASIN
+from atomopt.bench.matbench.report import journal_with_references
 from atomopt.bench.provenance import machine_facts
 from atomopt.frontends.engine import relax_many
 from atomopt.models import load_model
@@ -31,15 +31,15 @@ ESCAPED = 0.001
 TIGHT_FMAX = 0.005
 
 
-def failures(rows: dict, n: int, method: str, target: str, methods: list[str]) -> tuple[list[int], list[dict]]:
-    refs = references(rows, load_set("proxy", n), methods)
+def failures(rows: dict, refs: list[dict], method: str, target: str) -> list[int]:
+    """The structures ``method`` failed at ``target``: not converged, or ending more than HIGHER_BASIN above."""
     failed = []
-    for i in range(n):
+    for i, ref in enumerate(refs):
         outcome = rows[(method, i)]["outcomes"][target]
-        gap = outcome["energy_per_atom"] - refs[i]["energy_per_atom"]
+        gap = outcome["energy_per_atom"] - ref["energy_per_atom"]
         if outcome["status"] != "converged" or not math.isfinite(gap) or gap > HIGHER_BASIN:
             failed.append(i)
-    return failed, refs
+    return failed
 
 
 def markdown(payload: dict) -> str:
@@ -83,14 +83,9 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     out = Path(args.out)
-    lines = (out / f"{args.tag}.jsonl").read_text().splitlines()
-    spec = json.loads(lines[0])["protocol"]
-    rows = {(r["method"], r["index"]): r for r in map(json.loads, filter(str.strip, lines[1:]))}
-    methods = sorted({m for m, _ in rows})
-    n = max(i for _, i in rows) + 1
+    spec, rows, structures, refs = journal_with_references(out / f"{args.tag}.jsonl")
     target = f"{args.fmax:g}"
-    failed, refs = failures(rows, n, args.method, target, methods)
-    structures = load_set(spec["set"], n)
+    failed = failures(rows, refs, args.method, target)
     model = load_model(args.model)
     start = time.perf_counter()
     options = dict(cell=True, steps=spec["steps"], capacity=128)

@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from atomopt.bench.matbench.build import HIGHER_BASIN, load_set
-from atomopt.bench.matbench.report import references
+from atomopt.bench.matbench.build import HIGHER_BASIN
+from atomopt.bench.matbench.report import journal_with_references
 from atomopt.bench.provenance import machine_facts
 from atomopt.frontends.engine import relax_many
 from atomopt.models import load_model
@@ -39,13 +39,8 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     out = Path(args.out)
-    lines = (out / f"{args.tag}.jsonl").read_text().splitlines()
-    spec = json.loads(lines[0])["protocol"]
-    rows = {(r["method"], r["index"]): r for r in map(json.loads, filter(str.strip, lines[1:]))}
-    methods = sorted({m for m, _ in rows})
-    n = max(i for _, i in rows) + 1
-    structures = load_set(spec["set"], n)
-    refs = references(rows, structures, methods)
+    spec, rows, structures, refs = journal_with_references(out / f"{args.tag}.jsonl")
+    n = len(structures)
     model = load_model(args.model)
     options = dict(fmax=args.fmax, cell=True, steps=spec["steps"], capacity=spec["capacity"])
     start = time.perf_counter()

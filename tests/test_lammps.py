@@ -287,6 +287,13 @@ print "after md x1 $(x[1]:%.10f)"
 """
 
 
+#: 108 Lennard-Jones atoms in a rattled fcc crystal (lj units).
+RATTLED_LJ_CRYSTAL = (
+    "units lj\nlattice fcc 1.0\nregion b block 0 3 0 3 0 3\ncreate_box 1 b\ncreate_atoms 1 box\nmass 1 1.0\n"
+    "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\ndisplace_atoms all random 0.05 0.05 0.05 5 units box\n"
+)
+
+
 def _printed(text: str, label: str) -> float:
     return float(text.split(f"\n{label} ")[-1].split()[0])
 
@@ -312,10 +319,7 @@ def test_integrators_are_lifted_around_an_atomopt_minimization_and_restored(tmp_
 
 
 def test_clear_resets_the_runner_to_native_cg_at_fixed_box(tmp_path):
-    system = (
-        "units lj\nlattice fcc 1.0\nregion b block 0 3 0 3 0 3\ncreate_box 1 b\ncreate_atoms 1 box\nmass 1 1.0\n"
-        "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\ndisplace_atoms all random 0.05 0.05 0.05 5 units box\n"
-    )
+    system = RATTLED_LJ_CRYSTAL
     script = tmp_path / "in.clear"
     script.write_text(
         system + "fix relax all box/relax iso 0.0\nmin_style safelbfgs\nmin_modify lr 0.1\nclear\n" + system
@@ -329,11 +333,7 @@ def test_clear_resets_the_runner_to_native_cg_at_fixed_box(tmp_path):
 
 
 def test_a_minimize_reached_through_if_uses_the_atomopt_style_and_a_jump_there_is_refused(tmp_path):
-    system = (
-        "units lj\nlattice fcc 1.0\nregion b block 0 3 0 3 0 3\ncreate_box 1 b\ncreate_atoms 1 box\nmass 1 1.0\n"
-        "pair_style lj/cut 2.5\npair_coeff * * 1.0 1.0\ndisplace_atoms all random 0.05 0.05 0.05 5 units box\n"
-        "variable n equal 2\nmin_style safelbfgs\n"
-    )
+    system = RATTLED_LJ_CRYSTAL + "variable n equal 2\nmin_style safelbfgs\n"
     script = tmp_path / "in.if"
     script.write_text(
         system + 'if "${n} > 3" then "print never" elif "${n} > 1" "print taken" "minimize 0.0 1e-4 100 1000" '

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 from ase import Atoms
 
 from atomopt.bench.matbench.build import Target, Task, Trace, batched_rows
+from atomopt.bench.matbench.peers import INDEX_KEY, error_rows, read_items, run_worker
 
 #: The release the rows were made with (the latest on PyPI for Python 3.11 when they were added).
 NVALCHEMI_OPS_VERSION = "0.5.0"
@@ -468,28 +468,6 @@ def run_nvalchemi(
     return batched_rows(method, items, traces, wall)
 
 
-def _error_rows(task: Task, message: str) -> list[dict]:
-    return [
-        {
-            "method": task.method,
-            "index": i,
-            "n_atoms": len(a),
-            "seconds": 0.0,
-            "outcomes": {
-                t.name: {
-                    "status": "error",
-                    "message": message,
-                    "force_calls": 0,
-                    "energy": math.nan,
-                    "energy_per_atom": math.nan,
-                }
-                for t in task.targets
-            },
-        }
-        for i, a in task.items
-    ]
-
-
 def run_nvalchemi_subprocess(
     task: Task,
     model_spec: str,
@@ -498,45 +476,17 @@ def run_nvalchemi_subprocess(
     device: str = "cpu",
     structures_out: Path | None = None,
 ) -> list[dict]:
-    """Run :func:`run_nvalchemi` in nvalchemi's own environment (its Python), structures passed as extxyz.
+    """Run :func:`run_nvalchemi` in nvalchemi's own environment (its Python).
     ``structures_out``: an extxyz file to receive each structure where its last target resolved."""
-    import tempfile
-
-    from ase.io import write
-
     if python is None:
-        return _error_rows(task, "no nvalchemi environment")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "structures.extxyz"
-        frames = []
-        for i, a in task.items:
-            frame = a.copy()
-            frame.info = {"bench_index": i}
-            frames.append(frame)
-        write(path, frames, format="extxyz")
-        spec = {
-            "method": task.method,
-            "structures": str(path),
-            "model": model_spec,
-            "targets": [t.__dict__ for t in task.targets],
-            "threads": threads,
-            "capacity": task.capacity,
-            "device": device,
-            "structures_out": None if structures_out is None else str(structures_out),
-        }
-        # Warp compiles its kernels on first use: keep them in the environment, not in the user's cache; BLAS
-        # (scipy's logm in the stopping rule) gets the worker's threads, as torch does
-        env = {**os.environ, "WARP_CACHE_PATH": str(warp_cache(python))}
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        done = subprocess.run(
-            [python, "-c", WORKER_COMMAND, json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"the nvalchemi run failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        return error_rows(task, "no nvalchemi environment")
+    settings = {"method": task.method, "model": model_spec, "threads": threads, "capacity": task.capacity}
+    settings |= {"device": device, "structures_out": None if structures_out is None else str(structures_out)}
+    # Warp compiles its kernels on first use: keep them in the environment, not in the user's cache; BLAS (scipy's
+    # logm in the stopping rule) gets the worker's threads, as torch does
+    env = {**os.environ, "WARP_CACHE_PATH": str(warp_cache(python))}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return run_worker(task, [python, "-c", WORKER_COMMAND], "nvalchemi", settings, env)
 
 
 def _nvalchemi_worker(spec_text: str) -> int:
@@ -544,13 +494,12 @@ def _nvalchemi_worker(spec_text: str) -> int:
     os.environ.setdefault("WARP_CACHE_PATH", str(warp_cache(sys.executable)))
     import torch
     import warp as wp
-    from ase.io import read, write
+    from ase.io import write
 
     spec = json.loads(spec_text)
     torch.set_num_threads(int(spec["threads"]))
     wp.config.quiet = True
-    frames = read(spec["structures"], ":")
-    items = [(int(a.info.pop("bench_index")), a) for a in frames]
+    items = read_items(spec["structures"])
     finals: dict[int, Atoms] | None = {} if spec.get("structures_out") else None
     rows = run_nvalchemi(
         spec["method"],
@@ -564,7 +513,7 @@ def _nvalchemi_worker(spec_text: str) -> int:
     if finals is not None:
         out = []
         for i, atoms in sorted(finals.items()):
-            atoms.info = {"bench_index": i}
+            atoms.info = {INDEX_KEY: i}
             out.append(atoms)
         write(spec["structures_out"], out, format="extxyz")
     for row in rows:

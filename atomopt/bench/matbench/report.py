@@ -33,6 +33,20 @@ def references(rows: dict[tuple[str, int], dict], structures: Sequence[Atoms], m
     return out
 
 
+def journal_with_references(path: Path) -> tuple[dict, dict[tuple[str, int], dict], list[Atoms], list[dict]]:
+    """A committed journal read back: its protocol, its rows, the structures it ran and their references (the lowest
+    energy any of its runs reached)."""
+    import json
+
+    from atomopt.bench.matbench.build import load_set
+
+    lines = Path(path).read_text().splitlines()
+    spec = json.loads(lines[0])["protocol"]
+    rows = {(r["method"], r["index"]): r for r in map(json.loads, filter(str.strip, lines[1:]))}
+    structures = load_set(spec["set"], max(i for _, i in rows) + 1)
+    return spec, rows, structures, references(rows, structures, sorted({m for m, _ in rows}))
+
+
 def method_metrics(method: str, target: str, rows: dict, refs: Sequence[dict], indices: Sequence[int]) -> dict | None:
     """A method's row of the table at one threshold, over the structures ``indices`` it ran."""
     outcomes = [(i, rows[(method, i)]["outcomes"].get(target)) for i in indices if (method, i) in rows]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from atomopt.bench.matbench.build import (
     Trace,
     batched_rows,
 )
+from atomopt.bench.matbench.peers import error_rows, read_items, run_worker
 
 #: TorchSim's autobatcher swaps structures in and out every this many steps (its tutorial's value).
 TORCHSIM_SWAP_EVERY = 5
@@ -123,66 +123,21 @@ def run_torchsim(
 def run_torchsim_subprocess(
     task: Task, model_spec: str, python: str | None, threads: int, device: str = "cpu"
 ) -> list[dict]:
-    """Run :func:`run_torchsim` in TorchSim's own environment (its Python), structures passed as extxyz."""
-    import tempfile
-
-    from ase.io import write
-
+    """Run :func:`run_torchsim` in TorchSim 0.3.0's own environment (its Python)."""
     if python is None:
-        return [
-            {
-                "method": task.method,
-                "index": i,
-                "n_atoms": len(a),
-                "seconds": 0.0,
-                "outcomes": {
-                    t.name: {
-                        "status": "error",
-                        "message": "no TorchSim environment",
-                        "force_calls": 0,
-                        "energy": math.nan,
-                        "energy_per_atom": math.nan,
-                    }
-                    for t in task.targets
-                },
-            }
-            for i, a in task.items
-        ]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "structures.extxyz"
-        frames = []
-        for i, a in task.items:
-            frame = a.copy()
-            frame.info = {"bench_index": i}
-            frames.append(frame)
-        write(path, frames, format="extxyz")
-        spec = {
-            "structures": str(path),
-            "model": model_spec,
-            "targets": [t.__dict__ for t in task.targets],
-            "threads": threads,
-            "capacity": task.capacity,
-            "device": device,
-        }
-        done = subprocess.run(
-            [python, "-m", "atomopt.bench.matbench", "--torchsim-worker", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"the TorchSim run failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        return error_rows(task, "no TorchSim 0.3.0 environment")
+    command = [python, "-m", "atomopt.bench.matbench", "--torchsim-worker"]
+    settings = {"model": model_spec, "threads": threads, "capacity": task.capacity, "device": device}
+    return run_worker(task, command, "TorchSim 0.3.0", settings)
 
 
 def _torchsim_worker(spec_text: str) -> int:
     """Entry point inside TorchSim's environment: run the structures, print one JSON line per structure."""
     import torch
-    from ase.io import read
 
     spec = json.loads(spec_text)
     torch.set_num_threads(int(spec["threads"]))
-    frames = read(spec["structures"], ":")
-    items = [(int(a.info.pop("bench_index")), a) for a in frames]
+    items = read_items(spec["structures"])
     for row in run_torchsim(
         items, spec["model"], [Target(**t) for t in spec["targets"]], int(spec["capacity"]), spec.get("device", "cpu")
     ):

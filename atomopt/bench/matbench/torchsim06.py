@@ -26,7 +26,6 @@ the same trajectory batched or alone.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Any
 from ase import Atoms
 
 from atomopt.bench.matbench.build import TORCHSIM_METHODS, Target, Task, Trace, batched_rows
+from atomopt.bench.matbench.peers import error_rows, read_items, run_worker
 
 TORCHSIM06_VERSION = "0.6.2"
 
@@ -172,73 +172,25 @@ def run_torchsim06(
     return batched_rows(method, items, traces, wall)
 
 
-def _no_environment_rows(task: Task) -> list[dict]:
-    return [
-        {
-            "method": task.method,
-            "index": i,
-            "n_atoms": len(a),
-            "seconds": 0.0,
-            "outcomes": {
-                t.name: {
-                    "status": "error",
-                    "message": "no TorchSim 0.6 environment",
-                    "force_calls": 0,
-                    "energy": math.nan,
-                    "energy_per_atom": math.nan,
-                }
-                for t in task.targets
-            },
-        }
-        for i, a in task.items
-    ]
-
-
 def run_torchsim06_subprocess(
     task: Task, model_spec: str, python: str | None, threads: int, device: str = "cpu"
 ) -> list[dict]:
-    """Run :func:`run_torchsim06` in TorchSim 0.6's environment (its Python), structures passed as extxyz."""
-    import tempfile
-
-    from ase.io import write
-
+    """Run :func:`run_torchsim06` in TorchSim 0.6's environment (its Python)."""
     if python is None:
-        return _no_environment_rows(task)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "structures.extxyz"
-        frames = []
-        for i, a in task.items:
-            frame = a.copy()
-            frame.info = {"bench_index": i}
-            frames.append(frame)
-        write(path, frames, format="extxyz")
-        spec = {
-            "method": task.method,
-            "structures": str(path),
-            "model": model_spec,
-            "targets": [t.__dict__ for t in task.targets],
-            "threads": threads,
-            "capacity": task.capacity,
-            "device": device,
-        }
-        # this module is its own entry point, so the worker needs nothing from atomopt.bench.matbench.__main__
-        done = subprocess.run(
-            [python, "-m", "atomopt.bench.matbench.torchsim06", json.dumps(spec)], capture_output=True, text=True
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"the TorchSim 0.6 run failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        return error_rows(task, "no TorchSim 0.6 environment")
+    # this module is its own entry point, so the worker needs nothing from atomopt.bench.matbench.__main__
+    command = [python, "-m", "atomopt.bench.matbench.torchsim06"]
+    settings = {"method": task.method, "model": model_spec, "threads": threads, "capacity": task.capacity}
+    return run_worker(task, command, "TorchSim 0.6", settings | {"device": device})
 
 
 def _torchsim06_worker(spec_text: str) -> int:
     """Entry point inside TorchSim 0.6's environment: run the structures, print one JSON line per structure."""
     import torch
-    from ase.io import read
 
     spec = json.loads(spec_text)
     torch.set_num_threads(int(spec["threads"]))
-    frames = read(spec["structures"], ":")
-    items = [(int(a.info.pop("bench_index")), a) for a in frames]
+    items = read_items(spec["structures"])
     rows = run_torchsim06(
         spec["method"],
         items,
