@@ -268,6 +268,7 @@ dimension 2
 atom_style atomic
 atom_modify map array
 neighbor 0.3 bin
+neigh_modify delay 5
 lattice hex 0.8442
 region box block 0 10 0 5 -0.5 0.5
 create_box 1 box
@@ -312,6 +313,9 @@ def test_integrators_are_lifted_around_an_atomopt_minimization_and_restored(tmp_
         assert "atomopt: fix 1 (nve) does not act during minimization" in text
         assert "fix 2" not in text.split("atomopt:")[1]  # enforce2d acts in minimizations too: kept
         assert "Stopping criterion = energy tolerance" in text
+        # as native cg: neighbour lists checked every step while minimizing
+        assert "Switching to 'neigh_modify every 1 delay 0 check yes' setting during minimization" in logs["cg"]
+        assert "Switching to 'neigh_modify every 1 delay 0 check yes' setting during minimization" in text
         minimized = text.split("\nminimized pe ")[-1].split()
         # etol over a five-step window: native's final energy per atom (lj units) or lower, not an early stop
         assert float(minimized[0]) <= _printed(logs["cg"], "minimized pe") + 1e-3, style

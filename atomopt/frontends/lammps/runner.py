@@ -84,6 +84,8 @@ _DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.f
 RUNNER_COMMANDS = (
     "minimize", "min_style", "min_modify", "fix", "unfix", "clear", "include", "jump", "echo", "log", "if",
 )  # fmt: skip
+#: LAMMPS's neigh_modify defaults, which its minimizers switch to for the minimization.
+NEIGHBOR_DEFAULTS = {"every": "1", "delay": "0", "check": "yes"}
 #: Integrators that keep no state of their own (defining them again after a minimization changes nothing).
 STATELESS_INTEGRATORS = ("nve", "nve/sphere", "nve/asphere", "nve/limit")
 _BRANCH = "atomopt_if_branch"
@@ -110,6 +112,7 @@ class InputRunner:
         self.results: list[MinimizeResult] = []
         self.box_fixes: dict[str, tuple[str, list[str]]] = {}  # fix box/relax ID → (group, arguments)
         self.fix_commands: dict[str, str] = {}  # fix ID → its command as defined (variables expanded)
+        self.neighbor_checks = dict(NEIGHBOR_DEFAULTS)  # neigh_modify every / delay / check as the input set them
         self._folders: list[Path] = []  # folders of the files being read, innermost last
 
     def _reset(self) -> None:
@@ -117,6 +120,7 @@ class InputRunner:
         self.style, self.options, self.norm, self.dmax = None, {}, "two", None
         self.box_fixes.clear()
         self.fix_commands.clear()
+        self.neighbor_checks = dict(NEIGHBOR_DEFAULTS)
 
     def run_file(self, path: str | Path) -> None:
         """Execute every command of the input file ``path``."""
@@ -148,6 +152,11 @@ class InputRunner:
             return
         if command in ("fix", "unfix"):
             self._track_fix(shlex.split(self.lmp.expand(strip_comment(line))))
+        if command == "neigh_modify":
+            words = shlex.split(self.lmp.expand(strip_comment(line)))[1:]
+            self.neighbor_checks.update(
+                {key: value for key, value in zip(words, words[1:]) if key in NEIGHBOR_DEFAULTS}
+            )
         if command == "if" and self._branches_need_the_runner(line):
             self._if(line)
             return
@@ -297,13 +306,24 @@ class InputRunner:
                 f'minimizers: lifted for this minimize and defined again after it{stateful}"'
             )
         self.lmp.commands_list(quiet + [f"unfix {name}" for name, _, _ in lifted] + loud)
+        # as LAMMPS's minimizers: neighbour lists checked and rebuilt at every step while minimizing (a step can move
+        # an atom further than half the skin), the input's settings back afterwards
+        switch = self.neighbor_checks != NEIGHBOR_DEFAULTS
+        if switch:
+            self.lmp.command(
+                "print \"Switching to 'neigh_modify every 1 delay 0 check yes' setting during minimization\""
+            )
+            self.lmp.commands_list(quiet + ["neigh_modify every 1 delay 0 check yes"] + loud)
         self.transcript.begin_minimization(self.style)
         try:
             result = minimize(self.lmp, self.style, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
                               norm=self.norm, comm=self.comm, **options)  # fmt: skip
         finally:
             self.transcript.end_minimization()
-            self.lmp.commands_list(quiet + [command for _, _, command in lifted] + loud)
+            restore = (
+                ["neigh_modify " + " ".join(f"{k} {v}" for k, v in self.neighbor_checks.items())] if switch else []
+            )
+            self.lmp.commands_list(quiet + [command for _, _, command in lifted] + restore + loud)
         self.results.append(result)
 
 
