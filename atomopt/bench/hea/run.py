@@ -27,7 +27,7 @@ from atomopt.frontends.lammps.stats import parse_stats
 NATIVE_STYLES = ("fire", "cg", "hftn", "sd")
 
 
-ATOMOPT_STYLES = ("frankenstein", "adan", "adamnx", "innaprop")
+ATOMOPT_STYLES = ("safelbfgs", "frankenstein", "adan", "adamnx", "innaprop")
 
 
 #: method name → (min_style, min_modify arguments). Native styles at LAMMPS's recommended settings (its
