@@ -207,3 +207,51 @@ def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path, name):
     assert one["stop"] == two["stop"] == "force tolerance"
     assert two["energy"] == pytest.approx(one["energy"], rel=1e-9)
     np.testing.assert_allclose(two["box"], one["box"], rtol=0, atol=1e-8)
+
+
+LJ_2D = """
+dimension 2
+atom_modify map array
+lattice hex 0.8442
+region box block 0 10 0 6 -0.5 0.5
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+fix 2 all enforce2d
+displace_atoms all random 0.05 0.05 0 5 units box
+change_box all x scale 1.03 y scale 0.98 remap units box
+thermo_modify norm no
+"""
+
+
+@pytest.mark.parametrize(
+    "system, args",
+    [
+        (LJ_2D, "x 1.0 y 2.0"),  # deviatoric: strain energy and its forces
+        (LJ_2D, "iso 0.5"),  # 2-d: the area is the volume
+        (LJ_2D, "x 1.0 y 1.0 couple xy"),  # LAMMPS's iso style in 2-d
+        ("tri", "tri 0.0"),
+        ("tri", "x 1000 y -2000 z 500 xy 300"),
+        ("tri", "iso 100.0"),
+        ("tri", "x 0 y 0 z 1000 couple xy"),
+    ],
+)
+def test_statistics_under_box_relax_are_lammps_own(tmp_path, system, args):
+    """Energy and force two-norm with fix box/relax as LAMMPS defines them (pe + its P·ΔV and strain terms; the
+    forces on its own degrees of freedom in the norm), on the same state as native cg's first line."""
+    text = system if system != "tri" else COPPER.format(region=TRICLINIC, strain=STRAIN)
+    log = tmp_path / "native.log"
+    native = lammps.lammps(cmdargs=["-log", str(log), "-screen", "none", "-nocite"])
+    native.commands_string(text + f"fix relax all box/relax {args}\nmin_style cg\nminimize 0.0 0.0 0 10")
+    native.close()
+    stats = log.read_text()
+    energy = float(stats.split("Energy initial, next-to-last, final =")[1].split()[0])
+    two_norm = float(stats.split("Force two-norm initial, final =")[1].split()[0])
+    ours = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    ours.commands_string(text)
+    result = minimize(ours, "safelbfgs", ftol=0.0, maxiter=0, box_relax=args)
+    # LAMMPS prints 15 (energy) and 8 (norm) significant digits
+    assert result.energy_initial == pytest.approx(energy, rel=1e-13)
+    assert result.force_two_norm_initial == pytest.approx(two_norm, rel=5e-8)

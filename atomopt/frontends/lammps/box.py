@@ -214,6 +214,128 @@ class BoxRelax:
         lengths = [self.targets[c] for c in ("x", "y", "z") if c in self.targets]
         return float(np.mean(lengths)) if lengths else 0.0
 
+    def lammps_terms(
+        self, box: np.ndarray, start: np.ndarray, pressure: np.ndarray, nktv2p: float, dimension: int
+    ) -> tuple[float, np.ndarray]:
+        """What LAMMPS's ``fix box/relax`` adds to a minimization at box H (rows a b c) started from box H₀:
+        its energy term (energy units; P_hydro·(V − V₀) plus the strain energy of a deviatoric target, V in 2-d the
+        area) and the forces on its degrees of freedom (energy units; 1 for iso, 3 for aniso, 6 for tri), as
+        ``FixBoxRelax::min_energy`` computes them (``pressure``: xx yy zz xy xz yz, pressure units). They define
+        the energy and force norms of the stopping tests and statistics, as for LAMMPS's own minimizers; the
+        optimizer moves the box by its own rows (module docstring)."""
+        pv2e = 1.0 / nktv2p
+        lengths, lengths0 = np.diag(box).copy(), np.diag(start).copy()
+        if dimension == 2:
+            lengths[2] = lengths0[2] = 1.0
+        vol0 = float(np.prod(lengths0))
+        pxx, pyy, pzz, pxy, pxz, pyz = (float(v) for v in pressure)
+        flag = [c in self.targets for c in COMPONENTS]
+        target = [self.targets.get(c, 0.0) for c in COMPONENTS]
+        if self.iso:
+            current = (pxx + pyy) / 2 if dimension == 2 else (pxx + pyy + pzz) / 3
+            scale = lengths[0] / lengths0[0]
+            power = 2 if dimension == 2 else 3
+            energy = pv2e * target[0] * (scale**power - 1.0) * vol0
+            return energy, np.array([pv2e * (current - target[0]) * power * scale ** (power - 1) * vol0])
+        diagonal = {"xyz": [(pxx + pyy + pzz) / 3] * 3, "xy": [(pxx + pyy) / 2] * 2 + [pzz],
+                    "yz": [pxx] + [(pyy + pzz) / 2] * 2, "xz": [(pxx + pzz) / 2, pyy, (pxx + pzz) / 2],
+                    "none": [pxx, pyy, pzz]}[self.couple]  # fmt: skip
+        current = diagonal + [pyz, pxz, pxy]
+        scales = [lengths[i] / lengths0[i] if flag[i] else 1.0 for i in range(3)]
+        flagged = [target[i] for i in range(3) if flag[i]]
+        hydro = float(np.mean(flagged)) if flagged else 0.0
+        energy = pv2e * hydro * (np.prod(scales) - 1.0) * vol0
+        extra = np.zeros(6 if self.triclinic() else 3)
+        for i, (j, k) in enumerate(((1, 2), (0, 2), (0, 1))):
+            if flag[i]:
+                extra[i] = pv2e * (current[i] - hydro) * scales[j] * scales[k] * vol0
+        x0, y0, z0 = lengths0
+        if self.triclinic():
+            sx, sy, sz = scales
+            for i, factor in ((3, sy * y0 * sx * x0 * y0), (4, sx * x0 * sy * y0 * x0), (5, sx * x0 * sz * z0 * x0)):
+                if flag[i]:
+                    extra[i] = pv2e * current[i] * factor
+        deviatoric = any(flag[i] and abs(target[i] - hydro) > 1e-6 for i in range(3)) or (
+            self.triclinic() and any(flag[i] and abs(target[i]) > 1e-6 for i in range(3, 6))
+        )
+        if deviatoric:
+            sigma = _lammps_sigma(start, target, flag, hydro, vol0)
+            h = _lammps_h(box)
+            fdev = pv2e * _lammps_deviatoric_force(h, sigma, dimension)
+            for i, length in enumerate((x0, y0, z0, y0, x0, x0)):
+                if i < len(extra) and flag[i]:
+                    extra[i] -= fdev[i] * length
+            energy += pv2e * _lammps_strain_energy(h, sigma, dimension)
+        return float(energy), extra
+
+    def in_dimension(self, dimension: int) -> BoxRelax:
+        """The settings LAMMPS applies in ``dimension``: in 2-d, iso / aniso / tri relax x, y (and xy) only, and
+        x coupled with y is LAMMPS's iso style there (as iso itself)."""
+        if dimension == 3:
+            return self
+        targets = {c: v for c, v in self.targets.items() if c in ("x", "y", "xy")}
+        couple = "xy" if self.couple == "xyz" else self.couple
+        return BoxRelax(**{**self.__dict__, "targets": targets, "couple": couple, "iso": couple == "xy"})
+
+    def triclinic(self) -> bool:
+        """LAMMPS's ``tri`` style: a tilt relaxes."""
+        return any(t in self.targets for t in TILT_LENGTH)
+
     def scaled(self, pressure_unit: float) -> BoxRelax:
         """The same settings with the target pressures divided by ``pressure_unit`` (e.g. nktv2p: → energy/volume)."""
         return BoxRelax(**{**self.__dict__, "targets": {c: v / pressure_unit for c, v in self.targets.items()}})
+
+
+def _lammps_h(box: np.ndarray) -> np.ndarray:
+    """LAMMPS's box vector h = (xprd, yprd, zprd, yz, xz, xy) of a lower-triangular box (rows a b c)."""
+    return np.array([box[0, 0], box[1, 1], box[2, 2], box[2, 1], box[2, 0], box[1, 0]])
+
+
+def _lammps_sigma(start: np.ndarray, target: list[float], flag: list[bool], hydro: float, vol0: float) -> np.ndarray:
+    """``FixBoxRelax::compute_sigma``: the reference-box tensor of the deviatoric target (Voigt, energy·volume
+    units of pressure × volume before pv2e)."""
+    h0 = _lammps_h(start)  # the true box (also in 2-d, where only V₀ takes the thickness as 1)
+    # LAMMPS's h_inv of the start box (upper triangular inverse of the box as column vectors)
+    inv = np.linalg.inv(np.array([[h0[0], h0[5], h0[4]], [0.0, h0[1], h0[3]], [0.0, 0.0, h0[2]]]))
+    dev = np.zeros((3, 3))
+    for i in range(3):
+        if flag[i]:
+            dev[i, i] = target[i] - hydro
+    dev[1, 2] = dev[2, 1] = target[3]
+    dev[0, 2] = dev[2, 0] = target[4]
+    dev[0, 1] = dev[1, 0] = target[5]
+    dev[1, 1] -= dev[1, 2] * inv[1, 2] * h0[1]
+    dev[0, 1] -= dev[0, 2] * inv[1, 2] * h0[1]
+    dev[1, 0] = dev[0, 1]
+    dev[0, 0] -= dev[0, 1] * inv[0, 1] * h0[0] + dev[0, 2] * inv[0, 2] * h0[0]
+    tensor = vol0 * inv @ dev @ inv.T
+    return np.array([tensor[0, 0], tensor[1, 1], tensor[2, 2], tensor[1, 2], tensor[0, 2], tensor[0, 1]])
+
+
+def _lammps_strain_energy(h: np.ndarray, sigma: np.ndarray, dimension: int) -> float:
+    """``FixBoxRelax::compute_strain_energy`` before pv2e: ½ Tr(σ h hᵀ)."""
+    if dimension == 2:
+        d0 = sigma[0] * (h[0] ** 2 + h[5] ** 2) + sigma[5] * h[1] * h[5]
+        d1 = sigma[5] * h[5] * h[1] + sigma[1] * h[1] ** 2
+        return 0.5 * (d0 + d1)
+    d0 = (
+        sigma[0] * (h[0] ** 2 + h[5] ** 2 + h[4] ** 2) + sigma[5] * (h[1] * h[5] + h[3] * h[4]) + sigma[4] * h[2] * h[4]
+    )
+    d1 = sigma[5] * (h[5] * h[1] + h[4] * h[3]) + sigma[1] * (h[1] ** 2 + h[3] ** 2) + sigma[3] * h[2] * h[3]
+    d2 = sigma[4] * h[4] * h[2] + sigma[3] * h[3] * h[2] + sigma[2] * h[2] ** 2
+    return 0.5 * (d0 + d1 + d2)
+
+
+def _lammps_deviatoric_force(h: np.ndarray, sigma: np.ndarray, dimension: int) -> np.ndarray:
+    """``FixBoxRelax::compute_deviatoric`` before pv2e: h σ hᵀ in LAMMPS's component order."""
+    if dimension == 2:
+        return np.array([h[0] * sigma[0] + h[5] * sigma[5], h[1] * sigma[1], 0.0, 0.0, 0.0,
+                         h[0] * sigma[5] + h[5] * sigma[1]])  # fmt: skip
+    return np.array([
+        h[0] * sigma[0] + h[5] * sigma[5] + h[4] * sigma[4],
+        h[1] * sigma[1] + h[3] * sigma[3],
+        h[2] * sigma[2],
+        h[1] * sigma[3] + h[3] * sigma[2],
+        h[0] * sigma[4] + h[5] * sigma[3] + h[4] * sigma[2],
+        h[0] * sigma[5] + h[5] * sigma[1] + h[4] * sigma[3],
+    ])  # fmt: skip

@@ -162,7 +162,9 @@ class _BoxRows:
 
     def __init__(self, lmp: Any, box: BoxRelax, comm: Any) -> None:
         self.nktv2p = float(lmp.extract_global("nktv2p"))
+        self.settings = box  # targets in pressure units, as the input gave them
         self.box = box.scaled(self.nktv2p)  # targets in energy/volume units
+        self.dimension = int(lmp.extract_setting("dimension"))
         self.start = current_box(lmp)
         self.start_lo = np.array(lmp.extract_box()[0])
         self.triclinic = bool(lmp.extract_setting("triclinic"))
@@ -192,14 +194,15 @@ class _BoxRows:
             ]
         return moving
 
-    def forces(self, lmp: Any) -> tuple[np.ndarray, np.ndarray, float]:
-        """Fᵀ = H₀⁻¹H, the forces on the two box rows (energy/length) and the P·V term of the enthalpy."""
+    def forces(self, lmp: Any) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """Fᵀ = H₀⁻¹H, the forces on the two box rows (energy/length), and fix box/relax's energy term and forces
+        on its own degrees of freedom as LAMMPS defines them (for the stopping tests and statistics)."""
         box = current_box(lmp)
         pressure = np.array(lmp.numpy.extract_compute(f"{_PREFIX}_press", 0, 1), dtype=np.float64)  # xx yy zz xy xz yz
         self.pressure = pressure
         gradient = self.box.strain_gradient(box, stress_tensor(pressure, self.nktv2p))
-        work = self.box.mean_pressure() * abs(np.linalg.det(box))
-        return np.linalg.solve(self.start, box), -gradient.reshape(2, 3) / self.length, work
+        energy, extra = self.settings.lammps_terms(box, self.start, pressure, self.nktv2p, self.dimension)
+        return np.linalg.solve(self.start, box), -gradient.reshape(2, 3) / self.length, energy, extra
 
     def constrain(self, displacement: Tensor) -> Tensor:
         """The box rows' step (the last two rows) kept to the relaxed components and coupling, within vmax."""
@@ -268,12 +271,16 @@ class _Run:
         forces = lmp.numpy.extract_atom("f")[:nlocal][rows]
         energy = float(lmp.extract_compute("thermo_pe", 0, 0))
         box_forces = None
+        tested = forces
         if self.box is not None:
-            stretch, box_forces, work = self.box.forces(lmp)
-            energy += work  # enthalpy E + P·V: the function the box relaxation lowers
+            stretch, box_forces, box_energy, extra = self.box.forces(lmp)
+            energy += box_energy  # LAMMPS's objective: pe + fix box/relax's P·ΔV (and strain) term
             if not self.box.here:
-                box_forces = box_forces[:0]
-        norms = self._force_norms(forces if box_forces is None else np.concatenate([forces, box_forces]))
+                box_forces, extra = box_forces[:0], extra[:0]
+            # the stopping norms over the atoms and fix box/relax's own degrees of freedom, as LAMMPS's minimizers
+            # take them (one value per row: each counts once in the two-norm and as a whole in the max norms)
+            tested = np.concatenate([forces, np.pad(extra[:, None], ((0, 0), (0, 2)))])
+        norms = self._force_norms(tested)
         # tested on the global count so that every rank raises together (the core's check is per rank)
         if norms.non_finite:
             raise NonFiniteForcesError(
@@ -501,6 +508,8 @@ def minimize(
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
     box = BoxRelax.parse(box_relax) if isinstance(box_relax, str) else box_relax
+    if box is not None:
+        box = box.in_dimension(int(lmp.extract_setting("dimension")))
     box_fixes = check_supported(lmp, comm, group, quiet, loud, box)
     run = _Run(lmp, minimizer, comm, group, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
                norm=norm, dtype=dtype, device=torch.device(device), box=box)  # fmt: skip
