@@ -255,3 +255,27 @@ def test_statistics_under_box_relax_are_lammps_own(tmp_path, system, args):
     # LAMMPS prints 15 (energy) and 8 (norm) significant digits
     assert result.energy_initial == pytest.approx(energy, rel=1e-13)
     assert result.force_two_norm_initial == pytest.approx(two_norm, rel=5e-8)
+
+
+def test_a_2d_box_reaches_different_x_and_y_pressures_as_native_cg(tmp_path):
+    """A 2-d box relaxed to x 1.0 and y 2.0 with nreset and line quadratic (what LAMMPS's in.min.box does), from an
+    input written here: the final energy, pressures and box of native cg, stopped by the force tolerance."""
+    script = tmp_path / "in.box2d"
+    script.write_text(
+        "variable s index cg\natom_style atomic\n"
+        + LJ_2D
+        + "fix 3 all box/relax x 1.0 y 2.0 nreset 50\nmin_style ${s}\nmin_modify line quadratic\n"
+        + "minimize 0.0 1.0e-6 2000 20000\n"
+        + 'print "final $(pe:%.12g) $(pxx:%.12g) $(pyy:%.12g) $(lx:%.12g) $(ly:%.12g)"\n'
+    )
+    final = {}
+    for style in ("cg", "safelbfgs"):
+        done = run_input(script, "-var", "s", style, "-log", str(tmp_path / style), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        text = (tmp_path / style).read_text()
+        assert "Stopping criterion = force tolerance" in text, style
+        final[style] = np.array([float(v) for v in text.split("\nfinal ")[-1].split()[:5]])
+    energy, pxx, pyy, lx, ly = final["safelbfgs"]
+    np.testing.assert_allclose([pxx, pyy], [1.0, 2.0], atol=1e-3)
+    assert energy == pytest.approx(final["cg"][0], rel=1e-8)
+    np.testing.assert_allclose([lx, ly], final["cg"][3:], rtol=1e-6)

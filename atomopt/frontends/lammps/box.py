@@ -65,6 +65,7 @@ class BoxRelax:
     scale_tilt: dict[str, bool] = field(default_factory=lambda: {t: True for t in TILT_LENGTH})
     fixedpoint: tuple[float, float, float] | None = None
     iso: bool = False
+    nreset: int = 0
     args: str = ""  # the fix's arguments as written (to define it again after an atomopt minimization)
 
     @classmethod
@@ -108,8 +109,8 @@ class BoxRelax:
             elif key == "vmax":
                 options["vmax"] = value()
                 i += 2
-            elif key == "nreset":  # resets LAMMPS's reference box for its strain energy, which is not used here
-                value(int)
+            elif key == "nreset":  # every this many iterations the reference box of the energy terms is reset
+                options["nreset"] = value(int)
                 i += 2
             elif key == "dilate":
                 options["dilate"] = words[i + 1] if i + 1 < len(words) else None
@@ -215,16 +216,24 @@ class BoxRelax:
         return float(np.mean(lengths)) if lengths else 0.0
 
     def lammps_terms(
-        self, box: np.ndarray, start: np.ndarray, pressure: np.ndarray, nktv2p: float, dimension: int
+        self,
+        box: np.ndarray,
+        start: np.ndarray,
+        pressure: np.ndarray,
+        nktv2p: float,
+        dimension: int,
+        reference: np.ndarray | None = None,
     ) -> tuple[float, np.ndarray]:
         """What LAMMPS's ``fix box/relax`` adds to a minimization at box H (rows a b c) started from box H₀:
         its energy term (energy units; P_hydro·(V − V₀) plus the strain energy of a deviatoric target, V in 2-d the
         area) and the forces on its degrees of freedom (energy units; 1 for iso, 3 for aniso, 6 for tri), as
-        ``FixBoxRelax::min_energy`` computes them (``pressure``: xx yy zz xy xz yz, pressure units). They define
-        the energy and force norms of the stopping tests and statistics, as for LAMMPS's own minimizers; the
-        optimizer moves the box by its own rows (module docstring)."""
+        ``FixBoxRelax::min_energy`` computes them (``pressure``: xx yy zz xy xz yz, pressure units). ``reference``:
+        the box of the last ``nreset`` (default: the start box), which V₀ and the strain energy refer to. They
+        define the energy and force norms of the stopping tests and statistics, as for LAMMPS's own minimizers;
+        the optimizer moves the box by its own rows (module docstring)."""
         pv2e = 1.0 / nktv2p
-        lengths, lengths0 = np.diag(box).copy(), np.diag(start).copy()
+        reference = start if reference is None else reference
+        lengths, lengths0 = np.diag(box).copy(), np.diag(reference).copy()
         if dimension == 2:
             lengths[2] = lengths0[2] = 1.0
         vol0 = float(np.prod(lengths0))
@@ -259,7 +268,7 @@ class BoxRelax:
             self.triclinic() and any(flag[i] and abs(target[i]) > 1e-6 for i in range(3, 6))
         )
         if deviatoric:
-            sigma = _lammps_sigma(start, target, flag, hydro, vol0)
+            sigma = _lammps_sigma(start, reference, target, flag, hydro, vol0)
             h = _lammps_h(box)
             fdev = pv2e * _lammps_deviatoric_force(h, sigma, dimension)
             for i, length in enumerate((x0, y0, z0, y0, x0, x0)):
@@ -291,12 +300,15 @@ def _lammps_h(box: np.ndarray) -> np.ndarray:
     return np.array([box[0, 0], box[1, 1], box[2, 2], box[2, 1], box[2, 0], box[1, 0]])
 
 
-def _lammps_sigma(start: np.ndarray, target: list[float], flag: list[bool], hydro: float, vol0: float) -> np.ndarray:
-    """``FixBoxRelax::compute_sigma``: the reference-box tensor of the deviatoric target (Voigt, energy·volume
-    units of pressure × volume before pv2e)."""
+def _lammps_sigma(
+    start: np.ndarray, reference: np.ndarray, target: list[float], flag: list[bool], hydro: float, vol0: float
+) -> np.ndarray:
+    """``FixBoxRelax::compute_sigma``: the reference-box tensor of the deviatoric target (Voigt, pressure × volume
+    before pv2e). As LAMMPS: the inverse box is the reference's (reset by nreset), h₀ the start box's."""
     h0 = _lammps_h(start)  # the true box (also in 2-d, where only V₀ takes the thickness as 1)
-    # LAMMPS's h_inv of the start box (upper triangular inverse of the box as column vectors)
-    inv = np.linalg.inv(np.array([[h0[0], h0[5], h0[4]], [0.0, h0[1], h0[3]], [0.0, 0.0, h0[2]]]))
+    r = _lammps_h(reference)
+    # LAMMPS's h_inv (upper triangular inverse of the box as column vectors)
+    inv = np.linalg.inv(np.array([[r[0], r[5], r[4]], [0.0, r[1], r[3]], [0.0, 0.0, r[2]]]))
     dev = np.zeros((3, 3))
     for i in range(3):
         if flag[i]:

