@@ -6,11 +6,16 @@
    by a uniform random vector of up to 0.3 Å per coordinate and the cell strained by 2 %, seed per
    structure; fmax 0.01 eV/Å, ≤ 2,000 force calls, positions only (eV/Å forces, Å steps: checks that
    learning rates chosen in σ units carry over to a metal in Å).
+3. Morse fcc: the same recipe with a Morse pair potential (D₀ = 1, r₀ = 1, α = 6/r₀: a short-ranged, stiff
+   pair potential; LAMMPS's ``pair_style morse`` through ASE's LAMMPSlib, cut at 2.7 r₀ and shifted — ASE's own
+   MorsePotential is ~15× slower per call here), nearest-neighbour distance r₀, displacements up to 0.1 r₀;
+   fmax 0.01, ≤ 2,000 calls.
 
-atomopt methods run at their defaults and at the previous defaults (before the LJ38 search); ASE FIRE and
-SciPy L-BFGS-B are the references. Results: benchmarks/results/heldout.{json,md}.
+atomopt methods run at their defaults (the papers' rules also at their previous defaults, before the LJ38
+search; SafeLBFGS has none); ASE FIRE, ASE LBFGS and SciPy L-BFGS-B are the references. Results:
+benchmarks/results/heldout.{json,md}.
 
-    python benchmarks/heldout.py [--n-lj 200] [--n-cu 10]
+    python benchmarks/heldout.py [--n-lj 200] [--n-cu 10] [--n-morse 10]
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from atomopt.controls import FireControl
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
 LJ55_GLOBAL_MINIMUM = -279.248470
+#: atomopt's methods: the papers' rules and SafeLBFGS.
+ATOMOPT_METHODS = (*lj38.ATOMOPT_NAMES, "safelbfgs")
+BASELINES = ("ase-FIRE", "ase-LBFGS", "scipy-L-BFGS-B")
 OLD_DEFAULTS = {
     "frankenstein": {"lr": 0.05, "eps": 1.0, "base_lr": 1e-3, "fire": FireControl()},
     "adan": {"lr": 0.1, "eps": 1.0, "beta1": 0.02, "fire": FireControl()},
@@ -58,20 +66,30 @@ def summarize(calls, energies, ok, reference=None) -> dict:
     return out
 
 
+def with_previous_defaults() -> list[str]:
+    """Every atomopt method, and the papers' rules again at their previous defaults."""
+    return [
+        m
+        for name in ATOMOPT_METHODS
+        for m in (name, f"{name} (previous defaults)")
+        if name in OLD_DEFAULTS or m == name
+    ]
+
+
 def lj55(n: int) -> dict:
     rng = np.random.default_rng(55)
     starts = [lj38.random_start(rng, 55) for _ in range(n)]
     rows = {}
-    for name in lj38.ATOMOPT_NAMES:
-        for label, overrides in ((name, {}), (f"{name} (previous defaults)", OLD_DEFAULTS[name])):
-            results = lj38.run_batched(name, starts, **overrides)
-            rows[label] = summarize(
-                [r.force_calls for r in results],
-                [r.energy for r in results],
-                [r.converged for r in results],
-                LJ55_GLOBAL_MINIMUM,
-            )
-    for method in ("ase-FIRE", "scipy-L-BFGS-B"):
+    for label in with_previous_defaults():
+        name, _, old = label.partition(" ")
+        results = lj38.run_batched(name, starts, **(OLD_DEFAULTS[name] if old else {}))
+        rows[label] = summarize(
+            [r.force_calls for r in results],
+            [r.energy for r in results],
+            [r.converged for r in results],
+            LJ55_GLOBAL_MINIMUM,
+        )
+    for method in BASELINES:
         results = [lj38.run_one(method, i, s) for i, s in enumerate(starts)]
         rows[method] = summarize(
             [r.force_calls for r in results],
@@ -82,26 +100,47 @@ def lj55(n: int) -> dict:
     return rows
 
 
-def cu_structure(seed: int):
+def defective_fcc(seed: int, a: float, rattle: float):
+    """A 4×4×4 cubic fcc supercell less one atom, the cell strained by up to 2 % per axis, every atom displaced by
+    up to ``rattle`` per coordinate (uniform)."""
     rng = np.random.default_rng(seed)
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((4, 4, 4))
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((4, 4, 4))
     del atoms[0]
     atoms.set_cell(atoms.cell * (1.0 + 0.02 * rng.uniform(-1, 1, 3)), scale_atoms=True)
-    atoms.positions += rng.uniform(-0.3, 0.3, atoms.positions.shape)
+    atoms.positions += rng.uniform(-rattle, rattle, atoms.positions.shape)
     return atoms
 
 
-def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
+def cu_structure(seed: int):
+    return defective_fcc(seed, a=3.6, rattle=0.3)
+
+
+def morse_structure(seed: int):
+    return defective_fcc(seed, a=np.sqrt(2.0), rattle=0.1)  # nearest neighbours at r₀ = 1
+
+
+def morse_calculator():
+    from ase.calculators.lammpslib import LAMMPSlib
+
+    from atomopt.lammps import import_lammps
+
+    import_lammps()  # loads the MPI library the lammps module needs
+    commands = ["pair_style morse 2.7", "pair_modify shift yes", "pair_coeff * * 1.0 6.0 1.0"]
+    return LAMMPSlib(lmpcmds=commands, atom_types={"Cu": 1}, log_file=None, keep_alive=True)
+
+
+def relax_periodic(structure, calculator, n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
+    """Every method on ``n`` structures ``structure(seed)`` with a fresh ``calculator()``, positions only."""
     import ase.optimize as optimize
 
     def run(method: str, atoms) -> tuple[int, float, bool]:
-        atoms.calc = EMT()
+        atoms.calc = calculator()
         counter = CallCounter(atoms.calc, budget)
         try:
             if method == "scipy-L-BFGS-B":
                 lj38.scipy_lbfgsb(atoms, fmax=fmax, budget=budget)
-            elif method == "ase-FIRE":
-                optimize.FIRE(atoms, logfile=None).run(fmax=fmax, steps=budget)
+            elif method.startswith("ase-"):
+                getattr(optimize, method[4:])(atoms, logfile=None).run(fmax=fmax, steps=budget)
             else:
                 name, _, old = method.partition(" ")
                 OPTIMIZERS[name](atoms, logfile=None, **(OLD_DEFAULTS[name] if old else {})).run(
@@ -114,10 +153,9 @@ def cu_emt(n: int, fmax: float = 0.01, budget: int = 2000) -> dict:
         ok = np.linalg.norm(atoms.get_forces(), axis=1).max() <= fmax
         return calls, float(atoms.get_potential_energy()), bool(ok)
 
-    methods = [m for name in lj38.ATOMOPT_NAMES for m in (name, f"{name} (previous defaults)")]
     rows = {}
-    for method in methods + ["ase-FIRE", "scipy-L-BFGS-B"]:
-        runs = [run(method, cu_structure(seed)) for seed in range(n)]
+    for method in with_previous_defaults() + list(BASELINES):
+        runs = [run(method, structure(seed)) for seed in range(n)]
         rows[method] = summarize(*zip(*runs))
     return rows
 
@@ -126,11 +164,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-lj", type=int, default=200, help="LJ55 starts (default 200)")
     parser.add_argument("--n-cu", type=int, default=10, help="Cu EMT structures (default 10)")
+    parser.add_argument("--n-morse", type=int, default=10, help="Morse fcc structures (default 10)")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    problems = {"LJ55": lj55(args.n_lj), "Cu EMT vacancy": cu_emt(args.n_cu)}
+    problems = {
+        "LJ55": lj55(args.n_lj),
+        "Cu EMT vacancy": relax_periodic(cu_structure, EMT, args.n_cu),
+        "Morse fcc vacancy": relax_periodic(morse_structure, morse_calculator, args.n_morse),
+    }
     payload = {
         "benchmark": "held-out check of the defaults",
         "command": "python " + " ".join(sys.argv),
@@ -149,7 +192,9 @@ def main() -> int:
         f"Python {platform.python_version()}, ase {payload['machine']['ase']}, torch {torch.__version__}",
         "",
         "LJ55: OptBench random sequential addition (n = 55), fmax 0.01, ≤ 10,000 calls, broken clusters fail. "
-        "Cu EMT: 255-atom fcc with a vacancy, 0.3 Å random displacements, 2 % strain, fmax 0.01 eV/Å, ≤ 2,000 calls.",
+        "Cu EMT: 255-atom fcc with a vacancy, 0.3 Å random displacements, 2 % strain, fmax 0.01 eV/Å, ≤ 2,000 calls. "
+        "Morse fcc: the same with a Morse potential (D₀ = r₀ = 1, α = 6, LAMMPS pair_style morse, cut 2.7 r₀, "
+        "shifted), displacements 0.1 r₀, fmax 0.01.",
         "",
     ]
     for problem, rows in problems.items():
