@@ -119,9 +119,10 @@ class Criteria:
         self.l2: CriterionHit | None = None
         self.last: CriterionHit | None = None
 
-    def observe(self, energy: float, forces: np.ndarray, positions: np.ndarray) -> bool:
-        """One evaluation; ``True`` once both criteria are met."""
-        self.calls += 1
+    def observe(self, energy: float, forces: np.ndarray, positions: np.ndarray, calls: int | None = None) -> bool:
+        """One evaluated state (``calls``: the force calls spent to reach it, if not one more than the last);
+        ``True`` once both criteria are met."""
+        self.calls = self.calls + 1 if calls is None else calls
         largest = float(np.sqrt(np.einsum("ij,ij->i", forces, forces).max()))
         self.last = CriterionHit(self.calls, float(energy), np.array(positions, dtype=float), largest)
         if self.max_atom is None and largest <= self.fmax:

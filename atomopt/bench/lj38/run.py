@@ -61,8 +61,15 @@ def _ase(cls_name: str, **options) -> Callable[[Atoms], None]:
     return _ase_method(lambda atoms: cls(atoms, logfile=None, **options))
 
 
-def scipy_lbfgsb(atoms: Atoms, fmax: float = FMAX, budget: int = MAX_FORCE_CALLS) -> None:
-    """SciPy's L-BFGS-B, stopped by the benchmark's own criterion (max per-atom force ≤ ``fmax``)."""
+def scipy_lbfgsb(
+    atoms: Atoms,
+    fmax: float = FMAX,
+    budget: int = MAX_FORCE_CALLS,
+    on_iterate: Callable[[object], None] | None = None,
+) -> None:
+    """SciPy's L-BFGS-B, stopped by the benchmark's own criterion (max per-atom force ≤ ``fmax``) at its accepted
+    iterates, or by ``on_iterate(intermediate_result)`` raising StopIteration (its line-search trials are not
+    states a user stops at)."""
     from scipy.optimize import minimize
 
     def fun(x):
@@ -70,7 +77,9 @@ def scipy_lbfgsb(atoms: Atoms, fmax: float = FMAX, budget: int = MAX_FORCE_CALLS
         return atoms.get_potential_energy(), -atoms.get_forces().ravel()
 
     def callback(intermediate_result):
-        if max_force(atoms) <= fmax:
+        if on_iterate is not None:
+            on_iterate(intermediate_result)
+        elif max_force(atoms) <= fmax:
             raise StopIteration
 
     minimize(
@@ -205,11 +214,23 @@ def run_one(method: str, index: int, start: Atoms) -> RunResult:
         if criteria.observe(calc.results["energy"], calc.results["forces"], calc.atoms.positions):
             raise CriteriaMet
 
-    counter = CallCounter(atoms.calc, MAX_FORCE_CALLS, observer=record)
+    def record_iterate(result) -> None:  # SciPy: its accepted iterates, with the calls spent to reach them
+        x = result.x.reshape(-1, 3)
+        if not np.array_equal(x, atoms.calc.atoms.positions):  # the last evaluation is the iterate's, as a rule
+            raise RuntimeError("SciPy's iterate is not its last evaluated point")
+        results = atoms.calc.results
+        if criteria.observe(results["energy"], results["forces"], x, calls=counter.calls):
+            raise StopIteration
+
+    line_search = method == "scipy-L-BFGS-B"
+    counter = CallCounter(atoms.calc, MAX_FORCE_CALLS, observer=None if line_search else record)
     error = ""
     t0 = time.perf_counter()
     try:
-        methods()[method](atoms)
+        if line_search:
+            scipy_lbfgsb(atoms, fmax=0.0, on_iterate=record_iterate)
+        else:
+            methods()[method](atoms)
     except (BudgetExceeded, CriteriaMet):
         pass
     except Exception as err:  # a method that crashes counts as a failure, recorded with its reason
