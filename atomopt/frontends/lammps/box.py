@@ -211,7 +211,8 @@ class BoxRelax:
         return p
 
     def mean_pressure(self) -> float:
-        """The mean target pressure of the relaxed lengths (its P·V joins the energy of the stopping test)."""
+        """The mean target pressure of the relaxed lengths (its P·V is the hydrostatic part of the enthalpy whose
+        gradient :meth:`strain_gradient` gives)."""
         lengths = [self.targets[c] for c in ("x", "y", "z") if c in self.targets]
         return float(np.mean(lengths)) if lengths else 0.0
 

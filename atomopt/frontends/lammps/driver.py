@@ -83,17 +83,17 @@ class DistributedLayout(Layout):
     comm: Any = None
 
     def sum(self, per_row: Tensor) -> Tensor:
-        if self.n_rows == 0:
-            local = torch.zeros(self.n_structures, dtype=per_row.dtype, device=per_row.device)
-        else:
-            local = super().sum(per_row)
-        return self._allreduce(local, "sum")
+        return self._summed(super().sum, per_row)
 
     def sum_in_order(self, per_row: Tensor) -> Tensor:
+        return self._summed(super().sum_in_order, per_row)
+
+    def _summed(self, local_sum: Any, per_row: Tensor) -> Tensor:
+        """This rank's sums (zero on a rank without rows), added over all ranks."""
         if self.n_rows == 0:
             local = torch.zeros(self.n_structures, dtype=per_row.dtype, device=per_row.device)
         else:
-            local = super().sum_in_order(per_row)
+            local = local_sum(per_row)
         return self._allreduce(local, "sum")
 
     def max(self, per_row: Tensor) -> Tensor:

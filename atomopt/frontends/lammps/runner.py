@@ -51,12 +51,8 @@ ATOMOPT_STYLES = tuple(RULES)
 _GENERAL_KEYWORDS = ("lr", "eps", "paper_exact", "device", "dtype") + CONTROL_NAMES
 #: ``NAME_FIELD``: a field of a step control (``fire_f_dec 0.5``, ``secant_max_factor 1.5``, ...).
 _CONTROL_FIELD_KEYWORDS = keyword_fields()
-_RULE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule)}
-#: Rule hyperparameters that take a word or a whole number (the others take any number).
-_WHOLE_KEYWORDS = {f.name for rule in RULES.values() for f in dataclasses.fields(rule) if str(f.type) == "int"}
-_WORD_KEYWORDS = {
-    f.name for rule in RULES.values() for f in dataclasses.fields(rule) if "float" not in str(f.type)
-} - _WHOLE_KEYWORDS
+#: Each update-rule hyperparameter's declared type, which says how its min_modify value is read.
+_RULE_FIELD_TYPES = {f.name: str(f.type) for rule in RULES.values() for f in dataclasses.fields(rule)}
 #: LAMMPS's own min_modify keywords (passed on to LAMMPS).
 _NATIVE_KEYWORDS = (
     "dmax",
@@ -262,7 +258,7 @@ class InputRunner:
             raise InputError(f"min_modify expects keyword value pairs, got {' '.join(args)!r}")
         native = []
         for key, value in zip(args[::2], args[1::2]):
-            if key in _GENERAL_KEYWORDS or key in _RULE_KEYWORDS or key in _CONTROL_FIELD_KEYWORDS:
+            if key in _GENERAL_KEYWORDS or key in _RULE_FIELD_TYPES or key in _CONTROL_FIELD_KEYWORDS:
                 optimizer_options({key: value})  # validate now, where the line is
                 self.options[key] = value
                 continue
@@ -270,7 +266,7 @@ class InputRunner:
                 raise InputError(
                     f"min_modify: unknown keyword {key!r}. atomopt keywords: {', '.join(_GENERAL_KEYWORDS)}; "
                     f"step-control fields: {', '.join(_CONTROL_FIELD_KEYWORDS)}; "
-                    f"update-rule hyperparameters: {', '.join(sorted(_RULE_KEYWORDS))}; LAMMPS keywords: "
+                    f"update-rule hyperparameters: {', '.join(sorted(_RULE_FIELD_TYPES))}; LAMMPS keywords: "
                     f"{', '.join(_NATIVE_KEYWORDS)}"
                 )
             if key == "norm":
@@ -343,29 +339,12 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
             options[key] = _DTYPES[value]
         elif key == "device":
             options[key] = value
-        elif key in _WORD_KEYWORDS:
-            options[key] = value
-        elif key in _WHOLE_KEYWORDS:
-            number = parse_number(key, value)
-            if not float(number).is_integer():
-                raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
-            options[key] = int(number)
-        else:
-            options[key] = parse_number(key, value)
+        else:  # lr, eps (numbers) and the rule's hyperparameters (as declared)
+            options[key] = parse_typed(key, _RULE_FIELD_TYPES.get(key, "float"), value)
     fields: dict[str, dict[str, Any]] = {}
     for key in sorted(raw.keys() & _CONTROL_FIELD_KEYWORDS.keys()):
         (name, field), value = _CONTROL_FIELD_KEYWORDS[key], raw[key]
-        kind = str(field.type)
-        if kind == "bool":
-            parsed: Any = parse_flag(key, value)
-        elif kind in ("int", "float"):
-            number = parse_number(key, value)
-            if kind == "int" and not float(number).is_integer():
-                raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
-            parsed = int(number) if kind == "int" else number
-        else:  # a word (FIRE's acts_on, auto_eps's choose)
-            parsed = value
-        fields.setdefault(name, {})[field.name] = parsed
+        fields.setdefault(name, {})[field.name] = parse_typed(key, str(field.type), value)
     for name, changes in fields.items():
         if options.get(name, True) is False:
             raise InputError(
@@ -373,6 +352,21 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
             )
         options[name] = changes
     return options
+
+
+def parse_typed(key: str, kind: str, value: str) -> Any:
+    """A min_modify value read as its field's declared type ``kind``: ``bool`` (yes/no), ``int`` (a whole number),
+    any type with ``float`` (a number), else a word (FIRE's acts_on, Frankenstein's form)."""
+    if kind == "bool":
+        return parse_flag(key, value)
+    if kind == "int":
+        number = parse_number(key, value)
+        if not float(number).is_integer():
+            raise InputError(f"min_modify {key} expects a whole number, got {value!r}")
+        return int(number)
+    if "float" in kind:
+        return parse_number(key, value)
+    return value
 
 
 def parse_flag(key: str, value: str) -> bool:
