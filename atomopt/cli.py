@@ -406,9 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mb.add_argument(
         "--reference",
-        nargs="+",
+        nargs="*",
         default=["ase-bfgs", "frankenstein"],
-        help="methods that run on to fmax 0.001 / 2000 steps to fix the reference energies",
+        help="methods that run on to fmax 0.001 / 2000 steps to fix the reference energies (none: no tight runs)",
+    )
+    mb.add_argument(
+        "--reference-journals",
+        nargs="+",
+        default=[],
+        metavar="JOURNAL",
+        help="journals (.jsonl) of other runs with the same model and structures whose runs also set the "
+        "references: a table of a few methods then judges failures as the larger table does",
     )
     mb.add_argument("--n", type=int, help="first N structures only")
     mb.add_argument("--subset", nargs="+", metavar="METHOD=N", help="run METHOD on the first N structures only")

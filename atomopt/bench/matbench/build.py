@@ -6,7 +6,8 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,13 @@ _WORKER: dict[str, Any] = {}
 
 
 def get_model(spec: str, device: str | None = None):
-    """The benchmark's model, loaded once per process (on the worker's device unless ``device`` is given)."""
+    """The benchmark's model, loaded once per process (on the worker's device unless ``device`` is given), its
+    evaluations timed (:class:`Stopwatch`)."""
     from atomopt.models import load_model
 
     device = device or _WORKER.get("device", "cpu")
     if (spec, device) not in _MODELS:
-        _MODELS[(spec, device)] = load_model(spec, device=device)
+        _MODELS[(spec, device)] = timed(load_model(spec, device=device))
     return _MODELS[(spec, device)]
 
 
@@ -229,9 +231,88 @@ def machine(threads: int, workers: int) -> dict:
     }
 
 
-def batched_rows(method: str, items: Sequence[tuple[int, Atoms]], traces: dict[int, Trace], wall: float) -> list[dict]:
-    """The journal rows of a batched method: one per structure, the batch's wall time shared out evenly."""
+#: Seconds this process has spent inside model evaluations, on the wall clock and in CPU time (every thread).
+_IN_MODEL = {"wall": 0.0, "cpu": 0.0}
+
+
+@contextmanager
+def in_model(device: Any = "cpu") -> Iterator[None]:
+    """Count the enclosed model evaluation's time as the model's (on CUDA synchronised at both ends, so the wall
+    time is the model's kernels, not a queue)."""
+    import torch
+
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        if cuda:
+            torch.cuda.synchronize(device)
+        _IN_MODEL["wall"] += time.perf_counter() - wall
+        _IN_MODEL["cpu"] += time.process_time() - cpu
+
+
+def time_module(module: Any, device: Any = "cpu") -> None:
+    """Count every forward call of a torch module (a peer's own model wrapper) as the model's time."""
+    open_calls: list[Any] = []
+
+    def enter(*_args: Any) -> None:
+        timer = in_model(device)
+        timer.__enter__()
+        open_calls.append(timer)
+
+    def leave(*_args: Any) -> None:
+        open_calls.pop().__exit__(None, None, None)
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave)
+
+
+class Stopwatch:
+    """A run's wall and CPU seconds since it was made, in total and inside the model: the time a method costs
+    outside the model (its optimizer, cell filter, batching and bookkeeping) is the difference. CPU time is the
+    process's, every thread: on a shared CPU it is what the run itself used, where wall time is not."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.model_wall, self.model_cpu = _IN_MODEL["wall"], _IN_MODEL["cpu"]
+
+    def elapsed(self, share: int = 1) -> dict[str, float]:
+        """Seconds so far, divided by ``share`` (the structures a batched run shares them among)."""
+        return {
+            "seconds": (time.perf_counter() - self.wall) / share,
+            "cpu_seconds": (time.process_time() - self.cpu) / share,
+            "model_seconds": (_IN_MODEL["wall"] - self.model_wall) / share,
+            "model_cpu_seconds": (_IN_MODEL["cpu"] - self.model_cpu) / share,
+        }
+
+
+def timed(model: Any) -> Any:
+    """``model`` (an atomopt :class:`~atomopt.models.base.BatchedModel`) with its evaluations counted by
+    :func:`in_model`."""
+    from atomopt.models.base import BatchedModel
+
+    class Timed(BatchedModel):
+        def __init__(self) -> None:
+            self.name, self.dtype, self.device, self.cutoff = model.name, model.dtype, model.device, model.cutoff
+
+        def check(self, atoms: Atoms) -> None:
+            model.check(atoms)
+
+        def __call__(self, batch):
+            with in_model(self.device):
+                return model(batch)
+
+    return Timed()
+
+
+def batched_rows(
+    method: str, items: Sequence[tuple[int, Atoms]], traces: dict[int, Trace], watch: Stopwatch
+) -> list[dict]:
+    """The journal rows of a batched method: one per structure, the batch's times shared out evenly."""
+    times = watch.elapsed(len(items))
     return [
-        {"method": method, "index": i, "n_atoms": len(a), "outcomes": traces[i].outcomes, "seconds": wall / len(items)}
-        for i, a in items
+        {"method": method, "index": i, "n_atoms": len(a), "outcomes": traces[i].outcomes, **times} for i, a in items
     ]

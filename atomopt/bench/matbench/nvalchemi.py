@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 
 from ase import Atoms
 
-from atomopt.bench.matbench.build import Target, Task, Trace, batched_rows
+from atomopt.bench.matbench.build import Stopwatch, Target, Task, Trace, batched_rows, timed
 from atomopt.bench.matbench.peers import INDEX_KEY, error_rows, read_items, run_worker
 
 #: The release the rows were made with (the latest on PyPI for Python 3.11 when they were added).
@@ -391,11 +390,11 @@ def run_nvalchemi(
 
     if method not in NVALCHEMI_METHODS:
         raise ValueError(f"unknown nvalchemi method {method!r}; choose from {NVALCHEMI_METHODS}")
-    model = load_model(model_spec, device=device)
+    model = timed(load_model(model_spec, device=device))
     traces = {i: Trace(targets, len(a)) for i, a in items}
     waiting = deque(items)
     batch = _Batch(method, torch.float64, device)
-    start = time.perf_counter()
+    watch = Stopwatch()
 
     def evaluate(members_batch: _Batch):
         out = model(
@@ -464,8 +463,7 @@ def run_nvalchemi(
             batch.retire(keep)
         if batch.members:
             batch.step(forces, stress)
-    wall = time.perf_counter() - start
-    return batched_rows(method, items, traces, wall)
+    return batched_rows(method, items, traces, watch)
 
 
 def run_nvalchemi_subprocess(

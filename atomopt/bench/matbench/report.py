@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,17 @@ def complete_structures(rows: dict, n: int, methods: Sequence[str], subsets: dic
     return [i for i in range(n) if all((m, i) in rows for m in methods if i < subsets.get(m, n))]
 
 
+def timing(rows: Sequence[dict]) -> dict:
+    """Structures per second of wall time, and, where the rows recorded them (journals before the model was timed
+    did not), CPU seconds per structure and the share of them spent outside the model."""
+    out = {"structures_per_second": len(rows) / max(sum(r["seconds"] for r in rows), 1e-12)}
+    if rows and all("model_cpu_seconds" in r for r in rows):
+        cpu = sum(r["cpu_seconds"] for r in rows)
+        outside = cpu - sum(r["model_cpu_seconds"] for r in rows)
+        out.update(cpu_seconds_per_structure=cpu / len(rows), outside_model_share=outside / max(cpu, 1e-12))
+    return out
+
+
 def summarize(
     rows: dict,
     structures: Sequence[Atoms],
@@ -119,11 +131,14 @@ def summarize(
     spec: dict,
     reference: Sequence[str],
     subsets: dict[str, int] | None = None,
+    other_rows: dict[tuple[str, int], dict] | None = None,
 ) -> dict:
     """The tables over the structures every method has finished (a comparison on the same structures also
-    when the run was interrupted)."""
+    when the run was interrupted). ``other_rows``: runs of other journals on the same structures and model
+    (methods named ``JOURNAL:METHOD``), which take part in the references only."""
     n = len(structures)
-    refs = references(rows, structures, methods)
+    other_rows = other_rows or {}
+    refs = references({**rows, **other_rows}, structures, [*methods, *dict.fromkeys(m for m, _ in other_rows)])
     targets = [f"{f:g}" for f in spec["fmax"]] + [TIGHT[0]]
     complete = complete_structures(rows, n, methods, subsets or {})
     table = []
@@ -132,8 +147,7 @@ def summarize(
             metrics = method_metrics(method, target, rows, refs, complete)
             if metrics is None:
                 continue
-            done = [(method, i) for i in complete if (method, i) in rows]
-            metrics["structures_per_second"] = len(done) / max(sum(rows[k]["seconds"] for k in done), 1e-12)
+            metrics.update(timing([rows[(method, i)] for i in complete if (method, i) in rows]))
             table.append(metrics)
     return {
         "protocol": spec,
@@ -141,7 +155,7 @@ def summarize(
         "complete": len(complete),
         "n_atoms": [len(a) for a in structures],
         "reference_found": int(sum(math.isfinite(r["energy_per_atom"]) for r in refs)),
-        "reference_by_method": {m: count for m in methods if (count := sum(r.get("method") == m for r in refs))},
+        "reference_by_method": dict(Counter(r["method"] for r in refs if "method" in r).most_common()),
         "reference_energy_per_atom": [r["energy_per_atom"] for r in refs],
         "table": table,
         "checks": checks(table, spec, calls_by_size(rows, complete, methods, targets)),
@@ -301,7 +315,13 @@ def markdown(payload: dict) -> str:
         f"Cell free (FrechetCellFilter rows), at most {spec['steps']} steps per threshold. Reference of a "
         f"structure: the lowest energy per atom any run in these tables reached on it (every method, every "
         f"threshold, and the tight relaxations (fmax {TIGHT[1]} eV/Å, {TIGHT[2]} steps) of "
-        f"{', '.join(spec['reference'])}); runs that raised excluded; found for "
+        f"{', '.join(spec['reference']) or 'none'})"
+        + (
+            f", and every run of the journals {', '.join(spec['reference_journals'])} on the same structures"
+            if spec.get("reference_journals")
+            else ""
+        )
+        + f"; runs that raised excluded; found for "
         f"{payload['reference_found']}/{payload['n_structures']}, set first by: {payload['reference_by_method']}. "
         f"Errors are signed (final minus reference; none can be below it). Failures: not converged within the "
         f"budget, errors or non-finite energies, or ending more than {HIGHER_BASIN * 1000:g} meV/atom above the "
@@ -327,8 +347,8 @@ def markdown(payload: dict) -> str:
             "",
             "| method | n | converged | failures | not conv. | errors | higher basin | MSE meV/atom | MAE meV/atom | "
             "> 1 meV above | > 10 meV above | calls total | vs FIRE | atom-calls vs FIRE | mean | median | max | vol. err % | SG kept | "
-            "structures/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "structures/s | CPU s/structure | outside model |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             same = fire is not None and fire["structures"] == r["structures"]  # a subset row has no ratio
@@ -341,7 +361,12 @@ def markdown(payload: dict) -> str:
                 f"{r['above_reference_by_1_mev']} | {r['above_reference_by_10_mev']} | {r['force_calls_total']} | {ratio} | {atom_ratio} | "
                 f"{r['force_calls_mean']:.1f} | "
                 f"{r['force_calls_median']:.0f} | {r['force_calls_max']} | {r['volume_error_percent']:.3f} | "
-                f"{r['spacegroup_kept']} | {r['structures_per_second']:.3f} |"
+                f"{r['spacegroup_kept']} | {r['structures_per_second']:.3f} | "
+                + (
+                    f"{r['cpu_seconds_per_structure']:.2f} | {100 * r['outside_model_share']:.1f} % |"
+                    if "outside_model_share" in r
+                    else "– | – |"
+                )
             )
         lines.append("")
     if payload["checks"]:
@@ -401,7 +426,10 @@ def markdown(payload: dict) -> str:
         lines.append("")
     lines += [
         "structures/s: structures over the summed run time of their tasks (per worker; a run goes to the "
-        "tightest threshold, so the same number stands in every table). Force calls: up to the state that "
+        "tightest threshold, so the same number stands in every table). CPU s/structure: the process time of "
+        "their tasks (every thread of the worker, and of a peer's worker process), per structure; outside model: "
+        "the share of it not spent inside model evaluations (optimizer, cell filter, batching, bookkeeping; on a "
+        "CPU shared with other work, CPU time stays what the run used where wall time does not). Force calls: up to the state that "
         "resolves the threshold, as a run stopping there would count them. atom-calls: force calls weighted by "
         "the structure's atoms (what a model's cost on a CPU follows; a GPU call costs nearly the same for "
         "any small batch). MSE: mean signed error (final minus reference); > 1 / > 10 meV above: structures "

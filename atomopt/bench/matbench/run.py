@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from atomopt.bench.matbench.build import (
     METHODS,
     TORCHSIM_HISTORICAL,
     TORCHSIM_METHODS,
+    Stopwatch,
     Target,
     Task,
     Trace,
@@ -54,6 +54,7 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
     atoms.calc = ModelCalculator(get_model(model_spec))
     counter = CallCounter(atoms.calc)
     trace = Trace(targets, len(atoms))
+    watch = Stopwatch()
     try:
         cell_filter = FrechetCellFilter(atoms)
         if method == "ase-frankenstein":
@@ -78,7 +79,7 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
         "index": index,
         "n_atoms": len(atoms),
         "outcomes": trace.outcomes,
-        "seconds": time.perf_counter() - trace.start,
+        **watch.elapsed(),
     }
 
 
@@ -124,7 +125,7 @@ def run_engine(
         observer=observer,
         **options,
     )
-    start = time.perf_counter()
+    watch = Stopwatch()
     for record in relaxer.run(items):
         trace = traces[record.index]
         if not trace.done:  # the engine stopped it before every target resolved: a failure of its own
@@ -133,8 +134,7 @@ def run_engine(
                 f"{record.status}: {record.message}",
                 record.force_calls,
             )
-    wall = time.perf_counter() - start
-    return batched_rows(label or method, items, traces, wall)
+    return batched_rows(label or method, items, traces, watch)
 
 
 def plan(
@@ -216,6 +216,26 @@ def read_journal(path: Path, expected: dict) -> dict[tuple[str, int], dict]:
     return rows
 
 
+def other_journal_rows(paths: Sequence[str | Path], spec: dict, n: int) -> dict[tuple[str, int], dict]:
+    """The rows of other journals (keys ``JOURNAL:METHOD``), each checked to hold the same model and structure set
+    as ``spec``; rows of structures beyond the first ``n`` left out."""
+    other: dict[tuple[str, int], dict] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"reference journal {path} not found")
+        lines = path.read_text().splitlines()
+        theirs = json.loads(lines[0])["protocol"]
+        if (theirs["model"], theirs["set"]) != (spec["model"], spec["set"]):
+            raise ValueError(
+                f"{path} ran {theirs['model']} on {theirs['set']}, not {spec['model']} on {spec['set']}: its energies "
+                "cannot set this run's references"
+            )
+        for row in map(json.loads, filter(str.strip, lines[1:])):
+            if row["index"] < n:
+                other[(f"{path.stem}:{row['method']}", row["index"])] = row
+    return other
+
+
 def run(
     model: str = "sevennet-0",
     structure_set: str = "proxy",
@@ -235,9 +255,12 @@ def run(
     quiet: bool = False,
     report_only: bool = False,
     device: str = "cpu",
+    reference_journals: Sequence[str | Path] = (),
 ) -> dict:
     """Run (or resume) the benchmark and write its results; returns the summary payload. ``report_only``
-    writes the results of the journal as it stands without running anything."""
+    writes the results of the journal as it stands without running anything. ``reference_journals``: journals of
+    other runs with the same model and structures whose runs also set the references (the lowest energy any run
+    reached), so that a table of a few methods judges failures against the same references as a larger one."""
     import multiprocessing
 
     from tqdm import tqdm
@@ -265,6 +288,10 @@ def run(
             "device": device,
         }
     )
+    other_rows = {}
+    if reference_journals:
+        spec["reference_journals"] = [Path(j).name for j in reference_journals]
+        other_rows = other_journal_rows(reference_journals, spec, len(structures))
     journal = out / f"{tag}.jsonl"
     rows = read_journal(journal, spec)
     subsets = dict(subsets or {})
@@ -304,7 +331,7 @@ def run(
                 for new_rows in pool.imap_unordered(_run_task, tasks):
                     keep(new_rows)
     bar.close()
-    payload = summarize(rows, structures, methods, spec, reference, subsets)
+    payload = summarize(rows, structures, methods, spec, reference, subsets, other_rows)
     payload.update(command=command, machine=machine(threads, workers), tag=tag)
     previous = out / f"{tag}.json"
     if report_only and previous.exists():  # the journal's numbers come from the run that wrote them: keep its record

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,10 +14,12 @@ from atomopt.bench.matbench.build import (
     TORCHSIM_HISTORICAL,
     TORCHSIM_SEVENN,
     TORCHSIM_VERSION,
+    Stopwatch,
     Target,
     Task,
     Trace,
     batched_rows,
+    time_module,
 )
 from atomopt.bench.matbench.peers import error_rows, read_items, run_worker
 
@@ -75,11 +76,12 @@ def run_torchsim(
             f"for {model_spec} usable beside sevenn {TORCHSIM_SEVENN}); got {model_spec}"
         )
     model = torchsim_sevennet(device)
+    time_module(model, device)
     swap_every = TORCHSIM_SWAP_EVERY
     order = [i for i, _ in items]
     traces = {i: Trace(targets, len(a)) for i, a in items}
     taken = {i: 0 for i in order}  # updates taken by each structure
-    start = time.perf_counter()
+    watch = Stopwatch()
     state, batcher, update_fn = torchsim_fire_batcher(
         model, [a for _, a in items], capacity, max(t.steps for t in targets)
     )
@@ -113,11 +115,10 @@ def run_torchsim(
             for j in indices:
                 taken[order[j]] += 1
             convergence = observe(state, indices)
-    wall = time.perf_counter() - start
     for i, trace in traces.items():
         if not trace.done:
             trace.fail("error", f"TorchSim's autobatcher took it out after {taken[i]} steps", taken[i] + 1)
-    return batched_rows(TORCHSIM_HISTORICAL, items, traces, wall)
+    return batched_rows(TORCHSIM_HISTORICAL, items, traces, watch)
 
 
 def run_torchsim_subprocess(

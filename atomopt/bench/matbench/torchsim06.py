@@ -28,14 +28,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
-from atomopt.bench.matbench.build import TORCHSIM_METHODS, Target, Task, Trace, batched_rows
+from atomopt.bench.matbench.build import TORCHSIM_METHODS, Stopwatch, Target, Task, Trace, batched_rows, time_module
 from atomopt.bench.matbench.peers import error_rows, read_items, run_worker
 
 TORCHSIM06_VERSION = "0.6.2"
@@ -100,6 +99,7 @@ def run_torchsim06(
     if model_spec.lower() not in ("sevennet-0", "7net-0"):
         raise ValueError(f"the TorchSim 0.6 rows run SevenNet-0 in TorchSim's SevenNet wrapper only; got {model_spec}")
     model = torchsim06_sevennet(device)
+    time_module(model, device)
     init_fn, step_fn = OPTIM_REGISTRY[Optimizer(TORCHSIM_METHODS[method])]
     order = [i for i, _ in items]
     traces = {i: Trace(targets, len(a)) for i, a in items}
@@ -153,7 +153,7 @@ def run_torchsim06(
     def resolved(state, _last_energy) -> torch.Tensor:
         return torch.tensor([traces[order[j]].done for j in batcher.current_idx], device=state.device)
 
-    start = time.perf_counter()
+    watch = Stopwatch()
     ts.optimize(
         [a for _, a in items],
         model,
@@ -164,12 +164,11 @@ def run_torchsim06(
         autobatcher=batcher,
         init_kwargs={"cell_filter": ts.CellFilter.frechet},
     )
-    wall = time.perf_counter() - start
     for i, trace in traces.items():
         if not trace.done:
             calls = (init_calls[0] if init_calls else 0) + taken[i]
             trace.fail("error", f"TorchSim's optimize took it out after {taken[i]} steps", calls)
-    return batched_rows(method, items, traces, wall)
+    return batched_rows(method, items, traces, watch)
 
 
 def run_torchsim06_subprocess(
