@@ -44,8 +44,9 @@ def test_two_loop_equals_the_dense_bfgs_inverse_update():
         history_s[:, j] = torch.tensor(s.reshape(3, 3))
         history_y[:, j] = torch.tensor(y.reshape(3, 3))
     g = rng.normal(size=n)
+    s_dot_y = torch.einsum("rjc,ric->ji", history_s, history_y)[None]  # s_j·y_i of every pair of slots
     hg = rule._two_loop(
-        torch.tensor(g.reshape(3, 3)), history_s, history_y, torch.tensor([4.0], dtype=F64), Layout.single(3)
+        torch.tensor(g.reshape(3, 3)), history_s, history_y, s_dot_y, torch.tensor([4.0], dtype=F64), Layout.single(3)
     )
     np.testing.assert_allclose(hg.numpy().ravel(), dense_bfgs_inverse(pairs, n) @ g, rtol=1e-12, atol=1e-12)
 
@@ -82,6 +83,28 @@ def test_a_batch_follows_each_structure_alone_and_a_reset_stays_in_its_structure
     assert reset["pairs"].tolist() == [0.0, state["rule"]["pairs"][1].item()]
     assert torch.equal(reset["s_history"][38:], state["rule"]["s_history"][38:])
     assert not reset["s_history"][:38].any()
+    assert torch.equal(reset["s_dot_y"][1], state["rule"]["s_dot_y"][1]) and not reset["s_dot_y"][0].any()
+
+
+def test_the_kept_products_of_the_pairs_are_those_of_the_history():
+    """The s_j·y_i (j at least as old as i) the rule updates one column a step equal the products of the stored pairs,
+    across a history that fills and rolls over its memory."""
+    starts = lj38.load_starts(2)
+    minimizer = make_minimizer("safelbfgs", memory=5)
+    layout = Layout.from_sizes([38, 38])
+    x = torch.tensor(np.concatenate([s.positions for s in starts]))
+    state = minimizer.init(-torch.cat([cluster_lj_tensor(x[:38], 38)[1], cluster_lj_tensor(x[38:], 38)[1]]), layout)
+    for _ in range(40):
+        g = -torch.cat([cluster_lj_tensor(x[:38], 38)[1], cluster_lj_tensor(x[38:], 38)[1]])
+        step, state = minimizer.step(state, g, layout)
+        x = x + step
+        rule = state["rule"]
+        for k, rows in enumerate((slice(0, 38), slice(38, 76))):
+            n = int(rule["pairs"][k])
+            direct = torch.einsum("rjc,ric->ji", rule["s_history"][rows, :n], rule["y_history"][rows, :n])
+            kept = rule["s_dot_y"][k, :n, :n]
+            torch.testing.assert_close(torch.tril(kept), torch.tril(direct), rtol=1e-12, atol=1e-14)
+    assert int(state["rule"]["pairs"].min()) == 5  # the memory filled and then rolled over
 
 
 def test_trust_radius_retreats_from_an_uphill_step_and_grows_on_good_agreement():

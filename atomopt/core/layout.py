@@ -74,6 +74,20 @@ class Layout:
         out = torch.zeros(self.n_structures, dtype=per_row.dtype, device=per_row.device)
         return out.index_add_(0, self.structure, row_sum_in_order(per_row))
 
+    def slot_sums(self, per_row: Tensor) -> Tensor:
+        """:meth:`sum_in_order` of each slot of a ``(n_rows, k, 3)`` tensor (e.g. a history of k vectors per row)
+        -> ``(n_structures, k)``; slot by slot the same sums as :meth:`sum_in_order` of ``per_row[:, j]``."""
+        per_slot = per_row[..., 0]
+        for column in range(1, per_row.shape[-1]):
+            per_slot = per_slot + per_row[..., column]
+        out = torch.zeros(self.n_structures, per_row.shape[1], dtype=per_row.dtype, device=per_row.device)
+        return out.index_add_(0, self.structure, per_slot)
+
+    def slot_rows(self, per_structure: Tensor) -> Tensor:
+        """Broadcast a ``(n_structures, k)`` (or ``(n_structures, k, 1)``) tensor against ``(n_rows, k, 3)``."""
+        per_structure = per_structure.reshape(self.n_structures, -1, 1)
+        return per_structure if self.n_structures == 1 else per_structure[self.structure]
+
     def max(self, per_row: Tensor) -> Tensor:
         """Maximum of a ``(n_rows,)`` tensor over the rows of each structure -> ``(n_structures,)``."""
         if self.n_structures == 1 and self.n_rows > 0:

@@ -13,8 +13,8 @@ optax's ``init``/``update`` pairs and jax-md's ``init_fn``/``apply_fn``:
 ``(n_rows, 3)``. The learning rate ``lr`` and the safeguard ``eps`` are
 per-structure ``(n_structures,)`` tensors because step controls adapt them per
 structure (as torch.optim keeps hyperparameters per parameter group). Fields
-named in ``structure_fields`` are ``(n_structures,)``; every other state
-field is per row.
+named in ``structure_fields`` are ``(n_structures, ...)`` (a scalar, or e.g.
+a small matrix, per structure); every other state field is per row.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class UpdateRule(ABC):
         rows = layout.select(mask)
         out = {}
         for key, old in state.items():
-            if key in self.structure_fields:
-                out[key] = torch.where(mask, fresh[key], old)
+            if key in self.structure_fields:  # (n_structures,), or (n_structures, ...) for a matrix per structure
+                out[key] = torch.where(mask.reshape(-1, *([1] * (old.ndim - 1))), fresh[key], old)
             else:  # per-row fields of any width: (n_rows, 3), or (n_rows, k, 3) for a history
                 out[key] = torch.where(rows.reshape(rows.shape[0], *([1] * (old.ndim - 1))), fresh[key], old)
         return out

@@ -5,7 +5,9 @@ first-order entry of OptBench's LJ38 table), written for many structures at once
 
     y_{k−1} = g_k − g_{k−1},  s_{k−1} = the step actually taken (after the max step and the front end's constraint)
     pair kept when s·y > 0 (positive curvature along the step); newest first, at most ``memory`` pairs
-    d_k = −H_k g_k by the two-loop recursion (Nocedal & Wright, Algorithm 7.4), H⁰ = s·y / y·y of the newest pair
+    d_k = −H_k g_k by the two-loop recursion (Nocedal & Wright, Algorithm 7.4), H⁰ = s·y / y·y of the newest pair,
+          its two loops solved as two triangular systems over the pairs' products sᵢ·yⱼ (kept per structure,
+          one new column a step), so a step costs three reductions over the rows, not two per pair
     no pairs yet (the first step):         d = −g / initial_curvature (ASE LBFGS's H⁰ = 1/70)
     s·y ≤ 0, or d not downhill (d·g ≥ 0):  the history is wiped and d is a steepest-descent step whose largest row
                                            moves ``lr`` (Å)
@@ -40,7 +42,7 @@ class SafeLBFGSRule(UpdateRule):
     initial_curvature: float = 70.0
 
     name: ClassVar[str] = "safelbfgs"
-    structure_fields: ClassVar[tuple[str, ...]] = ("t", "pairs", "resets")
+    structure_fields: ClassVar[tuple[str, ...]] = ("t", "pairs", "resets", "s_dot_y")
     paper_eps: ClassVar[float] = 0.0
 
     def __post_init__(self) -> None:
@@ -56,6 +58,10 @@ class SafeLBFGSRule(UpdateRule):
             "t": per_structure,
             "pairs": per_structure.clone(),  # valid pairs in the history, newest in slot 0
             "resets": per_structure.clone(),  # history wipes so far (curvature or descent test failed)
+            # s_dot_y[j, i] = s_j·y_i for slots i ≤ j (the newer y): the products both loops of the recursion read
+            "s_dot_y": torch.zeros(
+                layout.n_structures, self.memory, self.memory, dtype=gradient.dtype, device=gradient.device
+            ),  # fmt: skip
             "g_prev": torch.zeros_like(gradient),
             "s_prev": torch.zeros_like(gradient),
             "s_history": history,
@@ -66,19 +72,23 @@ class SafeLBFGSRule(UpdateRule):
         self.validate_lr(lr)
         g, s, y = gradient, state["s_prev"], gradient - state["g_prev"]
         started = state["t"] > 0
-        keep = started & (layout.sum_in_order(s * y) > 0)
-        # Slot 0 takes the newest pair; only each structure's first ``pairs`` slots are read, so a wiped history
-        # needs no clearing.
+        s_history = torch.cat([s[:, None], state["s_history"][:, :-1]], dim=1)
+        y_history = torch.cat([y[:, None], state["y_history"][:, :-1]], dim=1)
+        # Slot 0 takes the newest pair; the new column of s_j·y_i is every s_j against the new y (its first entry,
+        # s·y of the new pair, is the curvature test's). Only each structure's first ``pairs`` slots are read, so a
+        # wiped history needs no clearing.
+        s_dot_y = torch.nn.functional.pad(state["s_dot_y"][:, :-1, :-1], (1, 0, 1, 0))
+        s_dot_y[:, :, 0] = layout.slot_sums(s_history * y[:, None])
+        keep = started & (s_dot_y[:, 0, 0] > 0)
         pairs = torch.where(
             keep, torch.clamp(state["pairs"] + 1, max=float(self.memory)), torch.zeros_like(state["pairs"])
         )
-        s_history = torch.cat([s[:, None], state["s_history"][:, :-1]], dim=1)
-        y_history = torch.cat([y[:, None], state["y_history"][:, :-1]], dim=1)
 
         first = ~started
         direction = torch.where(
-            layout.select(first), -g / self.initial_curvature, -self._two_loop(g, s_history, y_history, pairs, layout)
-        )
+            layout.select(first), -g / self.initial_curvature, -self._two_loop(g, s_history, y_history, s_dot_y,
+                                                                                pairs, layout)
+        )  # fmt: skip
         downhill = layout.sum_in_order(direction * g) < 0
         fallback = started & ~(keep & downhill)
         largest = torch.sqrt(layout.max(row_sum_in_order(g * g)))
@@ -87,6 +97,7 @@ class SafeLBFGSRule(UpdateRule):
             "t": state["t"] + 1,
             "pairs": torch.where(fallback, torch.zeros_like(pairs), pairs),
             "resets": state["resets"] + fallback.to(g.dtype),
+            "s_dot_y": s_dot_y,
             "g_prev": g.clone(),
             "s_prev": state["s_prev"],
             "s_history": s_history,
@@ -97,32 +108,44 @@ class SafeLBFGSRule(UpdateRule):
     def commit(self, state: State, displacement: Tensor) -> State:
         return {**state, "s_prev": displacement.clone()}
 
-    def _two_loop(self, g: Tensor, s_history: Tensor, y_history: Tensor, pairs: Tensor, layout: Layout) -> Tensor:
-        """H g by the two-loop recursion over each structure's ``pairs`` newest pairs (the others contribute 0)."""
+    def _two_loop(
+        self, g: Tensor, s_history: Tensor, y_history: Tensor, s_dot_y: Tensor, pairs: Tensor, layout: Layout
+    ) -> Tensor:
+        """H g by the two-loop recursion over each structure's ``pairs`` newest pairs (the others contribute 0).
+
+        With ρⱼ = 1/sⱼ·yⱼ, slot 0 the newest pair and L the strictly lower part of sⱼ·yᵢ (j older than i), the
+        first loop's αⱼ = ρⱼ sⱼ·(g − Σ_{i<j} αᵢyᵢ) is the forward substitution (I + diag(ρ)L) α = ρ∘(S·g), and
+        the second loop's βⱼ = ρⱼ yⱼ·(H⁰q + Σ_{i>j} (αᵢ − βᵢ)sᵢ) the backward one (I + diag(ρ)Lᵀ) β = ρ∘(H⁰ Y·q +
+        Lᵀα), with q = g − Σ αᵢyᵢ; then H g = H⁰q + Σ (αᵢ − βᵢ)sᵢ. Same products and order of pairs as the
+        loops, three reductions over the rows instead of two per pair.
+        """
         used = int(pairs.max().item()) if pairs.numel() else 0
-        q = g
-        rhos, alphas = [], []
-        for j in range(used):
-            s_j, y_j = s_history[:, j], y_history[:, j]
-            sy = layout.sum_in_order(s_j * y_j)
-            valid = pairs > j
-            rho = torch.where(valid, 1.0 / torch.where(valid, sy, 1.0), 0.0)
-            alpha = rho * layout.sum_in_order(s_j * q)
-            q = q - layout.rows(alpha) * y_j
-            rhos.append(rho)
-            alphas.append(alpha)
-        if used:
-            s0, y0 = s_history[:, 0], y_history[:, 0]
-            yy = layout.sum_in_order(y0 * y0)
-            h0 = torch.where(pairs > 0, layout.sum_in_order(s0 * y0) / torch.where(pairs > 0, yy, 1.0), 0.0)
-        else:
-            h0 = torch.zeros_like(pairs)
-        r = layout.rows(h0) * q
-        for j in reversed(range(used)):
-            s_j, y_j = s_history[:, j], y_history[:, j]
-            beta = rhos[j] * layout.sum_in_order(y_j * r)
-            r = r + layout.rows(alphas[j] - beta) * s_j
-        return r
+        if used == 0:
+            return torch.zeros_like(g)
+        s_history, y_history, s_dot_y = s_history[:, :used], y_history[:, :used], s_dot_y[:, :used, :used]
+        valid = torch.arange(used, device=g.device) < pairs[:, None]
+        curvature = torch.diagonal(s_dot_y, dim1=1, dim2=2)
+        rho = torch.where(valid, 1.0 / torch.where(valid, curvature, 1.0), 0.0)
+        lower = torch.tril(s_dot_y, diagonal=-1)
+        alpha = torch.linalg.solve_triangular(
+            rho[:, :, None] * lower,
+            (rho * layout.slot_sums(s_history * g[:, None]))[:, :, None],
+            upper=False,
+            unitriangular=True,
+        )
+        q = g - (layout.slot_rows(alpha) * y_history).sum(dim=1)
+        newest = pairs > 0
+        y_dot_y = layout.sum_in_order(y_history[:, 0] * y_history[:, 0])
+        h0 = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_y, 1.0), 0.0)
+        upper = lower.transpose(1, 2)
+        beta = torch.linalg.solve_triangular(
+            rho[:, :, None] * upper,
+            rho[:, :, None]
+            * (h0[:, None, None] * layout.slot_sums(y_history * q[:, None])[:, :, None] + upper @ alpha),
+            upper=True,
+            unitriangular=True,
+        )
+        return layout.rows(h0) * q + (layout.slot_rows(alpha - beta) * s_history).sum(dim=1)
 
     def adaptive_term(self, state: State, layout: Layout) -> Tensor:
         raise ValueError("safelbfgs has no adaptive per-coordinate term: the gradient-histogram ε does not apply")

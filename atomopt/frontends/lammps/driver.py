@@ -88,10 +88,13 @@ class DistributedLayout(Layout):
     def sum_in_order(self, per_row: Tensor) -> Tensor:
         return self._summed(super().sum_in_order, per_row)
 
+    def slot_sums(self, per_row: Tensor) -> Tensor:
+        return self._summed(super().slot_sums, per_row)
+
     def _summed(self, local_sum: Any, per_row: Tensor) -> Tensor:
         """This rank's sums (zero on a rank without rows), added over all ranks."""
         if self.n_rows == 0:
-            local = torch.zeros(self.n_structures, dtype=per_row.dtype, device=per_row.device)
+            local = torch.zeros(self.n_structures, *per_row.shape[1:-1], dtype=per_row.dtype, device=per_row.device)
         else:
             local = local_sum(per_row)
         return self._allreduce(local, "sum")
