@@ -249,7 +249,7 @@ def hea_command(args: argparse.Namespace) -> int:
     from atomopt.bench import hea
 
     if args.cost_ranks:
-        tag = "hea_cost" if args.tag == "hea" else args.tag
+        tag = "hea_cost" if args.tag == "hea_sized" else args.tag
         given = {
             "grains": args.grains[0],
             "ranks": args.cost_ranks,
@@ -456,15 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument(
         "--methods",
         nargs="+",
-        help="default: fire cg hftn sd frankenstein adan adamnx innaprop "
-        "frankenstein-paper; a variant adds min_modify keywords: NAME@key=value,key=value "
-        "(e.g. frankenstein@dmax=0.1)",
+        help="default: fire cg hftn sd safelbfgs frankenstein adan adamnx innaprop "
+        "frankenstein-paper; also cg-vmax0.01, cg-forcezero (cg as a user would retune it for the box); a "
+        "variant adds min_modify keywords: NAME@key=value,key=value (e.g. frankenstein@dmax=0.1)",
     )
     he.add_argument(
         "--box",
         choices=("both", "fixed", "relaxed"),
         default="both",
-        help="fixed box, box relaxed (fix box/relax iso 0.0), or both (default)",
+        help="fixed box, box relaxed (fix box/relax iso 0.0 vmax 0.001; cg-vmax0.01 with vmax 0.01), or both (default)",
     )
     he.add_argument(
         "--seeds",
@@ -483,6 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     he.add_argument("--no-dxa", action="store_true", help="skip OVITO's dislocation analysis")
     he.add_argument(
+        "--box-before-deletion",
+        dest="size_after_deletion",
+        action="store_false",
+        help="the earlier polycrystals, whose box was sized before the grain-boundary deletion (the series in "
+        "--tag hea); by default the box is shrunk to fcc density after it",
+    )
+    he.add_argument(
         "--cost-ranks",
         type=int,
         nargs="+",
@@ -491,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluations on the first --grains polycrystal under each rank count R, one run at a time, "
         "and project the paper's 5.5-million-atom run (results hea_cost.* unless --tag)",
     )
-    _add_journal_arguments(he, tag="hea", tag_help="default hea")
+    _add_journal_arguments(he, tag="hea_sized", tag_help="default hea_sized")
     he.set_defaults(handler=hea_command)
     return parser
 

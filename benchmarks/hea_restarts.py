@@ -197,7 +197,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "polycrystal.data"
-        atoms = polycrystal(args.atoms, args.grains, args.seed)
+        atoms = polycrystal(args.atoms, args.grains, args.seed, size_after_deletion=False)  # as its committed table
         payload["natoms"] = len(atoms)
         write_data(atoms, data)
         for variant in args.variants:

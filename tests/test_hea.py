@@ -7,19 +7,25 @@ import pytest
 
 pytest.importorskip("mdapy")
 
-from atomopt.bench.hea import HEA_ELEMENTS, box_for_atoms, polycrystal  # noqa: E402
+from atomopt.bench.hea import HEA_ELEMENTS, HEA_LATTICE, box_for_atoms, polycrystal  # noqa: E402
 
 
 def test_polycrystal_is_equiatomic_without_overlaps_and_reproducible():
     atoms = polycrystal(2000, grains=4, seed=3)
     assert 0.85 * 2000 <= len(atoms) <= 1.02 * 2000  # small grains: much boundary, more overlaps removed
-    assert np.allclose(atoms.cell.cellpar(), [box_for_atoms(2000)] * 3 + [90] * 3)
+    # the box shrunk to fcc density (4 atoms per a³) after the boundary deletion, a cube still
+    assert len(atoms) / atoms.cell.volume == pytest.approx(4 / HEA_LATTICE**3, rel=1e-12)
+    assert np.allclose(atoms.cell.cellpar()[3:], 90) and np.ptp(atoms.cell.lengths()) < 1e-9
+    earlier = polycrystal(2000, grains=4, seed=3, size_after_deletion=False)  # the earlier series' construction
+    assert np.allclose(earlier.cell.cellpar(), [box_for_atoms(2000)] * 3 + [90] * 3) and len(earlier) == len(atoms)
     counts = Counter(atoms.get_chemical_symbols())
     assert set(counts) == set(HEA_ELEMENTS) and max(counts.values()) - min(counts.values()) <= 1
     assert len(set(atoms.arrays["grain"])) == 4
     from ase.neighborlist import neighbor_list
 
-    assert neighbor_list("d", atoms, 2.0).size == 0  # boundary overlaps removed
+    # boundary overlaps (closer than 2 Å) removed, the distances then shrunk with the box
+    assert neighbor_list("d", atoms, 2.0 * atoms.cell.lengths()[0] / box_for_atoms(2000)).size == 0
+    assert neighbor_list("d", earlier, 2.0).size == 0
     again = polycrystal(2000, grains=4, seed=3)
     assert again.get_chemical_symbols() == atoms.get_chemical_symbols()
     np.testing.assert_array_equal(again.positions, atoms.positions)
@@ -121,6 +127,27 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
         "g3_fixed_frankenstein@fire_f_dec=0.97_s1",
     ]
     assert "3 grains fixed seed 1: fire, frankenstein@fire_f_dec=0.97." in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.skipif(not (POTENTIALS / "library.meam").is_file(), reason="Choi et al.'s MEAM files are not here")
+def test_a_journal_of_the_earlier_polycrystals_is_not_resumed_with_the_sized_ones(tmp_path):
+    from atomopt.bench import hea
+
+    earlier = {"grains": 3, "box": False, "method": "fire", "seed": 0, "status": "ok"}  # no construction recorded
+    (tmp_path / "t.jsonl").write_text(__import__("json").dumps(earlier) + "\n")
+    with pytest.raises(ValueError, match="sized before the grain-boundary deletion"):
+        hea.run(n_atoms=1000, grains=[3], methods=["cg"], potdir=POTENTIALS, out=tmp_path, tag="t", quiet=True)
+    assert not (tmp_path / "t_runs" / "g3_fixed_cg").exists()
+
+
+def test_box_relaxed_runs_take_the_methods_own_box_settings():
+    from atomopt.bench.hea import minimize_input
+
+    assert "box/relax iso 0.0 vmax 0.001\n" in minimize_input("cg", 10, box=True)
+    assert "box/relax iso 0.0 vmax 0.01\n" in minimize_input("cg-vmax0.01", 10, box=True)
+    forcezero = minimize_input("cg-forcezero", 10, box=True)
+    assert "min_style       cg\nmin_modify      line forcezero\n" in forcezero and "vmax 0.001" in forcezero
+    assert "box/relax" not in minimize_input("cg-vmax0.01", 10, box=False)
 
 
 def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():

@@ -192,7 +192,7 @@ def hea_restarts() -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "polycrystal.data"
-        write_data(polycrystal(600, 4, 0), data)
+        write_data(polycrystal(600, 4, 0, size_after_deletion=False), data)  # the construction it was pinned on
         for variant in ("default", "fire_measured_cut=yes", "fire_acts_on=eps", "fire_restart_below=0.5"):
             rows = module.trace(data, POTENTIALS, module.parse_variant(variant), 80)["steps_trace"]
             out[variant] = [(r["energy"].hex(), r["lr"].hex(), r["uphill"], r["restarted"]) for r in rows]

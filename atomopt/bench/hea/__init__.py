@@ -7,7 +7,15 @@ runs and journals the minimizations (and the cost model over MPI ranks), ``dislo
 ``report`` writes the tables and plots.
 """
 
-from atomopt.bench.hea.build import HEA_ELEMENTS, RUN_KEY, TYPE_ORDER, box_for_atoms, polycrystal, write_data
+from atomopt.bench.hea.build import (
+    HEA_ELEMENTS,
+    HEA_LATTICE,
+    RUN_KEY,
+    TYPE_ORDER,
+    box_for_atoms,
+    polycrystal,
+    write_data,
+)
 from atomopt.bench.hea.dislocations import DXA_CIRCUITS, burgers_family
 from atomopt.bench.hea.report import evaluations_to_reach, memory_fit, targets, targets_over_seeds
 from atomopt.bench.hea.run import DEFAULT_METHODS, PAPER_ATOMS, Job, cost_model, method_settings, minimize_input, run
@@ -16,6 +24,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "DXA_CIRCUITS",
     "HEA_ELEMENTS",
+    "HEA_LATTICE",
     "Job",
     "PAPER_ATOMS",
     "RUN_KEY",

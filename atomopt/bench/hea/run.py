@@ -36,7 +36,15 @@ METHODS: dict[str, tuple[str, str]] = {
     **{s: (s, "") for s in NATIVE_STYLES},
     **{s: (s, "") for s in ATOMOPT_STYLES},
     "frankenstein-paper": ("frankenstein", "paper_exact yes"),
+    # what a LAMMPS user would try when cg with fix box/relax's recommended vmax 0.001 relaxes the box slowly
+    "cg-vmax0.01": ("cg", ""),
+    "cg-forcezero": ("cg", "line forcezero"),
 }
+
+#: ``fix box/relax`` of the box-relaxed runs: zero pressure, LAMMPS's recommended volume change per iteration.
+BOX_RELAX = "iso 0.0 vmax 0.001"
+#: Methods that relax the box with other settings.
+BOX_RELAX_OF = {"cg-vmax0.01": "iso 0.0 vmax 0.01"}
 
 
 #: LAMMPS's FIRE does not run with fix box/relax (its damped dynamics has no box degrees of freedom).
@@ -78,13 +86,14 @@ thermo_modify   norm no flush no
 
 def minimize_input(method: str, budget: int, box: bool) -> str:
     """Minimization of one method within ``budget`` force evaluations (no force or energy test stops it
-    earlier than a minimizer's own failure), optionally with ``fix box/relax iso 0.0``."""
+    earlier than a minimizer's own failure), optionally with ``fix box/relax`` (:data:`BOX_RELAX`, or the
+    method's own in :data:`BOX_RELAX_OF`)."""
     style, modify = method_settings(method)
     lines = [f"min_style       {style}"]
     if modify:
         lines.append(f"min_modify      {modify}")
     if box:
-        lines.append("fix             relax_box all box/relax iso 0.0 vmax 0.001")
+        lines.append(f"fix             relax_box all box/relax {BOX_RELAX_OF.get(method.partition('@')[0], BOX_RELAX)}")
     lines.append(f"minimize        0.0 0.0 {budget} {budget}")
     return "\n".join(lines) + "\n"
 
@@ -261,18 +270,20 @@ def run(
     seeds: Sequence[int] = (0,),
     potdir: str | Path = "../shared/potentials",
     out: str | Path = "benchmarks/results",
-    tag: str = "hea",
+    tag: str = "hea_sized",
     workers: int = 1,
     analyse: bool = True,
     command: str = "",
     quiet: bool = False,
     report_only: bool = False,
+    size_after_deletion: bool = True,
 ) -> dict:
     """Build the polycrystals (one per grain count and seed), run every method on each (resuming from
     ``{out}/{tag}.jsonl``), write the results (JSON, Markdown, PNG); logs stay in ``{out}/{tag}_runs/``. Several
     seeds give several realisations of each grain count: which local minimum a method ends in varies between
     them, and the targets are counted over them. ``report_only``: write the results of the
-    journal as it stands (e.g. after an interrupted run), run nothing."""
+    journal as it stands (e.g. after an interrupted run), run nothing. ``size_after_deletion``: the polycrystals'
+    construction (:func:`~atomopt.bench.hea.build.polycrystal`); a journal holds runs of one construction only."""
     import json
     from concurrent.futures import ThreadPoolExecutor
 
@@ -296,6 +307,11 @@ def run(
         for line in journal.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
+                if not report_only and row.get("sized_after_deletion", False) != size_after_deletion:
+                    raise ValueError(
+                        f"{journal} holds runs on polycrystals {'sized before' if size_after_deletion else 'sized after'}"
+                        " the grain-boundary deletion: choose another --tag for this construction"
+                    )
                 rows[Job(row["grains"], row["box"], row["method"], row.get("seed", 0)).key] = row
     planned = [
         Job(g, b, m, s)
@@ -309,9 +325,9 @@ def run(
     jobs = [] if report_only else pending
     data = {}
     for g, s in sorted({(job.grains, job.seed) for job in jobs}):
-        data[g, s] = work / f"polycrystal_{n_atoms}_g{g}_s{s}.data"
+        data[g, s] = work / f"polycrystal_{n_atoms}_g{g}_s{s}{'_sized' if size_after_deletion else ''}.data"
         if not data[g, s].exists():
-            write_data(polycrystal(n_atoms, g, s), data[g, s])
+            write_data(polycrystal(n_atoms, g, s, size_after_deletion=size_after_deletion), data[g, s])
     bar = tqdm(total=len(jobs), unit="run", disable=quiet or None, dynamic_ncols=True)
     with open(journal, "a") as handle, ThreadPoolExecutor(max(workers, 1)) as pool:
         futures = [
@@ -323,6 +339,7 @@ def run(
             if analyse and "dump" in row:  # OVITO in this (main) thread: it crashes in a worker thread
                 row["dxa"] = dislocations(row["dump"])
             row["command"] = command  # a resumed or --report-only call writes the table under its own command
+            row["sized_after_deletion"] = size_after_deletion
             rows[job.key] = row
             handle.write(json.dumps(row) + "\n")
             handle.flush()
@@ -399,7 +416,7 @@ def cost_model(
     out = Path(out)
     work = out / f"{tag}_runs"
     work.mkdir(parents=True, exist_ok=True)
-    data = work / f"polycrystal_{n_atoms}_g{grains}_s{seed}.data"
+    data = work / f"polycrystal_{n_atoms}_g{grains}_s{seed}_sized.data"
     if not data.exists():
         write_data(polycrystal(n_atoms, grains, seed), data)
     rows = []
