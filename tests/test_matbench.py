@@ -228,3 +228,46 @@ def test_command_writes_results_and_resumes(tmp_path, capsys):
         )
     with pytest.raises(ValueError, match="unknown methods"):
         matbench.run(model="emt", structure_set=str(data), methods=["ase-nope"], out=out, tag="u", quiet=True)
+    # every row times its run, in total and inside the model (the model's share can only be part of it)
+    for row in map(json.loads, lines[1:]):
+        assert 0 < row["model_seconds"] <= row["seconds"] and 0 <= row["model_cpu_seconds"] <= row["cpu_seconds"]
+    assert all(0 <= r["outside_model_share"] < 1 and r["cpu_seconds_per_structure"] > 0 for r in payload["table"])
+    # a table of one method judged against the references of the larger run's journal, without tight runs
+    one = matbench.run(model="emt", structure_set=str(data), fmax=[0.05], methods=["frankenstein"], reference=[],
+                       reference_journals=[out / "t.jsonl"], workers=1, out=out, tag="v", quiet=True)  # fmt: skip
+    from atomopt.bench.matbench.report import journal_with_references
+
+    larger = journal_with_references(out / "t.jsonl")[3]  # the references of the larger run alone
+    assert all(a <= b["energy_per_atom"] for a, b in zip(one["reference_energy_per_atom"], larger, strict=True))
+    assert set(one["reference_by_method"]) <= {"t:ase-fire", "t:ase-bfgs", "t:frankenstein", "frankenstein"}
+    assert "every run of the journals t.jsonl" in (out / "v.md").read_text()
+    with pytest.raises(ValueError, match="cannot set this run's references"):
+        matbench.run(model="sevennet-0", structure_set=str(data), methods=["frankenstein"], reference=[],
+                     reference_journals=[out / "t.jsonl"], out=out, tag="w", quiet=True)  # fmt: skip
+
+
+def test_the_stopwatch_counts_model_time_of_wrapped_models_and_hooked_modules():
+    import time
+
+    import torch
+
+    from atomopt.bench.matbench.build import Stopwatch, time_module, timed
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.05)
+            return x
+
+    module = Slow()
+    time_module(module)
+    model = timed(load_model("emt"))
+    watch = Stopwatch()
+    module(torch.zeros(1))
+    from atomopt.models.base import StructureBatch
+
+    model(StructureBatch.from_atoms([bulk("Cu", cubic=True)]))
+    time.sleep(0.02)  # outside the model
+    spent = watch.elapsed(share=2)
+    assert spent["model_seconds"] >= 0.05 / 2 and spent["seconds"] - spent["model_seconds"] >= 0.02 / 2
+    assert spent["model_cpu_seconds"] < spent["model_seconds"]  # asleep in the model: wall time, little CPU
+    assert model.name == load_model("emt").name and model.cutoff == load_model("emt").cutoff

@@ -113,14 +113,20 @@ def complete_structures(rows: dict, n: int, methods: Sequence[str], subsets: dic
     return [i for i in range(n) if all((m, i) in rows for m in methods if i < subsets.get(m, n))]
 
 
-def timing(rows: Sequence[dict]) -> dict:
+def timing(rows: Sequence[dict], device: str = "cpu") -> dict:
     """Structures per second of wall time, and, where the rows recorded them (journals before the model was timed
-    did not), CPU seconds per structure and the share of them spent outside the model."""
+    did not), CPU seconds per structure and the share of the time spent outside the model: of the CPU time on a
+    CPU (what the run used, also on a shared machine), of the wall time on a GPU (the model's calls synchronised;
+    the CPU time of a GPU run is mostly waiting)."""
     out = {"structures_per_second": len(rows) / max(sum(r["seconds"] for r in rows), 1e-12)}
     if rows and all("model_cpu_seconds" in r for r in rows):
-        cpu = sum(r["cpu_seconds"] for r in rows)
-        outside = cpu - sum(r["model_cpu_seconds"] for r in rows)
-        out.update(cpu_seconds_per_structure=cpu / len(rows), outside_model_share=outside / max(cpu, 1e-12))
+        total, model = ("cpu_seconds", "model_cpu_seconds") if device == "cpu" else ("seconds", "model_seconds")
+        spent = sum(r[total] for r in rows)
+        outside = spent - sum(r[model] for r in rows)
+        out.update(
+            cpu_seconds_per_structure=sum(r["cpu_seconds"] for r in rows) / len(rows),
+            outside_model_share=outside / max(spent, 1e-12),
+        )
     return out
 
 
@@ -147,7 +153,9 @@ def summarize(
             metrics = method_metrics(method, target, rows, refs, complete)
             if metrics is None:
                 continue
-            metrics.update(timing([rows[(method, i)] for i in complete if (method, i) in rows]))
+            metrics.update(
+                timing([rows[(method, i)] for i in complete if (method, i) in rows], spec.get("device", "cpu"))
+            )
             table.append(metrics)
     return {
         "protocol": spec,
@@ -429,7 +437,8 @@ def markdown(payload: dict) -> str:
         "tightest threshold, so the same number stands in every table). CPU s/structure: the process time of "
         "their tasks (every thread of the worker, and of a peer's worker process), per structure; outside model: "
         "the share of it not spent inside model evaluations (optimizer, cell filter, batching, bookkeeping; on a "
-        "CPU shared with other work, CPU time stays what the run used where wall time does not). Force calls: up to the state that "
+        "CPU shared with other work, CPU time stays what the run used where wall time does not); on a GPU, the "
+        "share of the wall time, the model's calls synchronised. Force calls: up to the state that "
         "resolves the threshold, as a run stopping there would count them. atom-calls: force calls weighted by "
         "the structure's atoms (what a model's cost on a CPU follows; a GPU call costs nearly the same for "
         "any small batch). MSE: mean signed error (final minus reference); > 1 / > 10 meV above: structures "
