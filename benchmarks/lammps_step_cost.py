@@ -204,10 +204,11 @@ def main() -> None:
         f"{record['machine']['atomopt_commit']}, optimizer device {args.device}",
         "",
         f"At most {evaluations} force evaluations each (etol = ftol = 0), median of {args.repeats} repeats. CPU: the "
-        "process's CPU time per evaluation; × cg: against native cg's; optimizer's own: the atomopt driver's time "
-        "outside LAMMPS's force computation (reading forces, the update, writing positions and state).",
+        "process's CPU time per evaluation; × cg: against native cg's; optimizer's own: the atomopt driver's wall time "
+        "outside LAMMPS's force computation (reading forces, the update, writing positions and state), which on a "
+        "shared machine can exceed the CPU time.",
         "",
-        "| method | evaluations | CPU ms per evaluation | × native cg | wall ms per evaluation | optimizer's own ms |",
+        "| method | evaluations | CPU ms per evaluation | × native cg | wall ms per evaluation | optimizer's own wall ms |",
         "|---|---|---|---|---|---|",
     ]
     for method, entry in summary.items():
