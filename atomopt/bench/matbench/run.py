@@ -65,6 +65,9 @@ def run_ase(method: str, index: int, atoms: Atoms, model_spec: str, targets: Seq
             from ase.optimize.precon import Exp, PreconLBFGS
 
             optimizer = PreconLBFGS(cell_filter, precon=Exp(), logfile=None)
+            # its own stop on a cell filter also reads a stress bound that only run() sets (irun() leaves it unset:
+            # AttributeError at the step it would stop); 0 leaves the stop to the trace's criterion, as for every method
+            optimizer.smax = 0.0
         else:
             optimizer = getattr(ase.optimize, ASE_METHODS[method])(cell_filter, logfile=None)
         for _ in optimizer.irun(fmax=trace.fmax, steps=trace.max_steps):
