@@ -89,9 +89,12 @@ def test_bench_commands_pass_every_option_to_their_benchmark(monkeypatch, tmp_pa
         "methods": matbench.DEFAULT_METHODS, "reference": ["ase-bfgs", "frankenstein"], "n": 3,
         "workers": seen["matbench"]["workers"], "out": str(tmp_path), "tag": None, "subsets": {"ase-fire": 2},
         "capacity": 128, "torchsim_env": ".venv-torchsim06", "nvalchemi_env": ".venv-nvalchemi", "command": "", "quiet": False, "report_only": False,
-        "device": "cpu"}  # fmt: skip
+        "device": "cpu", "reference_journals": []}  # fmt: skip
     assert main(["bench", "hea", "--atoms", "1000", "--grains", "3", "--box", "fixed", "--no-dxa", *out]) == 0
     assert seen["hea"]["n_atoms"] == 1000 and seen["hea"]["grains"] == [3] and seen["hea"]["box"] == (False,)
     assert seen["hea"]["analyse"] is False and seen["hea"]["methods"] == hea.DEFAULT_METHODS
+    assert seen["hea"]["size_after_deletion"] is True and seen["hea"]["tag"] == "hea_sized"
+    assert main(["bench", "hea", "--box-before-deletion", "--tag", "hea", *out]) == 0
+    assert seen["hea"]["size_after_deletion"] is False
     assert main(["bench", "hea", "--cost-ranks", "1", "2", "--grains", "8", *out]) == 0
     assert seen["cost"]["ranks"] == [1, 2] and seen["cost"]["grains"] == 8 and seen["cost"]["tag"] == "hea_cost"
