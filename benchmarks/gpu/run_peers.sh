@@ -3,7 +3,8 @@
 # structures, SevenNet-0, cell free, fmax 0.05 / 0.02 / 0.01, 500 steps), the same structures, model weights and
 # capacity in atoms for every method. Rows: atomopt's SafeLBFGS and Frankenstein; TorchSim 0.6's batched FIRE,
 # L-BFGS and BFGS (ts.optimize with its InFlightAutoBatcher, natively: the GPU machine's Python is >= 3.12);
-# NVIDIA nvalchemi-toolkit-ops's batched L-BFGS and FIRE2 Warp kernels. Force calls, failures, structures/s.
+# NVIDIA nvalchemi-toolkit-ops's batched L-BFGS and FIRE2 Warp kernels. Force calls, failures, structures/s and the
+# share of wall time outside the model (model calls synchronised), each row measured in the same run.
 #
 #   PEERS_ENV=/path/to/venv bash benchmarks/gpu/run_peers.sh [OUT] [CAPACITY]
 #
