@@ -67,7 +67,7 @@ thermo 1000
 run 1000
 unfix 1
 """
-SYSTEMS = {"eam": (EAM, 20), "lj2d": (LJ2D, 20)}
+SYSTEMS = {"eam": EAM, "lj2d": LJ2D}
 DEFAULT_METHODS = (
     "lammps-cg", "lammps-fire", "safelbfgs", "safelbfgs@memory=10", "frankenstein", "adan", "adamnx", "innaprop"
 )  # fmt: skip
@@ -75,8 +75,7 @@ DEFAULT_METHODS = (
 
 def start(lammps, system: str, cells: int, lattice: float, log: str = "none"):
     lmp = lammps.lammps(cmdargs=["-log", log, "-screen", "none", "-nocite"])
-    template, _ = SYSTEMS[system]
-    lmp.commands_string(template.format(cells=cells, lattice=lattice))
+    lmp.commands_string(SYSTEMS[system].format(cells=cells, lattice=lattice))
     return lmp
 
 
@@ -133,7 +132,7 @@ def versions() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", choices=tuple(SYSTEMS), default="lj2d")
-    parser.add_argument("--cells", type=int, default=None, help="lattice cells per edge (default 20)")
+    parser.add_argument("--cells", type=int, default=20, help="lattice cells per edge (default 20)")
     parser.add_argument("--evaluations", type=int, default=None, help="force evaluations (lj2d 2000, eam 200)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
@@ -145,7 +144,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.box and args.system != "eam":
         parser.error("--box goes with --system eam")
-    cells = args.cells or SYSTEMS[args.system][1]
     evaluations = args.evaluations or (2000 if args.system == "lj2d" else 200)
     lattice = args.lattice or (3.65 if args.box else 3.615)
     methods = [m for m in args.methods if not (args.box and m == "lammps-fire")]  # FIRE cannot relax a box
@@ -155,9 +153,11 @@ def main() -> None:
     for repeat in range(args.repeats):
         for method in methods:
             if method.startswith("lammps-"):
-                run = native(lammps, method.removeprefix("lammps-"), args.system, cells, evaluations, lattice, args.box)
+                run = native(
+                    lammps, method.removeprefix("lammps-"), args.system, args.cells, evaluations, lattice, args.box
+                )
             else:
-                run = atomopt_run(lammps, method, args.system, cells, evaluations, lattice, args.box, args.device)
+                run = atomopt_run(lammps, method, args.system, args.cells, evaluations, lattice, args.box, args.device)
             run |= {"cpu_ms_per_evaluation": 1e3 * run["cpu_s"] / run["evaluations"],
                     "wall_ms_per_evaluation": 1e3 * run["wall_s"] / run["evaluations"]}  # fmt: skip
             runs[method].append(run)

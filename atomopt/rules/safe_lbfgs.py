@@ -7,7 +7,7 @@ first-order entry of OptBench's LJ38 table), written for many structures at once
     pair kept when s·y > 0 (positive curvature along the step); newest first, at most ``memory`` pairs
     d_k = −H_k g_k by the two-loop recursion (Nocedal & Wright, Algorithm 7.4), H⁰ = s·y / y·y of the newest pair,
           its two loops solved as two triangular systems over the pairs' products sᵢ·yⱼ (kept per structure,
-          one new column a step), so a step costs three reductions over the rows, not two per pair
+          one new column a step), so a step costs four reductions over the rows, not two per pair
     no pairs yet (the first step):         d = −g / initial_curvature (ASE LBFGS's H⁰ = 1/70)
     s·y ≤ 0, or d not downhill (d·g ≥ 0):  the history is wiped and d is a steepest-descent step whose largest row
                                            moves ``lr`` (Å)
@@ -117,7 +117,7 @@ class SafeLBFGSRule(UpdateRule):
         first loop's αⱼ = ρⱼ sⱼ·(g − Σ_{i<j} αᵢyᵢ) is the forward substitution (I + diag(ρ)L) α = ρ∘(S·g), and
         the second loop's βⱼ = ρⱼ yⱼ·(H⁰q + Σ_{i>j} (αᵢ − βᵢ)sᵢ) the backward one (I + diag(ρ)Lᵀ) β = ρ∘(H⁰ Y·q +
         Lᵀα), with q = g − Σ αᵢyᵢ; then H g = H⁰q + Σ (αᵢ − βᵢ)sᵢ. Same products and order of pairs as the
-        loops, three reductions over the rows instead of two per pair.
+        loops, three reductions over the rows (S·g, Y·q, y·y) instead of two per pair.
         """
         used = int(pairs.max().item()) if pairs.numel() else 0
         if used == 0:

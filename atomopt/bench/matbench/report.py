@@ -34,16 +34,21 @@ def references(rows: dict[tuple[str, int], dict], structures: Sequence[Atoms], m
     return out
 
 
+def journal_rows(path: Path) -> tuple[dict, dict[tuple[str, int], dict]]:
+    """A committed journal's protocol and its rows, keyed by (method, structure index)."""
+    import json
+
+    lines = Path(path).read_text().splitlines()
+    rows = {(r["method"], r["index"]): r for r in map(json.loads, filter(str.strip, lines[1:]))}
+    return json.loads(lines[0])["protocol"], rows
+
+
 def journal_with_references(path: Path) -> tuple[dict, dict[tuple[str, int], dict], list[Atoms], list[dict]]:
     """A committed journal read back: its protocol, its rows, the structures it ran and their references (the lowest
     energy any of its runs reached)."""
-    import json
-
     from atomopt.bench.matbench.build import load_set
 
-    lines = Path(path).read_text().splitlines()
-    spec = json.loads(lines[0])["protocol"]
-    rows = {(r["method"], r["index"]): r for r in map(json.loads, filter(str.strip, lines[1:]))}
+    spec, rows = journal_rows(path)
     structures = load_set(spec["set"], max(i for _, i in rows) + 1)
     return spec, rows, structures, references(rows, structures, sorted({m for m, _ in rows}))
 

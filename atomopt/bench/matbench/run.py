@@ -34,7 +34,7 @@ from atomopt.bench.matbench.build import (
     targets_for,
 )
 from atomopt.bench.matbench.nvalchemi import NVALCHEMI_METHODS, nvalchemi_environment, run_nvalchemi_subprocess
-from atomopt.bench.matbench.report import markdown, plot, summarize
+from atomopt.bench.matbench.report import journal_rows, markdown, plot, summarize
 from atomopt.bench.matbench.torchsim import run_torchsim_subprocess, torchsim_environment
 from atomopt.bench.matbench.torchsim06 import run_torchsim06_subprocess, torchsim06_environment
 
@@ -226,16 +226,13 @@ def other_journal_rows(paths: Sequence[str | Path], spec: dict, n: int) -> dict[
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"reference journal {path} not found")
-        lines = path.read_text().splitlines()
-        theirs = json.loads(lines[0])["protocol"]
+        theirs, rows = journal_rows(path)
         if (theirs["model"], theirs["set"]) != (spec["model"], spec["set"]):
             raise ValueError(
                 f"{path} ran {theirs['model']} on {theirs['set']}, not {spec['model']} on {spec['set']}: its energies "
                 "cannot set this run's references"
             )
-        for row in map(json.loads, filter(str.strip, lines[1:])):
-            if row["index"] < n:
-                other[(f"{path.stem}:{row['method']}", row["index"])] = row
+        other |= {(f"{path.stem}:{method}", i): row for (method, i), row in rows.items() if i < n}
     return other
 
 

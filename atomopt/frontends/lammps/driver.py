@@ -89,12 +89,12 @@ class DistributedLayout(Layout):
         return self._summed(super().sum_in_order, per_row)
 
     def slot_sums(self, per_row: Tensor) -> Tensor:
-        return self._summed(super().slot_sums, per_row)
+        return self._allreduce(super().slot_sums(per_row), "sum")  # zeros on a rank without rows
 
     def _summed(self, local_sum: Any, per_row: Tensor) -> Tensor:
         """This rank's sums (zero on a rank without rows), added over all ranks."""
         if self.n_rows == 0:
-            local = torch.zeros(self.n_structures, *per_row.shape[1:-1], dtype=per_row.dtype, device=per_row.device)
+            local = torch.zeros(self.n_structures, dtype=per_row.dtype, device=per_row.device)
         else:
             local = local_sum(per_row)
         return self._allreduce(local, "sum")
@@ -305,12 +305,8 @@ class _Run:
             return
         start = time.perf_counter()
         n_rows = forces.shape[0] + (self.box.rows if self.box is not None else 0)
-        structure = torch.zeros(n_rows, dtype=torch.long, device=self.device)
-        # on one rank the sums are this rank's: the plain layout, without a reduction's round trip through NumPy
-        layout = (
-            DistributedLayout(structure=structure, n_structures=1, comm=self.comm)
-            if self.comm.size > 1
-            else Layout(structure=structure, n_structures=1)
+        layout = DistributedLayout(
+            structure=torch.zeros(n_rows, dtype=torch.long, device=self.device), n_structures=1, comm=self.comm
         )
         if self.box is None:
             gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
