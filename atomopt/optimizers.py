@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from atomopt.controls import CONTROL_NAMES, CONTROLS, FireControl, resolve_control
+from atomopt.controls import CONTROL_NAMES, CONTROLS, FireControl, TrustRadius, resolve_control
 from atomopt.core.minimizer import GainControl, Minimizer
 from atomopt.rules import RULES
 
@@ -23,8 +23,9 @@ ATOMISTIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "adamnx": {"lr": 0.1, "eps": 0.1},
     "innaprop": {"lr": 0.3, "eps": 1.0, "fire": FireControl(f_dec=0.9, f_inc=1.02, acts_on="eps", measured_cut=True)},
     # SafeLBFGS safeguards itself (curvature and descent tests, docs/safe_lbfgs.md): no FIRE; lr is the length of
-    # its steepest-descent fallback step, as ASE's and TSASE's maxstep.
-    "safelbfgs": {"lr": 0.2, "eps": 0.0, "fire": None},
+    # its steepest-descent fallback step, as ASE's and TSASE's maxstep. The trust radius rejects a step that raised
+    # the energy (a cell driven into a model's unphysical region otherwise keeps going, docs/safe_lbfgs.md).
+    "safelbfgs": {"lr": 0.2, "eps": 0.0, "fire": None, "trust_radius": TrustRadius()},
 }
 
 

@@ -17,6 +17,7 @@ from atomopt.core.cell import CellFilter
 from atomopt.frontends.engine import InFlightRelaxer, relax_many
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch
 from atomopt.models.from_ase_calculator import ASECalculatorModel
+from atomopt.optimizers import RULES
 
 
 def crystal(symbol="Cu", repeat=(2, 2, 2), strain=1.03, seed=0, a=3.61):
@@ -31,13 +32,19 @@ def others():
 
 
 @pytest.mark.parametrize("optimizer", [SafeLBFGS, Frankenstein])
-@pytest.mark.parametrize("steps", [1, 10, 30])
+@pytest.mark.parametrize("steps", [1, 10, 20])
 @pytest.mark.parametrize("in_batch", [False, True])
 def test_tensor_frechet_filter_follows_ase(steps, in_batch, optimizer):
-    """An optimizer on ASE's FrechetCellFilter and in the engine: same positions, cell and energy after k steps."""
+    """An optimizer on ASE's FrechetCellFilter and in the engine: same positions, cell and energy after k steps.
+
+    The engine scales the cell rows as the rule asks (``cell_row_scale``): ASE's exp_cell_factor N for
+    Frankenstein, √N for SafeLBFGS."""
     reference = crystal()
     reference.calc = EMT()
-    optimizer(FrechetCellFilter(reference), logfile=None).run(fmax=1e-9, steps=steps)
+    factor = {"atoms": len(reference), "sqrt_atoms": math.sqrt(len(reference))}[
+        RULES[optimizer.rule_name].cell_row_scale
+    ]
+    optimizer(FrechetCellFilter(reference, exp_cell_factor=factor), logfile=None).run(fmax=1e-9, steps=steps)
 
     batch = [others()[0], crystal(), others()[1]] if in_batch else [crystal()]
     records = relax_many(batch, "emt", optimizer.rule_name, fmax=1e-9, steps=steps)
@@ -46,6 +53,23 @@ def test_tensor_frechet_filter_follows_ase(steps, in_batch, optimizer):
     np.testing.assert_allclose(record.atoms.positions, reference.positions, rtol=0, atol=1e-8)
     np.testing.assert_allclose(record.atoms.cell[:], reference.cell[:], rtol=0, atol=1e-8)
     assert record.energy == pytest.approx(reference.get_potential_energy(), abs=1e-8)
+
+
+def test_stopping_test_reads_cell_forces_at_ase_scale():
+    """Cell rows at √N (SafeLBFGS) stop where ASE's FrechetCellFilter (exp_cell_factor N) says fmax is met, and the
+    record's fmax is that filter's largest row force on the final structure."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.set_cell(atoms.cell * 1.02, scale_atoms=True)  # not rattled: only the cell rows have forces
+    [record] = relax_many([atoms], "emt", "safelbfgs", fmax=0.02, steps=300)
+    assert record.converged
+    final = atoms.copy()
+    final.calc = EMT()
+    cell_filter = FrechetCellFilter(final)  # referenced to the starting cell, as the engine's rows are
+    final.set_cell(record.atoms.cell, scale_atoms=False)
+    final.positions = record.atoms.positions
+    rows = np.linalg.norm(cell_filter.get_forces(), axis=1)
+    assert rows[: len(final)].max() < 1e-9 < record.fmax
+    assert record.fmax == pytest.approx(float(rows.max()), rel=1e-9)  # √N-scaled rows would read √32 × this
 
 
 def test_trajectory_does_not_depend_on_the_batch():

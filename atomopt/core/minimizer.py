@@ -107,7 +107,7 @@ class StepContext:
     def slope(self) -> Tensor:
         """s·g: the slope along the last step s at the current gradient g (−FIRE's power P = F·s)."""
         if self._slope is None:
-            self._slope = self.layout.sum(self.gradient * self.last_step)
+            self._slope = structure_sum(self.rule, self.layout, self.gradient * self.last_step)
         return self._slope
 
     @property
@@ -256,7 +256,7 @@ class Minimizer:
             "controls": owns,
         }
         if self.reads_line:
-            new_state["last_slope"] = layout.sum(gradient * displacement)
+            new_state["last_slope"] = structure_sum(self.rule, layout, gradient * displacement)
         return displacement, new_state
 
     def displacement_path(
@@ -333,6 +333,11 @@ class Minimizer:
 def _select_structures(per_structure: MinimizerState, keep: Tensor) -> MinimizerState:
     """Every per-structure field (nested dicts included) at the structures ``keep`` marks."""
     return {k: _select_structures(v, keep) if isinstance(v, dict) else v[keep] for k, v in per_structure.items()}
+
+
+def structure_sum(rule: UpdateRule, layout: Layout, per_row: Tensor) -> Tensor:
+    """Per-structure sum of ``per_row``, in a fixed order where the rule asks for it (:attr:`UpdateRule.ordered_sums`)."""
+    return layout.sum_in_order(per_row) if rule.ordered_sums else layout.sum(per_row)
 
 
 def secant_fraction(slope_before: Tensor, slope_after: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,6 +41,14 @@ class UpdateRule(ABC):
     eps_inside_sqrt: ClassVar[bool] = False
     #: The paper's own safeguard ε.
     paper_eps: ClassVar[float] = 1e-8
+    #: How a front end that builds cell rows (the batched engine) scales them, c·log F: ``"atoms"`` (c = N, ASE's
+    #: ``exp_cell_factor``) or ``"sqrt_atoms"`` (c = √N, which makes the curvature along the cell rows, V·C/c²,
+    #: independent of N like the atoms'). The stopping test reads the cell forces at ASE's scale either way.
+    cell_row_scale: ClassVar[str] = "atoms"
+    #: Whether the minimizer's own per-structure sums (the slope along the last step that step controls read) go in
+    #: a fixed order (:meth:`Layout.sum_in_order`), so that a structure follows the same trajectory alone and in a
+    #: batch: rules that amplify last-bit differences (L-BFGS) need it.
+    ordered_sums: ClassVar[bool] = False
 
     @property
     def lr_limit(self) -> float:

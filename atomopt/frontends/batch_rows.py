@@ -1,6 +1,7 @@
 """The bookkeeping of a batch in flight: its members, their rows in one tensor, and where each structure sits.
 
-A structure with a free cell is its atoms' rows (positions in the reference cell) and three cell rows (N·log F);
+A structure with a free cell is its atoms' rows (positions in the reference cell) and three cell rows (c·log F,
+c = N as ASE's FrechetCellFilter or √N, :attr:`atomopt.core.rule.UpdateRule.cell_row_scale`);
 :class:`RowIndex` says which rows are whose, rebuilt whenever structures join or leave.
 """
 
@@ -32,7 +33,7 @@ class Batch:
     """The structures in flight and their rows (see the module docstring)."""
 
     members: list[Member] = field(default_factory=list)
-    rows: Tensor | None = None  # (n_rows, 3): positions in the reference cell, then N·log F per structure
+    rows: Tensor | None = None  # (n_rows, 3): positions in the reference cell, then c·log F per structure
     reference_cell: Tensor | None = None  # (S, 3, 3)
     numbers: Tensor | None = None
     pbc: Tensor | None = None
@@ -74,9 +75,10 @@ class RowIndex:
     cell_rows: Tensor  # (S, 3) rows of the log-deformation, when the cell is free
     row_offsets: Tensor  # (S,)
     row_sizes: list[int]
+    cell_scale: Tensor  # (S,) c of the cell rows c·log F (float)
 
     @classmethod
-    def build(cls, batch: Batch, free_cell: bool, device: torch.device) -> RowIndex:
+    def build(cls, batch: Batch, free_cell: bool, device: torch.device, cell_row_scale: str = "atoms") -> RowIndex:
         sizes = [len(m.atoms) for m in batch.members]
         n_atoms = torch.as_tensor(sizes, device=device)
         extra = 3 if free_cell else 0
@@ -89,4 +91,10 @@ class RowIndex:
         atom_rows = row_offsets[atom_structure] + local
         cell_rows = (row_offsets + n_atoms)[:, None] + torch.arange(3, device=device)
         layout = Layout.from_sizes(row_sizes, device=device)
-        return cls(layout, n_atoms, atom_structure, atom_offsets, atom_rows, cell_rows, row_offsets, row_sizes)
+        cell_scale = n_atoms.to(torch.float64)
+        if cell_row_scale == "sqrt_atoms":
+            cell_scale = torch.sqrt(cell_scale)
+        elif cell_row_scale != "atoms":
+            raise ValueError(f"cell_row_scale must be 'atoms' or 'sqrt_atoms', got {cell_row_scale!r}")
+        return cls(layout, n_atoms, atom_structure, atom_offsets, atom_rows, cell_rows, row_offsets, row_sizes,
+                   cell_scale)  # fmt: skip

@@ -284,7 +284,7 @@ class InFlightRelaxer:
     def _iterate(self, batch: Batch) -> Iterator[RelaxRecord]:
         """One model evaluation of the whole batch, the records of the structures that end, one step for the rest."""
         clock = time.perf_counter()
-        index = RowIndex.build(batch, self.cell is not None, self.device)
+        index = RowIndex.build(batch, self.cell is not None, self.device, self.minimizer.rule.cell_row_scale)
         frame = self._deform(batch, index)
         loads = [m.load for m in batch.members]
         self._sync()
@@ -328,10 +328,10 @@ class InFlightRelaxer:
 
     def _deform(self, batch: Batch, index: RowIndex) -> _Frame:
         """The structures as the model sees them: positions and cells after each cell's deformation."""
-        rows, n = batch.rows, index.n_atoms.to(self.dtype)
+        rows, scale = batch.rows, index.cell_scale.to(self.dtype)
         log_f = F = None
         if self.cell is not None:
-            log_f = rows[index.cell_rows] / n[:, None, None]
+            log_f = rows[index.cell_rows] / scale[:, None, None]
             F = cellmath.deformation(log_f)
             positions, cell = cellmath.deformed(rows[index.atom_rows], batch.reference_cell, F, index.atom_structure)
         else:
@@ -373,18 +373,23 @@ class InFlightRelaxer:
             stress = torch.where(zero_rows[:, None, None], 0.0, stress)
 
         row_forces = torch.zeros_like(batch.rows)
+        tested = row_forces  # what the stopping test reads: cell forces at ASE's scale (log F's gradient / N)
         if self.cell is not None:
             n = index.n_atoms.to(self.dtype)
             atom_forces, log_forces = cellmath.cell_forces(
                 forces, stress, frame.structures.cell, frame.log_f, frame.F, index.atom_structure, self.cell
             )
             row_forces[index.atom_rows] = atom_forces
-            row_forces[index.cell_rows] = log_forces / n[:, None, None]
+            row_forces[index.cell_rows] = log_forces / index.cell_scale.to(self.dtype)[:, None, None]
+            if self.minimizer.rule.cell_row_scale != "atoms":
+                tested = row_forces.clone()
+                tested[index.cell_rows] = log_forces / n[:, None, None]
         else:
             row_forces[index.atom_rows] = forces
         if bool(batch.fixed.any()):
             row_forces[index.atom_rows[batch.fixed]] = 0.0
-        largest = torch.sqrt(index.layout.max(row_sum(row_forces * row_forces)))
+            tested[index.atom_rows[batch.fixed]] = 0.0
+        largest = torch.sqrt(index.layout.max(row_sum(tested * tested)))
         largest = torch.where(zero_rows, math.nan, largest)  # unknown where the model failed
         return _RowForces(-row_forces, largest, bad, stress)
 
@@ -434,7 +439,7 @@ class InFlightRelaxer:
             still[evaluated.slot] = True
             gradient = gradient[still[index.layout.structure]]
             energy = None if energy is None else energy[still]
-            index = RowIndex.build(batch, self.cell is not None, self.device)
+            index = RowIndex.build(batch, self.cell is not None, self.device, self.minimizer.rule.cell_row_scale)
         fixed_rows = index.atom_rows[batch.fixed] if bool(batch.fixed.any()) else None
 
         def constrain(displacement: Tensor) -> Tensor:
@@ -449,7 +454,7 @@ class InFlightRelaxer:
         if self.cell is None:
             return []
         lower, upper = self.cell.volume_bounds
-        log_volume = batch.rows[index.cell_rows].diagonal(dim1=1, dim2=2).sum(-1) / index.n_atoms  # tr log F
+        log_volume = batch.rows[index.cell_rows].diagonal(dim1=1, dim2=2).sum(-1) / index.cell_scale  # tr log F
         ratio = torch.exp(log_volume).tolist()
         outside = {
             i: ("cell_collapsed", f"the next step would shrink the cell below {lower:g} × its starting volume")

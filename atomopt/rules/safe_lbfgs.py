@@ -44,6 +44,11 @@ class SafeLBFGSRule(UpdateRule):
     name: ClassVar[str] = "safelbfgs"
     structure_fields: ClassVar[tuple[str, ...]] = ("t", "pairs", "resets", "s_dot_y")
     paper_eps: ClassVar[float] = 0.0
+    # Curvature, not gradient size, sets an L-BFGS step: with cell rows N·log F the curvature along them is V·C/N²
+    # (C an elastic modulus), N times softer than an atom's in a cell of N atoms, and H⁰ = s·y/y·y fits neither.
+    # √N·log F makes it Ω·C, close to the atoms' at every N (docs/safe_lbfgs.md, "Cell rows").
+    cell_row_scale: ClassVar[str] = "sqrt_atoms"
+    ordered_sums: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:

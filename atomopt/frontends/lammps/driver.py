@@ -317,7 +317,10 @@ class _Run:
             )
         state = self._load_state(nlocal, rows, gradient, layout)
         constrain = self.box.constrain if self.box is not None and self.box.here else None
-        displacement, state = self.minimizer.step(state, gradient, layout, constrain)
+        objective = None  # LAMMPS's objective (pe, plus fix box/relax's term), the same on every rank
+        if self.minimizer.needs_energy:
+            objective = torch.tensor([energy], dtype=self.dtype, device=self.device)
+        displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
         self.fire_restarts += int(self.minimizer.restarted(state)[0])
         self.gain = (float(state["lr"][0]), float(state["eps"][0]))
         self._store_state(nlocal, rows, state)
