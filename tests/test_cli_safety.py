@@ -173,10 +173,12 @@ def test_failures_report_their_first_cause(tmp_path, capsys):
 
 def test_stress_tolerance_holds_on_two_atom_cells(capsys):
     cells = two_atom_cells()
+    tol = 0.05
     by_forces = relax_many(cells, "emt", fmax=0.05, steps=500, cell=True)
     assert all(r.converged for r in by_forces)
-    assert max(r.max_stress for r in by_forces) > 0.3  # the virial / N criterion leaves up to ~0.5 GPa here
-    tol = 0.05
+    # the virial / N criterion bounds the stress of a 2-atom cell only by ~0.05·2/V (~0.5 GPa): the force test
+    # alone stops above the stress tolerance
+    assert max(r.max_stress for r in by_forces) > tol
     records = relax_many(cells, "emt", fmax=0.05, steps=500, cell=True, stress_tol=tol)
     for record in records:
         assert record.converged and record.fmax <= 0.05
