@@ -76,6 +76,7 @@ class RowIndex:
     row_offsets: Tensor  # (S,)
     row_sizes: list[int]
     cell_scale: Tensor  # (S,) c of the cell rows c·log F (float)
+    cell_scale_differs: bool  # c is not ASE's N: the stopping test rescales the cell forces
 
     @classmethod
     def build(cls, batch: Batch, free_cell: bool, device: torch.device, cell_row_scale: str = "atoms") -> RowIndex:
@@ -97,4 +98,4 @@ class RowIndex:
         elif cell_row_scale != "atoms":
             raise ValueError(f"cell_row_scale must be 'atoms' or 'sqrt_atoms', got {cell_row_scale!r}")
         return cls(layout, n_atoms, atom_structure, atom_offsets, atom_rows, cell_rows, row_offsets, row_sizes,
-                   cell_scale)  # fmt: skip
+                   cell_scale, cell_row_scale != "atoms")  # fmt: skip

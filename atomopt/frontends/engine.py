@@ -373,22 +373,21 @@ class InFlightRelaxer:
             stress = torch.where(zero_rows[:, None, None], 0.0, stress)
 
         row_forces = torch.zeros_like(batch.rows)
-        tested = row_forces  # what the stopping test reads: cell forces at ASE's scale (log F's gradient / N)
+        log_forces = None
         if self.cell is not None:
-            n = index.n_atoms.to(self.dtype)
             atom_forces, log_forces = cellmath.cell_forces(
                 forces, stress, frame.structures.cell, frame.log_f, frame.F, index.atom_structure, self.cell
             )
             row_forces[index.atom_rows] = atom_forces
             row_forces[index.cell_rows] = log_forces / index.cell_scale.to(self.dtype)[:, None, None]
-            if self.minimizer.rule.cell_row_scale != "atoms":
-                tested = row_forces.clone()
-                tested[index.cell_rows] = log_forces / n[:, None, None]
         else:
             row_forces[index.atom_rows] = forces
         if bool(batch.fixed.any()):
             row_forces[index.atom_rows[batch.fixed]] = 0.0
-            tested[index.atom_rows[batch.fixed]] = 0.0
+        tested = row_forces  # what the stopping test reads: cell forces at ASE's scale (log F's gradient / N)
+        if log_forces is not None and index.cell_scale_differs:
+            tested = row_forces.clone()
+            tested[index.cell_rows] = log_forces / index.n_atoms.to(self.dtype)[:, None, None]
         largest = torch.sqrt(index.layout.max(row_sum(tested * tested)))
         largest = torch.where(zero_rows, math.nan, largest)  # unknown where the model failed
         return _RowForces(-row_forces, largest, bad, stress)
