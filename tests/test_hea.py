@@ -182,6 +182,26 @@ def test_targets_compare_frankenstein_with_every_method_and_with_fire_and_cg():
     assert alone["lowest"] is None and alone["faster_to_1_mev"] is None and alone["dxa_no_longer"] is None
 
 
+def test_safelbfgs_must_be_sooner_than_frankenstein_too_and_than_cgs_box_variants():
+    from atomopt.bench.hea import TARGET_RIVALS, targets
+
+    def row(method, energy, to_1_mev):
+        return {"grains": 4, "box": True, "method": method, "energy": energy, "evaluations_to_1_mev": to_1_mev}
+
+    table = [
+        row("safelbfgs", -10.0, 300),
+        row("cg", -9.0, None),
+        row("cg-vmax0.01", -9.9, 400),
+        row("frankenstein", -9.5, 250),
+    ]
+    (ours,) = targets(table, "safelbfgs", TARGET_RIVALS["safelbfgs"])
+    # lowest by 0.1 eV against the retuned CG; Frankenstein (250) came within 1 meV/atom sooner than its 300
+    assert ours["rivals"] == ["cg", "cg-vmax0.01", "frankenstein"] and ours["runner_up"] == "cg-vmax0.01"
+    assert ours["lowest"] and ours["margin_ev"] == pytest.approx(0.1) and ours["faster_to_1_mev"] is False
+    (franken,) = targets(table)  # Frankenstein's rivals by default: FIRE and CG with its box variants, not SafeLBFGS
+    assert franken["rivals"] == ["cg", "cg-vmax0.01"] and franken["faster_to_1_mev"] is True and franken["methods"] == 4
+
+
 def test_targets_of_variants_and_over_seeds():
     """A variant of Frankenstein competes with the issue's methods, not with the other settings tried; the
     verdicts are counted over the seeds (realisations of one grain count)."""

@@ -17,7 +17,7 @@ from atomopt.bench.hea.build import (
     write_data,
 )
 from atomopt.bench.hea.dislocations import DXA_CIRCUITS, burgers_family
-from atomopt.bench.hea.report import evaluations_to_reach, memory_fit, targets, targets_over_seeds
+from atomopt.bench.hea.report import TARGET_RIVALS, evaluations_to_reach, memory_fit, targets, targets_over_seeds
 from atomopt.bench.hea.run import DEFAULT_METHODS, PAPER_ATOMS, Job, cost_model, method_settings, minimize_input, run
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "HEA_LATTICE",
     "Job",
     "PAPER_ATOMS",
+    "TARGET_RIVALS",
     "RUN_KEY",
     "TYPE_ORDER",
     "box_for_atoms",

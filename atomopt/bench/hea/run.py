@@ -12,6 +12,7 @@ import numpy as np
 from atomopt.bench.hea.build import TYPE_ORDER, _machine, polycrystal, write_data
 from atomopt.bench.hea.dislocations import dislocations
 from atomopt.bench.hea.report import (
+    TARGET_RIVALS,
     competes_with,
     cost_markdown,
     cost_per_atom_evaluation_rank,
@@ -368,13 +369,17 @@ def run(
         "not_run": [job.key for job in planned if job.key not in rows],
         "table": summarize(selected),
     }
-    tested = [m for m in methods if m.partition("@")[0] == "frankenstein"]  # the default and its variants
+    tested = [m for m in methods if m.partition("@")[0] in TARGET_RIVALS]  # the tested methods and their variants
     # each form's gaps and "sooner" threshold from its own runs and its rivals' alone: a variant's lower energy
     # moves neither the default's threshold nor another variant's
     payload["targets"] = [
         check
         for m in tested
-        for check in targets(summarize([r for r in selected if r["method"] == m or competes_with(m, r["method"])]), m)
+        for check in targets(
+            summarize([r for r in selected if r["method"] == m or competes_with(m, r["method"])]),
+            m,
+            TARGET_RIVALS[m.partition("@")[0]],
+        )
     ]
     payload["targets_over_seeds"] = targets_over_seeds(payload["targets"])
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
