@@ -83,7 +83,7 @@ class SafeLBFGSRule(UpdateRule):
         # s·y of the new pair, is the curvature test's). Only each structure's first ``pairs`` slots are read, so a
         # wiped history needs no clearing.
         s_dot_y = torch.nn.functional.pad(state["s_dot_y"][:, :-1, :-1], (1, 0, 1, 0))
-        s_dot_y[:, :, 0] = layout.slot_sums(s_history * y[:, None])
+        s_dot_y[:, :, 0] = layout.slot_dots(s_history, y)
         keep = started & (s_dot_y[:, 0, 0] > 0)
         pairs = torch.where(
             keep, torch.clamp(state["pairs"] + 1, max=float(self.memory)), torch.zeros_like(state["pairs"])
@@ -134,7 +134,7 @@ class SafeLBFGSRule(UpdateRule):
         lower = torch.tril(s_dot_y, diagonal=-1)
         alpha = torch.linalg.solve_triangular(
             rho[:, :, None] * lower,
-            (rho * layout.slot_sums(s_history * g[:, None]))[:, :, None],
+            (rho * layout.slot_dots(s_history, g))[:, :, None],
             upper=False,
             unitriangular=True,
         )
@@ -145,8 +145,7 @@ class SafeLBFGSRule(UpdateRule):
         upper = lower.transpose(1, 2)
         beta = torch.linalg.solve_triangular(
             rho[:, :, None] * upper,
-            rho[:, :, None]
-            * (h0[:, None, None] * layout.slot_sums(y_history * q[:, None])[:, :, None] + upper @ alpha),
+            rho[:, :, None] * (h0[:, None, None] * layout.slot_dots(y_history, q)[:, :, None] + upper @ alpha),
             upper=True,
             unitriangular=True,
         )

@@ -88,8 +88,8 @@ class DistributedLayout(Layout):
     def sum_in_order(self, per_row: Tensor) -> Tensor:
         return self._summed(super().sum_in_order, per_row)
 
-    def slot_sums(self, per_row: Tensor) -> Tensor:
-        return self._allreduce(super().slot_sums(per_row), "sum")  # zeros on a rank without rows
+    def slot_dots(self, history: Tensor, per_row: Tensor) -> Tensor:
+        return self._allreduce(super().slot_dots(history, per_row), "sum")  # zeros on a rank without rows
 
     def _summed(self, local_sum: Any, per_row: Tensor) -> Tensor:
         """This rank's sums (zero on a rank without rows), added over all ranks."""
