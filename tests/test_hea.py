@@ -127,6 +127,12 @@ def test_hea_benchmark_runs_every_kind_of_method_and_reads_their_logs(tmp_path):
         "g3_fixed_frankenstein@fire_f_dec=0.97_s1",
     ]
     assert "3 grains fixed seed 1: fire, frankenstein@fire_f_dec=0.97." in (tmp_path / "t.md").read_text()
+    # cg-vmax0.01 differs from cg only in its fix box/relax: planned with the box relaxed, never at fixed box
+    box_only = hea.run(
+        n_atoms=1000, grains=[3], budget=25, methods=["cg-vmax0.01", "cg-forcezero"], potdir=POTENTIALS,
+        out=tmp_path, tag="t", quiet=True, report_only=True,
+    )  # fmt: skip
+    assert box_only["not_run"] == ["g3_fixed_cg-forcezero", "g3_box_cg-vmax0.01", "g3_box_cg-forcezero"]
 
 
 @pytest.mark.skipif(not (POTENTIALS / "library.meam").is_file(), reason="Choi et al.'s MEAM files are not here")

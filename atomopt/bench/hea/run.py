@@ -50,6 +50,8 @@ BOX_RELAX_OF = {"cg-vmax0.01": "iso 0.0 vmax 0.01"}
 
 #: LAMMPS's FIRE does not run with fix box/relax (its damped dynamics has no box degrees of freedom).
 NO_BOX = ("fire",)
+#: Methods that differ from another only in how they relax the box: at fixed box they are that method, not run again.
+BOX_ONLY = tuple(BOX_RELAX_OF)
 
 
 def method_settings(method: str) -> tuple[str, str]:
@@ -320,7 +322,7 @@ def run(
         for g in grains
         for b in box
         for m in methods
-        if not (b and m.partition("@")[0] in NO_BOX)
+        if not (b and m.partition("@")[0] in NO_BOX) and (b or m.partition("@")[0] not in BOX_ONLY)
     ]
     pending = [job for job in planned if job.key not in rows]
     jobs = [] if report_only else pending
@@ -384,7 +386,8 @@ def run(
     payload["targets_over_seeds"] = targets_over_seeds(payload["targets"])
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=1))
     (out / f"{tag}.md").write_text(markdown(payload))
-    plot(payload, selected, out / f"{tag}.png")
+    if payload["table"]:  # nothing to draw before any run is done
+        plot(payload, selected, out / f"{tag}.png")
     return payload
 
 
