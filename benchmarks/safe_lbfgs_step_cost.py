@@ -2,8 +2,8 @@
 
     python benchmarks/safe_lbfgs_step_cost.py [--atoms 128 2048] [--repeats 5]
 
-The step is timed as the default runs it (its trust radius included), with a full history (``memory`` pairs, filled on a quadratic whose curvature is positive), cell
-rows included (three per structure), on the mixed crystals of ``atomopt.bench.crystals`` packed to the atom count;
+The step is timed as the default runs it (its trust radius included), with a full history (``memory`` pairs,
+filled on a quadratic whose curvature is positive), cell rows included (three per structure), on the mixed crystals of ``atomopt.bench.crystals`` packed to the atom count;
 the model call is SevenNet-0 on the same structures. Writes ``benchmarks/results/safe_lbfgs_step_cost.{json,md}``.
 """
 

@@ -50,8 +50,6 @@ BOX_RELAX_OF = {"cg-vmax0.01": "iso 0.0 vmax 0.01"}
 
 #: LAMMPS's FIRE does not run with fix box/relax (its damped dynamics has no box degrees of freedom).
 NO_BOX = ("fire",)
-#: Methods that differ from another only in how they relax the box: at fixed box they are that method, not run again.
-BOX_ONLY = tuple(BOX_RELAX_OF)
 
 
 def method_settings(method: str) -> tuple[str, str]:
@@ -322,7 +320,8 @@ def run(
         for g in grains
         for b in box
         for m in methods
-        if not (b and m.partition("@")[0] in NO_BOX) and (b or m.partition("@")[0] not in BOX_ONLY)
+        # FIRE has no box run; a method of BOX_RELAX_OF is another method at fixed box, so it has no fixed-box run
+        if m.partition("@")[0] not in (NO_BOX if b else BOX_RELAX_OF)
     ]
     pending = [job for job in planned if job.key not in rows]
     jobs = [] if report_only else pending
