@@ -1,186 +1,116 @@
-"""Batched MLIP relaxation against sequential ASE, on the same crystals (cell free).
+"""Batched relaxation throughput: atomopt's engine against today's batched peers and ASE (cell free).
 
-    python benchmarks/batched_relax.py [--n 24] [--set mixed|proxy|FILE] [--fmax 0.05] [--steps 500]
-                                       [--capacities 1 8 32 128] [--model sevennet-0] [--device cpu]
-                                       [--tag batched_relax]
+    python benchmarks/batched_relax.py [--set proxy|mixed|FILE] [--n N] [--fmax 0.05] [--steps 500]
+                                       [--capacities 128 512] [--methods ...] [--model sevennet-0]
+                                       [--device cpu] [--threads 1] [--tag batched_relax]
 
-Structures: ``mixed`` (default), N small relaxed-then-perturbed crystals of ``atomopt.bench.crystals``; ``proxy``,
-the first N structures of the Matbench benchmark's WBM-like set (all of them without --n); or any file the
-Matbench benchmark reads (``atomopt.bench.matbench.load_set``).
+Structures: ``proxy`` (default), the Matbench benchmark's WBM-like set (the first N with --n); ``mixed``, N small
+relaxed-then-perturbed crystals of ``atomopt.bench.crystals``; or any file the Matbench benchmark reads.
 
-Methods, each on the same structures with the same model:
-  ase-fire          ASE FIRE + FrechetCellFilter, one structure after the other (the Matbench Discovery protocol)
-  ase-frankenstein  atomopt's Frankenstein through its ASE front end + FrechetCellFilter, sequential
-  batched-K         atomopt's in-flight engine, Frankenstein, at most K structures per model call
-  atomopt-relax     the command line as a user runs it: atomopt relax FILE -o OUT --model M --cell (default capacity)
-  torchsim-fire-K   TorchSim 0.3.0's batched frechet_cell_fire with its InFlightAutoBatcher at the same capacity K
-                    and its own SevenNet wrapper (float32 state, as TorchSim runs it); SevenNet-0 only. TorchSim
-                    needs its own environment on Python 3.11 (see --methods below).
+Every row is run by the Matbench benchmark's own runners (``atomopt.bench.matbench``: the same code, settings and
+stopping test as its tables), on the same structures with the same SevenNet-0 weights, one target (--fmax within
+--steps), one row after the other in this process or, for a peer, in the peer's own environment:
 
-The capacity K is in structures (--capacity-metric structures, the default) or in atoms (--capacity-metric atoms,
-the unit TorchSim's autobatcher takes; needed for the torchsim rows).
+  ase-fire, ase-lbfgs, ase-bfgs, ase-bfgslinesearch, ase-preconlbfgs, ase-frankenstein
+                    ASE's optimizers (and atomopt's ASE front end) on FrechetCellFilter, one structure after the other
+  safelbfgs, frankenstein, adan, adamnx, innaprop
+                    atomopt's in-flight engine at each capacity
+  torchsim-fire, torchsim-lbfgs, torchsim-bfgs
+                    TorchSim 0.6's batched optimizers with its Frechet cell filter and InFlightAutoBatcher
+                    (``ts.optimize``), at each capacity
+  torchsim0.3-fire  TorchSim 0.3.0's batched FIRE: a historical row (0.5.2 batched its per-structure step loop)
+  nvalchemi-lbfgs, nvalchemi-fire2
+                    NVIDIA nvalchemi-toolkit-ops's batched variable-cell Warp kernels, at each capacity
+  atomopt-relax     the command line as a user runs it on the structures written to a file
+                    (``atomopt relax FILE -o OUT --model M --cell``, its default optimizer and capacity)
 
-Reported: force calls (total and per structure), atoms over all force calls, converged count, wall time,
-structures/s, the model's time per atom evaluation, and the share of the time spent outside the model (optimizer,
-cell filter, bookkeeping). Results go to benchmarks/results/{tag}.json and .md with the command, machine and
-versions. Every method's model is called once on the first structure before its timing starts (the first call
-builds kernels and caches, seconds).
+Capacities are in atoms per model call (the unit of TorchSim's autobatcher and of the engine's default). Every
+model is called once on the first structure before its row's clock starts (the first call builds kernels and
+caches: seconds). Reported per row: force calls (structure evaluations), converged count, final energies against
+the lowest any row of this run reached, wall time, structures/s, CPU time, and the share of the CPU time spent
+outside the model (optimizer, cell filter, batching, bookkeeping). Results go to benchmarks/results/{tag}.json and
+.md with the command, machine and versions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from atomopt.bench.counting import CallCounter
-from atomopt.bench.crystals import mixed_crystals
+from atomopt.bench.matbench.build import (
+    ASE_METHODS,
+    ENGINE_METHODS,
+    METHODS,
+    TORCHSIM_HISTORICAL,
+    Target,
+    Task,
+    get_model,
+    load_set,
+    machine,
+)
+from atomopt.bench.matbench.run import BATCHED_PEERS, init_worker, peer_environments, run_task
+
+CLI_ROW = "atomopt-relax"
+DEFAULT_METHODS = (
+    "ase-fire",
+    "ase-lbfgs",
+    "safelbfgs",
+    "frankenstein",
+    "torchsim-fire",
+    "torchsim-lbfgs",
+    "nvalchemi-lbfgs",
+    "nvalchemi-fire2",
+    CLI_ROW,
+)
+
+#: Who wrote each method, as the table names them (versions in the machine record).
+LABELS = {
+    **{m: f"ASE {name}" for m, name in ASE_METHODS.items()},
+    "ase-preconlbfgs": "ASE PreconLBFGS (Exp)",
+    "ase-frankenstein": "atomopt Frankenstein, ASE front end",
+    **{m: f"atomopt {m}" for m in ENGINE_METHODS},
+    "torchsim-fire": "TorchSim 0.6 FIRE",
+    "torchsim-lbfgs": "TorchSim 0.6 L-BFGS",
+    "torchsim-bfgs": "TorchSim 0.6 BFGS",
+    TORCHSIM_HISTORICAL: "TorchSim 0.3.0 FIRE (historical)",
+    "nvalchemi-lbfgs": "nvalchemi-toolkit-ops L-BFGS",
+    "nvalchemi-fire2": "nvalchemi-toolkit-ops FIRE2",
+    CLI_ROW: "atomopt relax (command line)",
+}
 
 
-def ase_calculator(model: str, device: str):
-    if model in ("sevennet-0", "7net-0"):
-        from sevenn.calculator import SevenNetCalculator
-
-        return SevenNetCalculator("7net-0", device=device)
-    if model == "chgnet":
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        return CHGNetCalculator(use_device=device)
-    if model == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    raise ValueError(f"no ASE calculator for {model!r}")
-
-
-def run_sequential(method: str, structures, model: str, device: str, fmax: float, steps: int) -> dict:
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
-
-    from atomopt import Frankenstein
-
-    calc = ase_calculator(model, device)
-    warm = structures[0].copy()
-    warm.calc = calc
-    warm.get_forces()  # first calls build kernels and caches: kept out of the timing, as for every method
-    counter = CallCounter(calc)
-    per_structure, converged = [], 0
-    start = time.perf_counter()
-    for atoms in structures:
-        atoms = atoms.copy()
-        atoms.calc = calc
-        before = counter.calls
-        optimizer = (FIRE if method == "ase-fire" else Frankenstein)(FrechetCellFilter(atoms), logfile=None)
-        converged += bool(optimizer.run(fmax=fmax, steps=steps))
-        per_structure.append(counter.calls - before)
-    wall = time.perf_counter() - start
+def row_from_journal(method: str, capacity: float | None, rows: list[dict], target: Target) -> dict:
+    """One table row from the per-structure journal rows of a run."""
+    rows = sorted(rows, key=lambda r: r["index"])
+    outcomes = [r["outcomes"][target.name] for r in rows]
+    total = {
+        key: sum(r.get(key, 0.0) for r in rows)
+        for key in ("seconds", "cpu_seconds", "model_seconds", "model_cpu_seconds")
+    }
     return {
         "method": method,
-        "force_calls": int(sum(per_structure)),
-        "per_structure": per_structure,
-        "converged": converged,
-        "wall_seconds": wall,
-        "model_seconds": counter.seconds,
-        "outside_model_share": (wall - counter.seconds) / wall,
-    }
-
-
-def run_batched(capacity: int, structures, model_obj, fmax: float, steps: int, metric: str = "structures") -> dict:
-    from atomopt.frontends.engine import InFlightRelaxer
-    from atomopt.models.base import StructureBatch
-
-    model_obj(StructureBatch.from_atoms(structures[:1], dtype=model_obj.dtype, device=model_obj.device))  # warm-up
-    relaxer = InFlightRelaxer(
-        model_obj, "frankenstein", fmax=fmax, steps=steps, capacity=capacity, capacity_metric=metric
-    )
-    start = time.perf_counter()
-    records = sorted(relaxer.run(structures), key=lambda r: r.index)
-    wall = time.perf_counter() - start
-    stats = relaxer.stats
-    return {
-        "method": f"batched-{capacity}",
-        "force_calls": int(sum(r.force_calls for r in records)),
-        "per_structure": [r.force_calls for r in records],
-        "converged": sum(r.converged for r in records),
-        "statuses": [r.status for r in records],
-        "wall_seconds": wall,
-        "model_seconds": stats.model_seconds,
-        "optimizer_seconds": stats.optimizer_seconds,
-        "outside_model_share": (wall - stats.model_seconds) / wall,
-        "model_calls": stats.evaluations,
-        "packing": stats.packing,
-    }
-
-
-def run_torchsim(capacity: int, structures, device: str, fmax: float, steps: int, metric: str) -> dict:
-    """TorchSim's batched FIRE on a Frechet cell filter, driven as its autobatching tutorial does.
-
-    TorchSim's ``optimize`` caps all batches together at ``max_steps`` and derives the per-structure cap from it;
-    the loop below keeps TorchSim's own pieces (``frechet_cell_fire``, ``InFlightAutoBatcher``, its force
-    convergence function with cell forces, swaps every 5 steps) with a per-structure cap of ``steps``.
-    """
-    import torch_sim as ts
-    from torch_sim.runners import generate_force_convergence_fn
-
-    from atomopt.bench.matbench import TORCHSIM_SWAP_EVERY, torchsim_fire_batcher, torchsim_sevennet
-
-    if metric != "atoms":
-        raise SystemExit("torchsim-fire needs --capacity-metric atoms (its autobatcher counts atoms)")
-    model = torchsim_sevennet(device)
-    counts = {"calls": 0, "structures": 0, "atoms": 0, "seconds": 0.0}
-    forward = model.forward
-    forward(ts.initialize_state(list(structures[:1]), model.device, model.dtype))  # warm-up, untimed
-
-    def counted(state):
-        counts["calls"] += 1
-        counts["structures"] += int(state.n_systems)
-        counts["atoms"] += int(state.n_atoms)
-        begin = time.perf_counter()
-        try:
-            return forward(state)
-        finally:
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            counts["seconds"] += time.perf_counter() - begin
-
-    model.forward = counted
-    swap_every = TORCHSIM_SWAP_EVERY
-    is_converged = generate_force_convergence_fn(force_tol=fmax, include_cell_forces=True)
-    start = time.perf_counter()
-    state, batcher, update_fn = torchsim_fire_batcher(model, structures, capacity, steps)
-    finished, convergence = [], None
-    while (result := batcher.next_batch(state, convergence))[0] is not None:
-        state, done, _ = result
-        finished.extend(done)
-        for _ in range(swap_every):
-            state = update_fn(state)
-        convergence = is_converged(state, None)
-    finished.extend(result[1])
-    finished = batcher.restore_original_order(finished)
-    wall = time.perf_counter() - start
-    converged = [bool(is_converged(s, None).item()) for s in finished]
-    per_structure = [1 + swap_every * batcher.swap_attempts[i] for i in range(len(structures))]
-    return {
-        "method": f"torchsim-fire-{capacity}",
-        "force_calls": counts["structures"],
-        "per_structure": per_structure,
-        "converged": sum(converged),
-        "wall_seconds": wall,
-        "model_seconds": counts["seconds"],
-        "outside_model_share": (wall - counts["seconds"]) / wall,
-        "model_calls": counts["calls"],
-        "atom_evaluations": counts["atoms"],
+        "capacity_atoms": capacity,
+        "per_structure": [int(o["force_calls"]) for o in outcomes],
+        "statuses": [o["status"] for o in outcomes],
+        "energy_per_atom": [o["energy_per_atom"] for o in outcomes],
+        "converged": sum(o["status"] == "converged" for o in outcomes),
+        "force_calls": sum(int(o["force_calls"]) for o in outcomes),
+        "wall_seconds": total["seconds"],
+        "cpu_seconds": total["cpu_seconds"],
+        "model_seconds": total["model_seconds"],
+        "model_cpu_seconds": total["model_cpu_seconds"],
     }
 
 
 def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dict:
+    """``atomopt relax`` on the structures written to a file (its wall time includes reading, writing and the
+    journal)."""
     import tempfile
 
     from ase.io import read, write
@@ -190,83 +120,81 @@ def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dic
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "in.extxyz", Path(folder) / "out.extxyz"
         write(source, structures)
-        start = time.perf_counter()
-        main(
-            [
-                "relax",
-                str(source),
-                "-o",
-                str(target),
-                "--model",
-                model,
-                "--device",
-                device,
-                "--cell",
-                "--fmax",
-                str(fmax),
-                "--steps",
-                str(steps),
-                "-q",
-            ]
-        )
-        wall = time.perf_counter() - start
+        options = ["--model", model, "--device", device, "--cell", "--fmax", str(fmax), "--steps", str(steps)]
+        wall, cpu = time.perf_counter(), time.process_time()
+        main(["relax", str(source), "-o", str(target), *options, "-q"])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         frames = read(target, ":")
     calls = [int(a.info["force_calls"]) for a in frames]
     return {
-        "method": "atomopt-relax",
-        "force_calls": sum(calls),
+        "method": CLI_ROW,
+        "capacity_atoms": None,
         "per_structure": calls,
-        "converged": sum(bool(a.info["converged"]) for a in frames),
         "statuses": [a.info["status"] for a in frames],
+        "energy_per_atom": [float(a.get_potential_energy()) / len(a) for a in frames],
+        "converged": sum(bool(a.info["converged"]) for a in frames),
+        "force_calls": sum(calls),
         "wall_seconds": wall,
-        "command": f"atomopt relax in.extxyz -o out.extxyz --model {model} --device {device} --cell "
-        f"--fmax {fmax} --steps {steps}",
+        "cpu_seconds": cpu,
+        "command": "atomopt relax in.extxyz -o out.extxyz " + " ".join(options),
     }
 
 
-SET_NAMES = {"mixed": "mixed crystals", "proxy": "structures of the WBM-like proxy set"}
+def judge(results: list[dict]) -> None:
+    """Each row's final energies against the lowest any row of this run reached on the structure (meV/atom)."""
+    lowest = [
+        min((e for e in energies if math.isfinite(e)), default=math.nan)
+        for energies in zip(*(r["energy_per_atom"] for r in results))
+    ]
+    for r in results:
+        above = [1000 * (e - low) if math.isfinite(e) else math.inf for e, low in zip(r["energy_per_atom"], lowest)]
+        r["above_lowest_10mev"] = int(sum(a > 10 for a in above))
+        finite = [a for a in above if math.isfinite(a)]
+        r["mean_above_lowest_mev"] = sum(finite) / len(finite) if finite else math.nan
 
 
 def markdown(payload: dict) -> str:
-    rows = payload["results"]
-    fire = next((r for r in rows if r["method"] == "ase-fire"), None)
+    protocol, rows = payload["protocol"], payload["results"]
+    versions = payload["machine"]["versions"]
     lines = [
-        f"# Batched relaxation: {payload['protocol']['model']}, {payload['protocol']['n']} "
-        f"{SET_NAMES.get(payload['protocol'].get('set', 'mixed'), payload['protocol'].get('set'))}, cell free",
+        f"# Batched relaxation: {protocol['model']}, {protocol['n']} structures ({protocol['set']}), cell free, "
+        f"{protocol['device']}",
         "",
-        f"fmax {payload['protocol']['fmax']} eV/Å (atoms and cell rows), at most {payload['protocol']['steps']} steps; "
-        f"device {payload['protocol']['device']}"
-        + (f" ({payload['machine']['gpu']})" if payload["machine"].get("gpu") else "")
-        + f"; batch capacity in {payload['protocol'].get('capacity_metric', 'structures')}; machine: "
-        f"{payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, torch threads "
-        f"{payload['machine']['torch_threads']}.",
+        f"fmax {protocol['fmax']} eV/Å (atom and FrechetCellFilter cell rows), at most {protocol['steps']} steps; "
+        f"capacity in atoms per model call; {payload['machine']['cpus']} CPUs, "
+        f"{payload['machine']['torch_threads_per_worker']} torch thread(s); {payload['machine']['platform']}.  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
         f"Command: `{payload['command']}`",
         "",
-        "| method | converged | force calls | vs ASE FIRE | atom evaluations | model calls | wall s | structures/s | "
-        "model ms per atom evaluation | outside-model share | packing |",
+        "| method | capacity (atoms) | converged | > 10 meV/atom above lowest | force calls | SafeLBFGS's calls ÷ its "
+        "| wall s | structures/s | SafeLBFGS's structures/s ÷ its | CPU s | outside the model (CPU) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    by_capacity = {r["capacity_atoms"]: r for r in rows if r["method"] == "safelbfgs"}
     for r in rows:
-        ratio = f"{r['force_calls'] / fire['force_calls']:.2f}×" if fire else "–"
-        share = f"{100 * r['outside_model_share']:.1f} %" if "outside_model_share" in r else "–"
-        packing = f"{r['packing']:.2f}" if "packing" in r else "–"
-        evaluations = r.get("atom_evaluations")
-        per_atom = f"{1000 * r['model_seconds'] / evaluations:.2f}" if evaluations and "model_seconds" in r else "–"
+        n = len(r["per_structure"])
+        ours = by_capacity.get(r["capacity_atoms"]) or next(iter(by_capacity.values()), None)
+        rate = n / r["wall_seconds"] if r["wall_seconds"] else math.nan
+        calls_ratio = f"{ours['force_calls'] / r['force_calls']:.2f}×" if ours and r["force_calls"] else "–"
+        rate_ratio = f"{(n / ours['wall_seconds']) / rate:.2f}×" if ours and rate else "–"
+        model_cpu = r.get("model_cpu_seconds")
+        outside = f"{100 * (1 - model_cpu / r['cpu_seconds']):.1f} %" if model_cpu and r["cpu_seconds"] else "–"
         lines.append(
-            f"| {r['method']} | {r['converged']}/{len(r['per_structure'])} | {r['force_calls']} | {ratio} | "
-            f"{evaluations or '–'} | {r.get('model_calls', '–')} | {r['wall_seconds']:.1f} | "
-            f"{len(r['per_structure']) / r['wall_seconds']:.3f} | {per_atom} | {share} | {packing} |"
+            f"| {LABELS.get(r['method'], r['method'])} | {r['capacity_atoms'] or '–'} | {r['converged']}/{n} | "
+            f"{r['above_lowest_10mev']} | {r['force_calls']} | {calls_ratio} | {r['wall_seconds']:.1f} | {rate:.3f} | "
+            f"{rate_ratio} | {r['cpu_seconds']:.1f} | {outside} |"
         )
     lines += [f"\nFailed to run: {failure}" for failure in payload.get("failed_methods", [])]
     lines += [
         "",
-        "Outside-model share: wall time not spent in the model call (optimizer, cell filter, bookkeeping; for "
-        "the ASE rows also ASE's filter and optimizer), over the wall time. Model calls include graph "
-        "construction. Atom evaluations: atoms over all force calls (a model's cost on a CPU grows with "
-        "them; a GPU call costs nearly the same for any small batch). atomopt-relax: the command line on the "
-        "same structures written to a file (its wall time includes reading, writing and the journal). "
-        "torchsim-fire-K: force calls are structure evaluations (TorchSim checks convergence every 5 "
-        "steps, so a structure runs up to 4 steps past its convergence).",
+        "Force calls: structure evaluations up to the state that meets fmax (TorchSim's autobatcher may run a "
+        "structure up to 4 steps past it before swapping it out, uncounted). Ratios against atomopt's SafeLBFGS at "
+        "the same capacity (the sequential rows against its first capacity). > 10 meV/atom above lowest: "
+        "structures whose final energy lies more than 10 meV/atom above the lowest any row of this run reached. "
+        "Outside the model: CPU time not spent inside model evaluations (atomopt's model through a timing "
+        "wrapper, TorchSim's SevenNet module through forward hooks), over the row's CPU time; the command-line row "
+        "is not split. Wall and CPU times exclude each row's one untimed warm-up call and, for the peers, starting "
+        "their environment.",
         "",
     ]
     return "\n".join(lines)
@@ -274,79 +202,64 @@ def markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=None, help="structures (default 24 mixed, the whole of a set)")
-    parser.add_argument("--set", default="mixed", help="mixed (default), proxy or a file (see above)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fmax", type=float, default=0.05)
+    parser.add_argument("--set", default="proxy", help="proxy (default), mixed or a file (see above)")
+    parser.add_argument("--n", type=int, default=None, help="structures (default: the whole set; mixed: 24)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mixed crystals")
+    parser.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--capacities", type=int, nargs="*", default=[1, 8, 32, 128])
-    parser.add_argument("--capacity-metric", choices=["structures", "atoms"], default="structures")
-    parser.add_argument(
-        "--methods",
-        nargs="*",
-        default=["ase-fire", "ase-frankenstein", "atomopt-relax"],
-        help="ase-fire ase-frankenstein atomopt-relax torchsim-fire (batched-K rows always run)",
-    )
+    parser.add_argument("--capacities", type=float, nargs="+", default=[128.0], help="atoms per model call")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*METHODS, CLI_ROW])
     parser.add_argument("--model", default="sevennet-0")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--torchsim-env", default=".venv-torchsim06", help="TorchSim 0.6's environment")
+    parser.add_argument("--nvalchemi-env", default=".venv-nvalchemi", help="nvalchemi-toolkit-ops's environment")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="batched_relax")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    from atomopt.models import load_model
+    if args.fmax <= 0 or args.steps < 1 or any(c <= 0 for c in args.capacities):
+        parser.error("--fmax and --capacities must be positive, --steps at least 1")
+    out = Path(args.out)
+    if (out / f"{args.tag}.json").exists():
+        parser.error(f"{out / args.tag}.json exists: choose another --tag or remove it")
 
     if args.set == "mixed":
+        from atomopt.bench.crystals import mixed_crystals
+
         structures = mixed_crystals(args.n or 24, seed=args.seed)
     else:
-        from atomopt.bench.matbench import load_set
-
         structures = load_set(args.set, args.n)
-    model_obj = load_model(args.model, device=args.device)
+    items = list(enumerate(structures))
+    target = Target(f"{args.fmax:g}", args.fmax, args.steps)
+    init_worker(
+        args.model, args.threads, args.device, peer_environments(args.methods, args.torchsim_env, args.nvalchemi_env)
+    )
+    from atomopt.models.base import StructureBatch
+
+    model = get_model(args.model)
+    model(StructureBatch.from_atoms(structures[:1], dtype=model.dtype, device=model.device))  # untimed warm-up
+
     results, failures = [], []
+
+    def record(row: dict) -> None:
+        results.append(row)
+        brief = {k: v for k, v in row.items() if k not in ("per_structure", "statuses", "energy_per_atom")}
+        print(json.dumps(brief), file=sys.stderr)
+
     for method in args.methods:
-        if method in ("atomopt-relax", "torchsim-fire"):
-            continue
-        results.append(run_sequential(method, structures, args.model, args.device, args.fmax, args.steps))
-        print(json.dumps({k: v for k, v in results[-1].items() if k != "per_structure"}), file=sys.stderr)
-    for capacity in args.capacities:
-        results.append(run_batched(capacity, structures, model_obj, args.fmax, args.steps, args.capacity_metric))
-        print(
-            json.dumps({k: v for k, v in results[-1].items() if k not in ("per_structure", "statuses")}),
-            file=sys.stderr,
-        )
-        if "torchsim-fire" in args.methods:
+        batched = method in ENGINE_METHODS or method in BATCHED_PEERS
+        for capacity in args.capacities if batched else [args.capacities[0]]:
+            if method == CLI_ROW:
+                record(run_cli(structures, args.model, args.device, args.fmax, args.steps))
+                break
             try:
-                results.append(
-                    run_torchsim(capacity, structures, args.device, args.fmax, args.steps, args.capacity_metric)
-                )
-            except Exception as err:  # a failing baseline is reported, not fatal to the other rows
-                print(f"torchsim-fire-{capacity} failed: {err!r}", file=sys.stderr)
-                failures.append(f"torchsim-fire-{capacity}: {err!r}")
+                journal = run_task(Task(method, items, [target], capacity))
+            except Exception as err:  # a peer that cannot run is reported, not fatal to the other rows
+                failures.append(f"{method} at {capacity:g} atoms: {err!r}")
+                print(failures[-1], file=sys.stderr)
                 continue
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "per_structure"}), file=sys.stderr)
-    if "atomopt-relax" in args.methods:
-        results.append(run_cli(structures, args.model, args.device, args.fmax, args.steps))
-    sizes = [len(a) for a in structures]
-    for r in results:  # TorchSim's rows count the atoms of the batches it evaluated
-        r.setdefault("atom_evaluations", int(sum(n * c for n, c in zip(sizes, r["per_structure"]))))
-
-    import ase
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ase": ase.__version__,
-        "numpy": np.__version__,
-    }
-    from importlib.metadata import PackageNotFoundError, version
-
-    for package in ("sevenn", "chgnet", "torch-sim-atomistic", "e3nn", "vesin"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
+            record(row_from_journal(method, capacity if batched else None, journal, target))
+    judge(results)
     payload = {
         "benchmark": "batched relaxation",
         "command": "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -358,24 +271,20 @@ def main(argv: list[str] | None = None) -> int:
             "fmax": args.fmax,
             "steps": args.steps,
             "device": args.device,
-            "capacity_metric": args.capacity_metric,
+            "capacities_atoms": args.capacities,
             "structures": [
-                a.info.get("name") or a.info.get("material_id") or a.get_chemical_formula() for a in structures
+                a.info.get("material_id") or a.info.get("name") or a.get_chemical_formula() for a in structures
             ],
         },
         "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": args.threads,
+            **machine(args.threads, 1),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            **versions,
         },
         "results": results,
         "failed_methods": failures,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.tag}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / f"{args.tag}.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
     (out / f"{args.tag}.md").write_text(markdown(payload))
     print(markdown(payload))
     return 0

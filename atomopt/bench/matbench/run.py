@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,8 @@ def plan(
     return sorted(tasks, key=lambda t: (t.items[0][0] // CHUNK, -t.weight))
 
 
-def _init_worker(model_spec: str, threads: int, device: str, peer_pythons: dict[str, str | None]) -> None:
+def init_worker(model_spec: str, threads: int, device: str, peer_pythons: dict[str, str | None]) -> None:
+    """Set up this process to run tasks (:func:`run_task`): the model, torch threads, device and peer environments."""
     import torch
 
     torch.set_num_threads(threads)
@@ -184,7 +185,27 @@ PEER_RUNNERS = (
 BATCHED_PEERS = tuple(m for methods, _, _ in PEER_RUNNERS for m in methods)
 
 
-def _run_task(task: Task) -> list[dict]:
+def peer_environments(
+    methods: Collection[str],
+    torchsim_env: str | Path = ".venv-torchsim06",
+    nvalchemi_env: str | Path = ".venv-nvalchemi",
+) -> dict[str, str | None]:
+    """The Python of each peer environment that ``methods`` need (keyed as in :data:`PEER_RUNNERS`), made on first
+    use."""
+    environments = {
+        "torchsim": lambda: torchsim06_environment(Path(torchsim_env)),
+        "torchsim0.3": lambda: torchsim_environment(Path(TORCHSIM03_ENV)),
+        "nvalchemi": lambda: nvalchemi_environment(Path(nvalchemi_env)),
+    }
+    return {
+        environment: environments[environment]()
+        for peer_methods, environment, _ in PEER_RUNNERS
+        if any(m in peer_methods for m in methods)
+    }
+
+
+def run_task(task: Task) -> list[dict]:
+    """The journal rows of ``task`` (in a process set up by :func:`init_worker`)."""
     model_spec = _WORKER["model"]
     if task.method in ENGINE_METHODS:
         return run_engine(task.method, task.items, model_spec, task.targets, task.capacity)
@@ -296,16 +317,7 @@ def run(
     rows = read_journal(journal, spec)
     subsets = dict(subsets or {})
     tasks = [] if report_only else plan(methods, structures, set(rows), fmax, steps, reference, capacity, subsets)
-    environments = {
-        "torchsim": lambda: torchsim06_environment(Path(torchsim_env)),
-        "torchsim0.3": lambda: torchsim_environment(Path(TORCHSIM03_ENV)),
-        "nvalchemi": lambda: nvalchemi_environment(Path(nvalchemi_env)),
-    }
-    peer_pythons = {  # each peer's environment, made on first use
-        environment: environments[environment]()
-        for methods, environment, _ in PEER_RUNNERS
-        if any(t.method in methods for t in tasks)
-    }
+    peer_pythons = peer_environments({t.method for t in tasks}, torchsim_env, nvalchemi_env)
     if not journal.exists() or journal.stat().st_size == 0:
         journal.write_text(json.dumps({"protocol": spec}) + "\n")
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -321,14 +333,14 @@ def run(
             bar.update(len(new_rows))
 
         if workers <= 1:
-            _init_worker(model, threads, device, peer_pythons)
+            init_worker(model, threads, device, peer_pythons)
             for task in tasks:
-                keep(_run_task(task))
+                keep(run_task(task))
         else:
             context = multiprocessing.get_context("spawn")
             initargs = (model, threads, device, peer_pythons)
-            with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
-                for new_rows in pool.imap_unordered(_run_task, tasks):
+            with context.Pool(workers, initializer=init_worker, initargs=initargs) as pool:
+                for new_rows in pool.imap_unordered(run_task, tasks):
                     keep(new_rows)
     bar.close()
     payload = summarize(rows, structures, methods, spec, reference, subsets, other_rows)
