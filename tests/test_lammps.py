@@ -136,9 +136,27 @@ def test_sorting_does_not_scramble_the_optimizer_state():
     for sort in ("0 0.0", "1 1.0"):
         lmp = lammps_instance()
         cu_crystal(lmp, displacement=0.3)
-        lmp.command(f"atom_modify sort {sort}")
+        lmp.commands_list([f"atom_modify sort {sort}", "neighbor 0.0 bin", "neigh_modify every 1 delay 0 check no"])
         energies.append(minimize(lmp, "innaprop", ftol=0.0, maxiter=60).energies)
     np.testing.assert_allclose(energies[0], energies[1], rtol=1e-10)
+
+
+def test_kept_state_is_in_lammps_atom_order():
+    """keep_state leaves the optimizer's per-atom state in LAMMPS's arrays, each row at its atom, also where LAMMPS
+    sorts its atoms at every step (reneighbouring every step; one rank holds the state by atom ID between steps)."""
+    kept = []
+    for sort in ("0 0.0", "1 1.0"):
+        lmp = lammps_instance()
+        cu_crystal(lmp, displacement=0.3)
+        lmp.commands_list([f"atom_modify sort {sort}", "neighbor 0.0 bin", "neigh_modify every 1 delay 0 check no"])
+        minimize(lmp, "frankenstein", ftol=0.0, maxiter=20, keep_state=True)
+        nlocal = lmp.extract_setting("nlocal")
+        order = np.argsort(lmp.numpy.extract_atom("id")[:nlocal])
+        kept.append({name: lmp.numpy.extract_atom(f"d2_atomopt_{name}")[:nlocal][order].copy() for name in ("m", "v")})
+    for name in ("m", "v"):
+        assert np.abs(kept[0][name]).max() > 0
+        # a different neighbour order sums the forces in another order: last-bit differences, no more
+        np.testing.assert_allclose(kept[1][name], kept[0][name], rtol=1e-9, atol=1e-12 * np.abs(kept[0][name]).max())
 
 
 def test_clear_errors():

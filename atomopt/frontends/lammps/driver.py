@@ -257,6 +257,12 @@ class _Run:
         self.gain: tuple[float, float] = (math.nan, math.nan)  # lr (length) and ε after the last step
         self._setup_seen = False
         self.last_move = 0.0
+        # On one rank no atom leaves the process, so the per-atom state stays in torch between steps, keyed by the
+        # atoms' IDs (LAMMPS may reorder its local atoms when it sorts them: the state follows by ID); on several
+        # ranks it lives in LAMMPS's per-atom arrays, which travel with migrating atoms.
+        self.single_rank = comm.size == 1
+        self.held: tuple[np.ndarray, dict[str, Tensor]] | None = None  # (IDs of the rows, per-row state)
+        self._layout: Layout | None = None
 
     # -- fix external entry point ------------------------------------------------------------
     def callback(
@@ -268,12 +274,12 @@ class _Run:
             self._setup_seen = True
             return
         try:
-            self._iterate(nlocal, x)
+            self._iterate(nlocal, x, tag)
         except BaseException as error:  # raised again after the run: ctypes would swallow it here
             self.error = error
             self._stop("error")
 
-    def _iterate(self, nlocal: int, x: np.ndarray) -> None:
+    def _iterate(self, nlocal: int, x: np.ndarray, tag: np.ndarray) -> None:
         lmp = self.lmp
         rows = self._rows(nlocal)
         forces = lmp.numpy.extract_atom("f")[:nlocal][rows]
@@ -304,10 +310,7 @@ class _Run:
             self._stop(reason)
             return
         start = time.perf_counter()
-        n_rows = forces.shape[0] + (self.box.rows if self.box is not None else 0)
-        layout = DistributedLayout(
-            structure=torch.zeros(n_rows, dtype=torch.long, device=self.device), n_structures=1, comm=self.comm
-        )
+        layout = self._layout_of(forces.shape[0] + (self.box.rows if self.box is not None else 0))
         if self.box is None:
             gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
         else:  # atoms in the start box's frame (u = x·Fᵀ⁻¹, force f·F), then the box rows (on rank 0)
@@ -315,7 +318,8 @@ class _Run:
             gradient = -torch.as_tensor(
                 np.concatenate([frame_forces, box_forces]), dtype=self.dtype, device=self.device
             )
-        state = self._load_state(nlocal, rows, gradient, layout)
+        ids = tag[:nlocal][rows] if self.single_rank else None
+        state = self._load_state(nlocal, rows, gradient, layout, ids)
         constrain = self.box.constrain if self.box is not None and self.box.here else None
         objective = None  # LAMMPS's objective (pe, plus fix box/relax's term), the same on every rank
         if self.minimizer.needs_energy:
@@ -323,7 +327,7 @@ class _Run:
         displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
         self.fire_restarts += int(self.minimizer.restarted(state)[0])
         self.gain = (float(state["lr"][0]), float(state["eps"][0]))
-        self._store_state(nlocal, rows, state)
+        self._store_state(nlocal, rows, state, ids)
         step = displacement.detach().cpu().numpy().astype(np.float64)
         if self.box is None:
             x[rows] += step
@@ -361,10 +365,16 @@ class _Run:
         return (self.lmp.numpy.extract_atom("mask")[:nlocal] & self.groupbit) != 0
 
     def _force_norms(self, forces: np.ndarray) -> _Norms:
-        finite = np.isfinite(forces)
-        f = np.where(finite, forces, 0.0)
-        atom_sq = np.einsum("ij,ij->i", f, f)
-        local_sum = np.array([atom_sq.sum(), float((~finite).sum())])
+        atom_sq = np.einsum("ij,ij->i", forces, forces)
+        squares = atom_sq.sum()
+        if np.isfinite(squares):  # fast path: every component is finite
+            f, non_finite = forces, 0.0
+        else:
+            finite = np.isfinite(forces)
+            f, non_finite = np.where(finite, forces, 0.0), float((~finite).sum())
+            atom_sq = np.einsum("ij,ij->i", f, f)
+            squares = atom_sq.sum()
+        local_sum = np.array([squares, non_finite])
         local_max = np.array([atom_sq.max(initial=0.0), np.abs(f).max(initial=0.0)])
         total_sum, total_max = np.empty(2), np.empty(2)
         self.comm.Allreduce(local_sum, total_sum, op=mpi_op(self.comm, "sum"))
@@ -375,26 +385,71 @@ class _Run:
     def _array(self, name: str, nlocal: int) -> np.ndarray:
         return self.lmp.numpy.extract_atom(f"d2_{_PREFIX}_{name}")[:nlocal]
 
-    def _load_state(self, nlocal: int, rows: Any, gradient: Tensor, layout: Layout) -> dict:
+    def _layout_of(self, n_rows: int) -> Layout:
+        """The one-structure layout of this rank's rows: reductions over every rank on several, plain on one (the
+        same sums: an allreduce over one rank returns its input)."""
+        if self._layout is None or self._layout.n_rows != n_rows:
+            structure = torch.zeros(n_rows, dtype=torch.long, device=self.device)
+            self._layout = (
+                Layout(structure=structure, n_structures=1)
+                if self.single_rank
+                else DistributedLayout(structure=structure, n_structures=1, comm=self.comm)
+            )
+        return self._layout
+
+    def _load_state(self, nlocal: int, rows: Any, gradient: Tensor, layout: Layout, ids: np.ndarray | None) -> dict:
         if self.per_structure is None:  # first step
             return self.minimizer.init(gradient, layout)
-        per_row = {
-            name: torch.as_tensor(self._array(name, nlocal)[rows], dtype=self.dtype, device=self.device).reshape(
-                -1, *shape
-            )
-            for name, shape in self.row_fields.items()
-        }
+        if ids is not None:
+            per_row = self._held_rows(ids)
+        else:
+            per_row = {
+                name: torch.as_tensor(self._array(name, nlocal)[rows], dtype=self.dtype, device=self.device).reshape(
+                    -1, *shape
+                )
+                for name, shape in self.row_fields.items()
+            }
         if self.box is not None and self.box.here:  # the box rows follow the atoms
             per_row = {name: torch.cat([value, self.box.state[name]]) for name, value in per_row.items()}
         return self.minimizer.join_rows(per_row, self.per_structure)
 
-    def _store_state(self, nlocal: int, rows: Any, state: dict) -> None:
+    def _held_rows(self, ids: np.ndarray) -> dict[str, Tensor]:
+        """The per-row state held since the last step, in the order of the atoms ``ids`` now (one rank)."""
+        held_ids, per_row = self.held
+        if np.array_equal(ids, held_ids):
+            return per_row
+        changed = RuntimeError(f"the minimized atoms changed during the minimization ({len(held_ids)} -> {len(ids)})")
+        if len(ids) != len(held_ids):
+            raise changed
+        order = np.argsort(held_ids)
+        where = order[np.searchsorted(held_ids, ids, sorter=order).clip(max=len(ids) - 1)]
+        if not np.array_equal(held_ids[where], ids):
+            raise changed
+        index = torch.as_tensor(where, device=self.device)
+        return {name: value[index] for name, value in per_row.items()}
+
+    def _store_state(self, nlocal: int, rows: Any, state: dict, ids: np.ndarray | None) -> None:
         per_row, self.per_structure = self.minimizer.split_rows(state)
         if self.box is not None and self.box.here:
             self.box.state = {name: value[-2:] for name, value in per_row.items()}
             per_row = {name: value[:-2] for name, value in per_row.items()}
+        if ids is not None:
+            self.held = (ids.copy(), per_row)
+            return
+        self._write_arrays(nlocal, rows, per_row)
+
+    def _write_arrays(self, nlocal: int, rows: Any, per_row: dict[str, Tensor]) -> None:
         for name, value in per_row.items():
             self._array(name, nlocal)[rows] = value.detach().cpu().numpy().reshape(value.shape[0], -1)
+
+    def write_back(self) -> None:
+        """Put the state held on one rank into LAMMPS's per-atom arrays (``keep_state``), in LAMMPS's atom order."""
+        if self.held is None:
+            return
+        nlocal = int(self.lmp.extract_global("nlocal"))
+        rows = self._rows(nlocal)
+        ids = self.lmp.numpy.extract_atom("id")[:nlocal][rows]
+        self._write_arrays(nlocal, rows, self._held_rows(ids))
 
 
 def defined_fixes(
@@ -572,6 +627,8 @@ def minimize(
         every = lmp.extract_global("thermo_every")
         if run.stop_reason is not None and run.error is None and not (every and step % every == 0):
             lmp.commands_list(quiet + ["run 0 pre no post no"] + loud)  # thermo line of the final step, no force call
+        if keep_state:
+            run.write_back()
     finally:
         lmp.commands_list(quiet + cleanup + loud)
     shift = run.box.fixedpoint_shift(lmp) if run.box is not None and run.error is None else None
