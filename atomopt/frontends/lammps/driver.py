@@ -253,10 +253,10 @@ class _Run:
         self.stop_reason: str | None = None
         self.error: BaseException | None = None
         self.optimizer_time = 0.0
-        self.fire_restarts = 0  # uphill steps that restarted the optimizer (FIRE's power test)
-        self.gain: tuple[float, float] = (math.nan, math.nan)  # lr (length) and ε after the last step
+        # uphill steps that restarted the optimizer (FIRE's power test), kept as a tensor: no sync per step
+        self.restart_count: Tensor | float = 0.0
         self._setup_seen = False
-        self.last_move = 0.0
+        self.last_step: np.ndarray | None = None  # this rank's atom moves of the last step
         # On one rank no atom leaves the process, so the per-atom state stays in torch between steps, keyed by the
         # atoms' IDs (LAMMPS may reorder its local atoms when it sorts them: the state follows by ID); on several
         # ranks it lives in LAMMPS's per-atom arrays, which travel with migrating atoms.
@@ -325,8 +325,7 @@ class _Run:
         if self.minimizer.needs_energy:
             objective = torch.tensor([energy], dtype=self.dtype, device=self.device)
         displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
-        self.fire_restarts += int(self.minimizer.restarted(state)[0])
-        self.gain = (float(state["lr"][0]), float(state["eps"][0]))
+        self.restart_count = self.restart_count + state["restarted"]
         self._store_state(nlocal, rows, state, ids)
         step = displacement.detach().cpu().numpy().astype(np.float64)
         if self.box is None:
@@ -335,12 +334,24 @@ class _Run:
             n_atoms = forces.shape[0]
             x[rows] += step[:n_atoms] @ stretch  # Δx = Δu·Fᵀ; fix deform then carries x into the new box
             self.box.move(self.lmp, self.comm, step[n_atoms:] if self.box.here else None)
-        moved = step[: forces.shape[0]]
-        self.last_move = float(np.sqrt(np.einsum("ij,ij->i", moved, moved).max(initial=0.0)))  # this rank's
+        self.last_step = step[: forces.shape[0]]
         self.optimizer_time += time.perf_counter() - start
         self.iterations += 1
 
     # -- stopping ----------------------------------------------------------------------------
+    @property
+    def last_move(self) -> float:
+        """The largest atom move of the last step on this rank (length units)."""
+        moved = self.last_step if self.last_step is not None else np.zeros((0, 3))
+        return float(np.sqrt(np.einsum("ij,ij->i", moved, moved).max(initial=0.0)))
+
+    @property
+    def gain(self) -> tuple[float, float]:
+        """lr (length units) and ε after the last step."""
+        if self.per_structure is None:
+            return (math.nan, math.nan)
+        return float(self.per_structure["lr"][0]), float(self.per_structure["eps"][0])
+
     def _stop_test(self, energy: float, norms: _Norms) -> str | None:
         if len(self.energies) + self.unused_evaluations >= self.maxeval:
             return "max force evaluations"
@@ -672,7 +683,7 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
         optimizer_time=run.optimizer_time,
         lr_final=run.gain[0],
         eps_final=run.gain[1],
-        fire_restarts=run.fire_restarts,
+        fire_restarts=int(run.restart_count if isinstance(run.restart_count, float) else run.restart_count[0]),
         energies=list(energies),
         atoms=int(run.lmp.get_natoms()),
         box_final=current_box(run.lmp) if run.box is not None else None,
