@@ -164,12 +164,15 @@ def markdown(payload: dict) -> str:
         f"capacity in atoms per model call; {payload['machine']['cpus']} CPUs, "
         f"{payload['machine']['torch_threads_per_worker']} torch thread(s); {payload['machine']['platform']}.  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
-        f"Command: `{payload['command']}`",
+        f"Command: `{payload['command']}`"
+        + (f"; table written from its JSON by `{payload['report_command']}`" if payload.get("report_command") else ""),
         "",
         "| method | capacity (atoms) | converged | > 10 meV/atom above lowest | force calls | SafeLBFGS's calls ÷ its "
-        "| wall s | structures/s | SafeLBFGS's structures/s ÷ its | CPU s | outside the model (CPU) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| atom-calls | wall s | structures/s | SafeLBFGS's structures/s ÷ its | CPU s | outside the model (CPU) "
+        "| model µs per atom-call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    sizes = protocol["sizes"]
     by_capacity = {r["capacity_atoms"]: r for r in rows if r["method"] == "safelbfgs"}
     for r in rows:
         n = len(r["per_structure"])
@@ -179,17 +182,22 @@ def markdown(payload: dict) -> str:
         rate_ratio = f"{(n / ours['wall_seconds']) / rate:.2f}×" if ours and rate else "–"
         model_cpu = r.get("model_cpu_seconds")
         outside = f"{100 * (1 - model_cpu / r['cpu_seconds']):.1f} %" if model_cpu and r["cpu_seconds"] else "–"
+        atom_calls = sum(size * calls for size, calls in zip(sizes, r["per_structure"]))
+        per_atom_call = f"{1e6 * r['model_seconds'] / atom_calls:.0f}" if r.get("model_seconds") else "–"
         lines.append(
             f"| {LABELS.get(r['method'], r['method'])} | {r['capacity_atoms'] or '–'} | {r['converged']}/{n} | "
-            f"{r['above_lowest_10mev']} | {r['force_calls']} | {calls_ratio} | {r['wall_seconds']:.1f} | {rate:.3f} | "
-            f"{rate_ratio} | {r['cpu_seconds']:.1f} | {outside} |"
+            f"{r['above_lowest_10mev']} | {r['force_calls']} | {calls_ratio} | {atom_calls} | {r['wall_seconds']:.1f} | "
+            f"{rate:.3f} | {rate_ratio} | {r['cpu_seconds']:.1f} | {outside} | {per_atom_call} |"
         )
     lines += [f"\nFailed to run: {failure}" for failure in payload.get("failed_methods", [])]
     lines += [
         "",
         "Force calls: structure evaluations up to the state that meets fmax (TorchSim's autobatcher may run a "
         "structure up to 4 steps past it before swapping it out, uncounted). Ratios against atomopt's SafeLBFGS at "
-        "the same capacity (the sequential rows against its first capacity). > 10 meV/atom above lowest: "
+        "the same capacity (the sequential rows against its first capacity). Atom-calls: force calls weighted by "
+        "the structure's atoms (what a model's cost on a CPU follows); model µs per atom-call: the row's model time "
+        "over them (TorchSim's counts leave out the up to 4 steps a structure may run past its convergence before "
+        "the autobatcher swaps it out, whose model time is in). > 10 meV/atom above lowest: "
         "structures whose final energy lies more than 10 meV/atom above the lowest any row of this run reached. "
         "Outside the model: CPU time not spent inside model evaluations (atomopt's model through a timing "
         "wrapper, TorchSim's SevenNet module through forward hooks), over the row's CPU time; the command-line row "
@@ -198,6 +206,15 @@ def markdown(payload: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def structure_set(name: str, n: int | None, seed: int) -> list:
+    """The structures of ``--set`` (``mixed``: ``n`` crystals, 24 by default)."""
+    if name == "mixed":
+        from atomopt.bench.crystals import mixed_crystals
+
+        return mixed_crystals(n or 24, seed=seed)
+    return load_set(name, n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,19 +233,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nvalchemi-env", default=".venv-nvalchemi", help="nvalchemi-toolkit-ops's environment")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="batched_relax")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the Markdown of the tag's JSON; nothing runs"
+    )
     args = parser.parse_args(argv)
     if args.fmax <= 0 or args.steps < 1 or any(c <= 0 for c in args.capacities):
         parser.error("--fmax and --capacities must be positive, --steps at least 1")
     out = Path(args.out)
+    command = "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        payload = json.loads((out / f"{args.tag}.json").read_text())
+        protocol = payload["protocol"]
+        if "sizes" not in protocol:  # results written before the sizes were recorded
+            protocol["sizes"] = [len(a) for a in structure_set(protocol["set"], protocol["n"], protocol["seed"])]
+        payload["report_command"] = command
+        (out / f"{args.tag}.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+        (out / f"{args.tag}.md").write_text(markdown(payload))
+        return 0
     if (out / f"{args.tag}.json").exists():
         parser.error(f"{out / args.tag}.json exists: choose another --tag or remove it")
 
-    if args.set == "mixed":
-        from atomopt.bench.crystals import mixed_crystals
-
-        structures = mixed_crystals(args.n or 24, seed=args.seed)
-    else:
-        structures = load_set(args.set, args.n)
+    structures = structure_set(args.set, args.n, args.seed)
     items = list(enumerate(structures))
     target = Target(f"{args.fmax:g}", args.fmax, args.steps)
     init_worker(
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     judge(results)
     payload = {
         "benchmark": "batched relaxation",
-        "command": "python benchmarks/batched_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "protocol": {
             "model": args.model,
             "set": args.set,
@@ -272,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "device": args.device,
             "capacities_atoms": args.capacities,
+            "sizes": [len(a) for a in structures],
             "structures": [
                 a.info.get("material_id") or a.info.get("name") or a.get_chemical_formula() for a in structures
             ],

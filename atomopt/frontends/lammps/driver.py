@@ -327,7 +327,7 @@ class _Run:
         displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
         self.restart_count = self.restart_count + state["restarted"]
         self._store_state(nlocal, rows, state, ids)
-        step = displacement.detach().cpu().numpy().astype(np.float64)
+        step = displacement.detach().cpu().numpy().astype(np.float64, copy=False)
         if self.box is None:
             x[rows] += step
         else:
