@@ -1,6 +1,7 @@
 """Basin choice by breaking symmetry at the start: SafeLBFGS on the Matbench proxy, start positions rattled.
 
-    python benchmarks/start_rattle.py [--amplitudes 0 0.02 0.05] [--journal benchmarks/results/matbench_sevennet0.jsonl]
+    python benchmarks/start_rattle.py [--amplitudes 0 0.02 0.05] [--seed 1000] [--tag start_rattle]
+                                      [--journal benchmarks/results/matbench_sevennet0.jsonl]
 
 Why: of SafeLBFGS's failures on the proxy (SevenNet-0, fmax 0.05), most were stops on a saddle or ridge of a
 symmetric start (``matbench_sevennet0_safelbfgs_failures.md``): forces that keep a symmetry keep a deterministic
@@ -12,7 +13,7 @@ structure, the cell untouched); amplitude 0 is the unrattled run, made in the sa
 
 The runs use the benchmark's own engine and traces (SevenNet-0, cell free, 500 steps, every threshold from one
 run); references and failures are the benchmark's own (``atomopt.bench.matbench.report``: the lowest energy per
-atom any run of the journal or of this command reached on the structure). Writes ``benchmarks/results/start_rattle.{json,md}``.
+atom any run of the journal or of this command reached on the structure). Writes ``benchmarks/results/{tag}.{json,md}``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ RESULTS = Path(__file__).parent / "results"
 THRESHOLDS = (0.05, 0.02, 0.01)
 
 
-def rattled(structures: list, amplitude: float) -> list[tuple[int, object]]:
+def rattled(structures: list, amplitude: float, seed: int = 1000) -> list[tuple[int, object]]:
     """Each structure with its atoms displaced by ASE's ``rattle`` (a Gaussian of standard deviation ``amplitude``
-    Å per coordinate, seeded per structure; the cell untouched)."""
+    Å per coordinate, seed ``seed`` + the structure's index; the cell untouched)."""
     items = []
     for index, atoms in enumerate(structures):
         atoms = atoms.copy()
         if amplitude > 0:
-            atoms.rattle(stdev=amplitude, seed=1000 + index)
+            atoms.rattle(stdev=amplitude, seed=seed + index)
         items.append((index, atoms))
     return items
 
@@ -54,11 +55,13 @@ def main() -> int:
     parser.add_argument("--amplitudes", type=float, nargs="+", default=[0.0, 0.02, 0.05], help="Å")
     parser.add_argument("--journal", type=Path, default=RESULTS / "matbench_sevennet0.jsonl")
     parser.add_argument("--method", default="safelbfgs")
+    parser.add_argument("--seed", type=int, default=1000, help="structure i is rattled with seed SEED + i")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="start_rattle", help="file name stem of the results")
     args = parser.parse_args()
     if any(a < 0 or not math.isfinite(a) for a in args.amplitudes):
         parser.error("--amplitudes must be finite and ≥ 0 (Å)")
-    stem = args.out / "start_rattle"
+    stem = args.out / args.tag
     if stem.with_suffix(".json").exists():
         sys.exit(f"{stem.with_suffix('.json')} exists: move it away first")
     torch.set_num_threads(1)
@@ -67,7 +70,7 @@ def main() -> int:
     runs = {}
     for amplitude in args.amplitudes:
         rows = []
-        items = rattled(structures, amplitude)
+        items = rattled(structures, amplitude, args.seed)
         for start in range(0, len(items), 40):  # chunks as the benchmark's own
             rows += run_engine(args.method, items[start : start + 40], spec["model"], targets, spec["capacity"])
             print(f"amplitude {amplitude} Å: {len(rows)} / {len(items)}", flush=True)
@@ -98,6 +101,7 @@ def main() -> int:
         "command": "python " + " ".join(sys.argv),
         "machine": machine(1, 1),
         "method": args.method,
+        "seed": args.seed,
         "journal": str(args.journal),
         "protocol": spec,
         "table": table,
@@ -117,7 +121,7 @@ def main() -> int:
         ),
         "",
         "Every atom displaced at the start by ASE's `Atoms.rattle` (a Gaussian of the given standard deviation per "
-        "coordinate, seed 1000 + the structure's index; cell untouched), then relaxed with the cell free as in the "
+        f"coordinate, seed {args.seed} + the structure's index; cell untouched), then relaxed with the cell free as in the "
         "benchmark (500 steps, every threshold from one run). Failures as the benchmark's tables count them: not "
         f"converged, errors, or more than {1e3 * HIGHER_BASIN:.0f} meV/atom above the lowest energy per atom any "
         f"run of `{args.journal.name}` or of this command reached. Mean error: signed, against that reference.",
