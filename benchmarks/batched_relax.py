@@ -169,7 +169,7 @@ def markdown(payload: dict) -> str:
         "",
         "| method | capacity (atoms) | converged | > 10 meV/atom above lowest | force calls | SafeLBFGS's calls ÷ its "
         "| atom-calls | wall s | structures/s | SafeLBFGS's structures/s ÷ its | CPU s | outside the model (CPU) "
-        "| model CPU µs per atom-call |",
+        "| model CPU ms per atom-call |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     sizes = protocol["sizes"]
@@ -183,9 +183,11 @@ def markdown(payload: dict) -> str:
         model_cpu = r.get("model_cpu_seconds")
         outside = f"{100 * (1 - model_cpu / r['cpu_seconds']):.1f} %" if model_cpu and r["cpu_seconds"] else "–"
         atom_calls = sum(size * calls for size, calls in zip(sizes, r["per_structure"]))
-        per_atom_call = f"{1e6 * r['model_cpu_seconds'] / atom_calls:.0f}" if r.get("model_cpu_seconds") else "–"
+        per_atom_call = f"{1e3 * r['model_cpu_seconds'] / atom_calls:.2f}" if r.get("model_cpu_seconds") else "–"
+        capacity = "–" if r["capacity_atoms"] is None else f"{r['capacity_atoms']:g}"
         lines.append(
-            f"| {LABELS.get(r['method'], r['method'])} | {r['capacity_atoms'] or '–'} | {r['converged']}/{n} | "
+            f"| {LABELS.get(r['method'], r['method'])} | {capacity} | "
+            f"{r['converged']}/{n} | "
             f"{r['above_lowest_10mev']} | {r['force_calls']} | {calls_ratio} | {atom_calls} | {r['wall_seconds']:.1f} | "
             f"{rate:.3f} | {rate_ratio} | {r['cpu_seconds']:.1f} | {outside} | {per_atom_call} |"
         )
@@ -195,7 +197,7 @@ def markdown(payload: dict) -> str:
         "Force calls: structure evaluations up to the state that meets fmax (TorchSim's autobatcher may run a "
         "structure up to 4 steps past it before swapping it out, uncounted). Ratios against atomopt's SafeLBFGS at "
         "the same capacity (the sequential rows against its first capacity). Atom-calls: force calls weighted by "
-        "the structure's atoms (what a model's cost on a CPU follows); model CPU µs per atom-call: the row's CPU time in the model "
+        "the structure's atoms (what a model's cost on a CPU follows); model CPU ms per atom-call: the row's CPU time in the model "
         "over them (TorchSim's counts leave out the up to 4 steps a structure may run past its convergence before "
         "the autobatcher swaps it out, whose model time is in). > 10 meV/atom above lowest: "
         "structures whose final energy lies more than 10 meV/atom above the lowest any row of this run reached. "
