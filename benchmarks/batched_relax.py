@@ -54,6 +54,7 @@ from atomopt.bench.matbench.build import (
     load_set,
     machine,
 )
+from atomopt.bench.matbench.report import references
 from atomopt.bench.matbench.run import BATCHED_PEERS, init_worker, peer_environments, run_task
 
 CLI_ROW = "atomopt-relax"
@@ -140,12 +141,15 @@ def run_cli(structures, model: str, device: str, fmax: float, steps: int) -> dic
     }
 
 
-def judge(results: list[dict]) -> None:
-    """Each row's final energies against the lowest any row of this run reached on the structure (meV/atom)."""
-    lowest = [
-        min((e for e in energies if math.isfinite(e)), default=math.nan)
-        for energies in zip(*(r["energy_per_atom"] for r in results))
-    ]
+def judge(results: list[dict], structures: list) -> None:
+    """Each row's final energies against the lowest any row of this run reached on the structure (meV/atom), the
+    Matbench report's reference (:func:`~atomopt.bench.matbench.report.references`) over these rows."""
+    finals = {
+        (k, i): {"outcomes": {"final": {"status": status, "energy_per_atom": energy}}}
+        for k, r in enumerate(results)
+        for i, (status, energy) in enumerate(zip(r["statuses"], r["energy_per_atom"]))
+    }
+    lowest = [ref["energy_per_atom"] for ref in references(finals, structures, range(len(results)))]
     for r in results:
         above = [1000 * (e - low) if math.isfinite(e) else math.inf for e, low in zip(r["energy_per_atom"], lowest)]
         r["above_lowest_10mev"] = int(sum(a > 10 for a in above))
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(failures[-1], file=sys.stderr)
                 continue
             record(row_from_journal(method, capacity if batched else None, journal, target))
-    judge(results)
+    judge(results, structures)
     payload = {
         "benchmark": "batched relaxation",
         "command": command,

@@ -254,7 +254,7 @@ class _Run:
         self.error: BaseException | None = None
         self.optimizer_time = 0.0
         # uphill steps that restarted the optimizer (FIRE's power test), kept as a tensor: no sync per step
-        self.restart_count: Tensor | float = 0.0
+        self.restart_count = torch.zeros(1, dtype=dtype, device=device)
         self._setup_seen = False
         self.last_step: np.ndarray | None = None  # this rank's atom moves of the last step
         # On one rank no atom leaves the process, so the per-atom state stays in torch between steps, keyed by the
@@ -683,7 +683,7 @@ def _result(run: _Run, wall: float) -> MinimizeResult:
         optimizer_time=run.optimizer_time,
         lr_final=run.gain[0],
         eps_final=run.gain[1],
-        fire_restarts=int(run.restart_count if isinstance(run.restart_count, float) else run.restart_count[0]),
+        fire_restarts=int(run.restart_count[0]),
         energies=list(energies),
         atoms=int(run.lmp.get_natoms()),
         box_final=current_box(run.lmp) if run.box is not None else None,
