@@ -49,6 +49,8 @@ def relax_command(args: argparse.Namespace) -> int:
     options = {"paper_exact": args.paper_exact}
     if args.lr is not None:
         options["lr"] = args.lr
+    if args.precon is not None:
+        options["precon"] = args.precon
     if args.stress_tol is not None:
         options["stress_tol"] = args.stress_tol
     capacity = {}
@@ -335,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument("--workers", type=_at_least_one, default=1, help="Ray workers (default 1: this process)")
     relax.add_argument("--lr", type=_positive, help="learning rate, Å")
     relax.add_argument("--paper-exact", action="store_true", help="the paper's update with no step control")
+    relax.add_argument(
+        "--precon",
+        choices=["exp"],
+        help="safelbfgs only: Packwood et al.'s Exp preconditioner as H⁰ (docs/safe_lbfgs.md, 'Exp preconditioner')",
+    )
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from atomopt.core.allocator import retain_freed_memory
 from atomopt.core.layout import Layout, row_sum
+from atomopt.core.precon import PreconOperator
 from atomopt.core.rule import State, UpdateRule
 
 MinimizerState = dict[str, Any]  # tensors and nested dicts of tensors (the rule's, each control's)
@@ -205,15 +206,19 @@ class Minimizer:
         layout: Layout,
         constrain: Constraint | None = None,
         energy: Tensor | None = None,
+        preconditioner: PreconOperator | None = None,
     ) -> tuple[Tensor, MinimizerState]:
         """The displacement (Å) for the current ``gradient`` and the new state.
 
         ``constrain`` maps the displacement onto what the front end can take (cell-step projections, fixed atoms,
         LAMMPS's ``vmax``). It is applied before the rule commits the step, so the state (momenta, the last step
         of FIRE's power test) holds the step actually taken. ``energy`` (``(n_structures,)``, eV) is the energy at
-        the current positions, required when a control reads it (:attr:`needs_energy`).
+        the current positions, required when a control reads it (:attr:`needs_energy`). ``preconditioner``: P of
+        the current geometry (:mod:`atomopt.core.precon`), for rules that take one.
         """
         check_gradient(gradient, layout)
+        if preconditioner is not None and not self.rule.accepts_preconditioner:
+            raise ValueError(f"{self.rule.name} takes no preconditioner (safelbfgs does)")
         if self.needs_energy and energy is None:
             names = [c.name for c in self.controls if c.needs_energy]
             raise ValueError(f"the {', '.join(names)} control reads energies: pass energy= to Minimizer.step")
@@ -236,7 +241,10 @@ class Minimizer:
         )
         owns = state["controls"]
         owns = {c.name: c.before_update(context, owns[c.name]) for c in self.controls}
-        displacement, rule_state = self.rule.update(context.rule_state, gradient, context.lr, context.eps, layout)
+        extra = {} if preconditioner is None else {"preconditioner": preconditioner}
+        displacement, rule_state = self.rule.update(
+            context.rule_state, gradient, context.lr, context.eps, layout, **extra
+        )
         if context.replacement is not None:  # a control's step wins over the rule's where it takes one
             mask, replacement = context.replacement
             displacement = torch.where(layout.select(mask), replacement, displacement)

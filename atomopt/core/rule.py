@@ -49,6 +49,8 @@ class UpdateRule(ABC):
     #: a fixed order (:meth:`Layout.sum_in_order`), so that a structure follows the same trajectory alone and in a
     #: batch: rules that amplify last-bit differences (L-BFGS) need it.
     ordered_sums: ClassVar[bool] = False
+    #: Whether :meth:`update` takes a ``preconditioner`` (:class:`atomopt.core.precon.PreconOperator`) keyword.
+    accepts_preconditioner: ClassVar[bool] = False
 
     @property
     def lr_limit(self) -> float:

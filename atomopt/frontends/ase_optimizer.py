@@ -25,6 +25,8 @@ from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from atomopt.controls import CONTROL_NAMES
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, state_from_numpy, state_to_numpy
+from atomopt.core.precon import ExpPreconditioner, PreconOperator, resolve_preconditioner
+from atomopt.frontends.neighbours import neighbour_pairs
 from atomopt.frontends.structures import structure_problem
 from atomopt.optimizers import make_minimizer
 
@@ -139,6 +141,10 @@ class AtomoptOptimizer(Optimizer):
         )
         return description
 
+    def preconditioner(self) -> PreconOperator | None:
+        """P of the current geometry for the rule, or ``None`` (the default: no preconditioner)."""
+        return None
+
     def step(self, forces: np.ndarray | None = None) -> None:
         optimizable = self.optimizable
         gradient = -forces.ravel() if forces is not None else optimizable.get_gradient().ravel()
@@ -150,7 +156,9 @@ class AtomoptOptimizer(Optimizer):
         energy = None
         if self.minimizer.needs_energy:  # the calculator's cached result: no extra force call
             energy = torch.tensor([float(optimizable.get_value())], dtype=self.dtype, device=self.device)
-        displacement, self.state = self.minimizer.step(self.state, g, self.layout, energy=energy)
+        displacement, self.state = self.minimizer.step(
+            self.state, g, self.layout, energy=energy, preconditioner=self.preconditioner()
+        )
         x = optimizable.get_x()
         optimizable.set_x(x + displacement.detach().cpu().numpy().ravel()[: self.ndofs].astype(x.dtype))
         if getattr(self.target, "constant_volume", False) and hasattr(self.target, "orig_cell"):
@@ -216,9 +224,32 @@ class INNAprop(AtomoptOptimizer):
 
 class SafeLBFGS(AtomoptOptimizer):
     """Safeguarded limited-memory BFGS (docs/safe_lbfgs.md) as an ASE optimizer; arguments as
-    :class:`AtomoptOptimizer`, plus ``memory`` (pairs kept) and ``initial_curvature`` (eV/Å², the first step's)."""
+    :class:`AtomoptOptimizer`, plus ``memory`` (pairs kept), ``initial_curvature`` (eV/Å², the first step's) and
+    ``precon``: ``None`` (the default), ``"exp"`` or an :class:`~atomopt.core.precon.ExpPreconditioner`, Packwood
+    et al.'s Exp preconditioner as H⁰, rebuilt from the geometry every step (Atoms, or a cell filter around them)."""
 
     rule_name = "safelbfgs"
+
+    def __init__(self, atoms: Atoms, *args: Any, precon: str | ExpPreconditioner | None = None, **kwargs: Any):
+        precon = resolve_preconditioner(precon)
+        if precon is not None and not isinstance(getattr(atoms, "atoms", atoms), Atoms):
+            raise ValueError("precon needs Atoms or a cell filter around them (it reads their neighbours)")
+        self.precon = precon
+        super().__init__(atoms, *args, **kwargs)
+        n_atoms = len(getattr(atoms, "atoms", atoms))
+        if precon is not None and self.ndofs not in (3 * n_atoms, 3 * n_atoms + 9):
+            raise ValueError("precon needs a row per atom, plus three cell rows for a cell filter")
+
+    def todict(self) -> dict[str, Any]:
+        return {**super().todict(), "precon": None if self.precon is None else vars(self.precon)}
+
+    def preconditioner(self) -> PreconOperator | None:
+        if self.precon is None:
+            return None
+        atoms = getattr(self.target, "atoms", self.target)  # a cell filter's rows: its atoms, then 3 cell rows
+        atom_rows = torch.arange(self.layout.n_rows, device=self.device) < len(atoms)
+        pairs = neighbour_pairs([atoms], [0], self.precon.cutoff, self.dtype, self.device)
+        return self.precon.operator(pairs, self.layout, atom_rows)
 
 
 OPTIMIZERS: dict[str, type[AtomoptOptimizer]] = {

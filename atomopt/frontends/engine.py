@@ -30,8 +30,10 @@ from atomopt.core import cell as cellmath
 from atomopt.core.cell import CellFilter
 from atomopt.core.layout import Layout, row_sum
 from atomopt.core.minimizer import Minimizer
+from atomopt.core.precon import ExpPreconditioner, PreconOperator, resolve_preconditioner
 from atomopt.frontends.batch_rows import Batch, Evaluated, Member, RowIndex
 from atomopt.frontends.model_calls import ModelCalls
+from atomopt.frontends.neighbours import neighbour_pairs
 from atomopt.frontends.records import RelaxRecord, tag_atoms
 from atomopt.frontends.structures import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
@@ -93,6 +95,9 @@ class InFlightRelaxer:
             ASE's ``Optimizer.attach``; benchmarks use it to record several thresholds in one run.
         check_structures: run the entry checks (overlaps, periodicity, model elements); off for rows that are
             not atoms (e.g. an ASE Filter's cell rows in :func:`~atomopt.frontends.batch.relax_batch`).
+        precon: ``None`` (the default), ``"exp"`` or an :class:`~atomopt.core.precon.ExpPreconditioner`: Packwood
+            et al.'s Exp preconditioner as SafeLBFGS's H⁰, rebuilt every step from the evaluated geometries
+            (docs/safe_lbfgs.md, "Exp preconditioner").
         **optimizer_options: passed to :func:`atomopt.optimizers.make_minimizer` (lr, eps, paper_exact, ...).
     """
 
@@ -112,6 +117,7 @@ class InFlightRelaxer:
         on_evaluation: Callable[[int, Tensor], None] | None = None,
         observer: Callable[[Observation], None] | None = None,
         check_structures: bool = True,
+        precon: str | ExpPreconditioner | None = None,
         **optimizer_options: Any,
     ):
         if not fmax > 0:
@@ -134,6 +140,9 @@ class InFlightRelaxer:
         self.minimizer = (
             optimizer if isinstance(optimizer, Minimizer) else make_minimizer(optimizer, **optimizer_options)
         )
+        self.precon = resolve_preconditioner(precon)
+        if self.precon is not None and not self.minimizer.rule.accepts_preconditioner:
+            raise ValueError(f"precon: {self.minimizer.rule.name} takes no preconditioner (safelbfgs does)")
         self.fmax = float(fmax)
         self.steps = int(steps)
         self.cell = CellFilter() if cell is True else (cell or None)
@@ -448,7 +457,10 @@ class InFlightRelaxer:
                 displacement[fixed_rows] = 0.0
             return displacement
 
-        displacement, batch.state = self.minimizer.step(batch.state, gradient, index.layout, constrain, energy)
+        preconditioner = None if self.precon is None else self._preconditioner(batch, index, evaluated)
+        displacement, batch.state = self.minimizer.step(
+            batch.state, gradient, index.layout, constrain, energy, preconditioner
+        )
         batch.rows = batch.rows + displacement
         if self.cell is None:
             return []
@@ -463,6 +475,22 @@ class InFlightRelaxer:
             if not lower <= r <= upper
         }
         return self._end(batch, index, outside, evaluated)
+
+    def _preconditioner(self, batch: Batch, index: RowIndex, evaluated: Evaluated) -> PreconOperator:
+        """P of the geometries just evaluated (cells deformed), from ASE's neighbour list on the CPU."""
+        assert self.precon is not None
+        positions, cells = evaluated.positions.detach().cpu().numpy(), evaluated.cell.detach().cpu().numpy()
+        structures = []
+        for member, slot in zip(batch.members, evaluated.slot, strict=True):
+            start = evaluated.atom_offsets[slot]
+            atoms = member.atoms
+            structures.append(
+                Atoms(atoms.numbers, positions[start : start + len(atoms)], cell=cells[slot], pbc=atoms.pbc)
+            )
+        pairs = neighbour_pairs(structures, index.row_offsets.tolist(), self.precon.cutoff, self.dtype, self.device)
+        atom_rows = torch.zeros(index.layout.n_rows, dtype=torch.bool, device=self.device)
+        atom_rows[index.atom_rows] = True
+        return self.precon.operator(pairs, index.layout, atom_rows)
 
     def _end(
         self, batch: Batch, index: RowIndex, ending: dict[int, tuple[str, str]], evaluated: Evaluated

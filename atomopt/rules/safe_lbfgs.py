@@ -9,6 +9,8 @@ first-order entry of OptBench's LJ38 table), written for many structures at once
           its two loops solved as two triangular systems over the pairs' products sᵢ·yⱼ (kept per structure,
           one new column a step), so a step costs four reductions over the rows, not two per pair
     no pairs yet (the first step):         d = −g / initial_curvature (ASE LBFGS's H⁰ = 1/70)
+    with a preconditioner P (opt-in):      H⁰ = γ P⁻¹, γ = s·y / y·P⁻¹y of the newest pair; first step
+                                           d = −(P̄ / initial_curvature) P⁻¹ g, P̄ the mean atom diagonal of P
     s·y ≤ 0, or d not downhill (d·g ≥ 0):  the history is wiped and d is a steepest-descent step whose largest row
                                            moves ``lr`` (Å)
 
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from atomopt.core.layout import Layout, row_sum_in_order
+from atomopt.core.precon import PreconOperator
 from atomopt.core.rule import State, UpdateRule
 
 
@@ -49,6 +52,7 @@ class SafeLBFGSRule(UpdateRule):
     # √N·log F makes it Ω·C, close to the atoms' at every N (docs/safe_lbfgs.md, "Cell rows").
     cell_row_scale: ClassVar[str] = "sqrt_atoms"
     ordered_sums: ClassVar[bool] = True
+    accepts_preconditioner: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
@@ -73,7 +77,16 @@ class SafeLBFGSRule(UpdateRule):
             "y_history": history.clone(),
         }
 
-    def update(self, state: State, gradient: Tensor, lr: Tensor, eps: Tensor, layout: Layout) -> tuple[Tensor, State]:
+    def update(
+        self,
+        state: State,
+        gradient: Tensor,
+        lr: Tensor,
+        eps: Tensor,
+        layout: Layout,
+        preconditioner: PreconOperator | None = None,
+    ) -> tuple[Tensor, State]:
+        """One step; with a ``preconditioner`` (P of the current geometry) H⁰ is γ P⁻¹ instead of a scalar."""
         self.validate_lr(lr)
         g, s, y = gradient, state["s_prev"], gradient - state["g_prev"]
         started = state["t"] > 0
@@ -90,9 +103,14 @@ class SafeLBFGSRule(UpdateRule):
         )
 
         first = ~started
+        if preconditioner is None:
+            first_step = -g / self.initial_curvature
+        else:  # P̄ / initial_curvature is the μ that makes μP an atom's curvature of initial_curvature
+            scale = preconditioner.typical_diagonal / self.initial_curvature
+            first_step = -layout.rows(scale) * preconditioner.solve(g)
         direction = torch.where(
-            layout.select(first), -g / self.initial_curvature, -self._two_loop(g, s_history, y_history, s_dot_y,
-                                                                                pairs, layout)
+            layout.select(first), first_step, -self._two_loop(g, s_history, y_history, s_dot_y, pairs, layout,
+                                                              preconditioner)
         )  # fmt: skip
         downhill = layout.sum_in_order(direction * g) < 0
         fallback = started & ~(keep & downhill)
@@ -114,7 +132,14 @@ class SafeLBFGSRule(UpdateRule):
         return {**state, "s_prev": displacement.clone()}
 
     def _two_loop(
-        self, g: Tensor, s_history: Tensor, y_history: Tensor, s_dot_y: Tensor, pairs: Tensor, layout: Layout
+        self,
+        g: Tensor,
+        s_history: Tensor,
+        y_history: Tensor,
+        s_dot_y: Tensor,
+        pairs: Tensor,
+        layout: Layout,
+        preconditioner: PreconOperator | None = None,
     ) -> Tensor:
         """H g by the two-loop recursion over each structure's ``pairs`` newest pairs (the others contribute 0).
 
@@ -140,16 +165,24 @@ class SafeLBFGSRule(UpdateRule):
         )
         q = g - (layout.slot_rows(alpha) * y_history).sum(dim=1)
         newest = pairs > 0
-        y_dot_y = layout.sum_in_order(y_history[:, 0] * y_history[:, 0])
-        h0 = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_y, 1.0), 0.0)
+        if preconditioner is None:
+            y_dot_y = layout.sum_in_order(y_history[:, 0] * y_history[:, 0])
+            h0 = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_y, 1.0), 0.0)
+            h0_y_dot_q = h0[:, None, None] * layout.slot_dots(y_history, q)[:, :, None]
+            h0_q = layout.rows(h0) * q
+        else:  # H⁰ = γ P⁻¹: the Shanno–Phua scaling s·y / y·H⁰y in P's metric
+            y_dot_p_y = layout.sum_in_order(y_history[:, 0] * preconditioner.solve(y_history[:, 0]))
+            gamma = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_p_y, 1.0), 0.0)
+            h0_q = layout.rows(gamma) * preconditioner.solve(q)
+            h0_y_dot_q = layout.slot_dots(y_history, h0_q)[:, :, None]
         upper = lower.transpose(1, 2)
         beta = torch.linalg.solve_triangular(
             rho[:, :, None] * upper,
-            rho[:, :, None] * (h0[:, None, None] * layout.slot_dots(y_history, q)[:, :, None] + upper @ alpha),
+            rho[:, :, None] * (h0_y_dot_q + upper @ alpha),
             upper=True,
             unitriangular=True,
         )
-        return layout.rows(h0) * q + (layout.slot_rows(alpha - beta) * s_history).sum(dim=1)
+        return h0_q + (layout.slot_rows(alpha - beta) * s_history).sum(dim=1)
 
     def adaptive_term(self, state: State, layout: Layout) -> Tensor:
         raise ValueError("safelbfgs has no adaptive per-coordinate term: the gradient-histogram ε does not apply")

@@ -118,6 +118,8 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
     for cls_name in ("FIRE", "FIRE2", "BFGS", "LBFGS", "BFGSLineSearch", "MDMin", "SciPyFminCG"):
         table[f"ase-{cls_name}"] = _ase(cls_name)
     table["scipy-L-BFGS-B"] = lambda atoms: scipy_lbfgsb(atoms, fmax=0.0)
+    # the Exp preconditioner reads neighbour lists of Atoms: through the ASE front end in either engine
+    table["safelbfgs-exp"] = _atomopt("safelbfgs", precon="exp")
     return table
 
 

@@ -18,6 +18,8 @@ ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "as
 
 
 ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
+#: Opt-in variants of atomopt's methods in the batched engine: name -> (optimizer, engine options).
+ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"safelbfgs-exp": ("safelbfgs", {"precon": "exp"})}
 
 
 #: TorchSim's current release (0.6): the benchmark's method names and TorchSim's ``Optimizer`` member for each.
@@ -27,6 +29,7 @@ TORCHSIM_HISTORICAL = "torchsim0.3-fire"
 METHODS = (
     *ASE_METHODS,
     *ENGINE_METHODS,
+    *ENGINE_VARIANTS,
     "ase-frankenstein",
     "ase-preconlbfgs",
     *TORCHSIM_METHODS,

@@ -19,6 +19,7 @@ from atomopt.bench.matbench.build import (
     DEFAULT_METHODS,
     DEFAULT_REFERENCE,
     ENGINE_METHODS,
+    ENGINE_VARIANTS,
     METHODS,
     TORCHSIM_HISTORICAL,
     TORCHSIM_METHODS,
@@ -159,7 +160,7 @@ def plan(
         pending = [(i, a) for i, a in enumerate(structures[: subsets.get(method)]) if (method, i) not in done]
         if not pending:
             continue
-        if method in ENGINE_METHODS or method in BATCHED_PEERS:
+        if method in ENGINE_METHODS or method in ENGINE_VARIANTS or method in BATCHED_PEERS:
             tasks += [Task(method, pending[k : k + CHUNK], targets, capacity) for k in range(0, len(pending), CHUNK)]
         else:
             tasks += [Task(method, [item], targets) for item in pending]
@@ -209,6 +210,9 @@ def run_task(task: Task) -> list[dict]:
     model_spec = _WORKER["model"]
     if task.method in ENGINE_METHODS:
         return run_engine(task.method, task.items, model_spec, task.targets, task.capacity)
+    if task.method in ENGINE_VARIANTS:
+        optimizer, options = ENGINE_VARIANTS[task.method]
+        return run_engine(optimizer, task.items, model_spec, task.targets, task.capacity, task.method, **options)
     for methods, environment, runner in PEER_RUNNERS:
         if task.method in methods:
             python = _WORKER["peer_pythons"].get(environment)

@@ -1,0 +1,155 @@
+"""The Exp preconditioner of Packwood et al. (J. Chem. Phys. 144, 164109 (2016)), batched over structures.
+
+A sparse, symmetric positive-definite matrix built from the geometry alone, the same for each Cartesian component:
+
+    P_ij = −exp(−A (r_ij / r_nn − 1))   for atoms i ≠ j closer than r_cut = ``cutoff``·r_nn
+    P_ii = −Σ_j P_ij + c_stab
+
+(their "Exp" preconditioner with μ = 1: L-BFGS rescales H⁰ = γ P⁻¹ from the measured curvature, so μ cancels; A = 3,
+r_cut = 2 r_nn and c_stab = 0.1 are ASE's ``ase.optimize.precon.Exp`` defaults). Close neighbours couple strongly,
+so P has the shape of a pair potential's Hessian: stiff short bonds and soft long-wavelength modes get their own
+scales, which one scalar H⁰ cannot give them.
+
+Rows that are not atoms (a cell filter's three cell rows) get a diagonal entry equal to the mean atom diagonal of
+their structure: the √N cell rows of SafeLBFGS have an atom's curvature (docs/safe_lbfgs.md, "Cell rows").
+
+P z = q is solved per structure by conjugate gradients with Jacobi preconditioning, every structure's scalars its own
+and summed in a fixed order, so a structure's solution does not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from atomopt.core.layout import Layout
+
+
+@dataclass(frozen=True)
+class NeighbourPairs:
+    """Directed neighbour pairs within each structure (both i→j and j→i), as rows of the batch.
+
+    Attributes:
+        first, second: ``(n_pairs,)`` long row indices i and j (same structure).
+        distance: ``(n_pairs,)`` distances r_ij, Å.
+        r_nn: ``(n_structures,)`` nearest-neighbour distance r_nn of each structure, Å.
+    """
+
+    first: Tensor
+    second: Tensor
+    distance: Tensor
+    r_nn: Tensor
+
+
+@dataclass(frozen=True)
+class ExpPreconditioner:
+    """Packwood et al.'s Exp preconditioner (see the module docstring).
+
+    Args:
+        A: decay of the coupling with distance, in units of r_nn.
+        cutoff: r_cut / r_nn: pairs farther apart do not couple.
+        c_stab: diagonal shift that makes P positive definite (its softest mode, a rigid translation, is c_stab).
+        tolerance: conjugate gradients stop at a residual of ``tolerance`` × |q| per structure.
+        max_iterations: conjugate-gradient iterations at most.
+    """
+
+    A: float = 3.0
+    cutoff: float = 2.0
+    c_stab: float = 0.1
+    tolerance: float = 1e-10
+    max_iterations: int = 1000
+
+    name: ClassVar[str] = "exp"
+
+    def __post_init__(self) -> None:
+        if not self.A >= 0:
+            raise ValueError(f"ExpPreconditioner: A must be non-negative, got {self.A}")
+        if not self.cutoff >= 1.0:
+            raise ValueError(f"ExpPreconditioner: cutoff is r_cut / r_nn and must be at least 1, got {self.cutoff}")
+        if not self.c_stab > 0:
+            raise ValueError(f"ExpPreconditioner: c_stab must be positive, got {self.c_stab}")
+        if not 0 < self.tolerance < 1:
+            raise ValueError(f"ExpPreconditioner: tolerance must lie in (0, 1), got {self.tolerance}")
+        if self.max_iterations < 1:
+            raise ValueError(f"ExpPreconditioner: max_iterations must be at least 1, got {self.max_iterations}")
+
+    def operator(self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor) -> PreconOperator:
+        """P for the current geometry. ``atom_rows``: ``(n_rows,)`` bool, false for cell rows."""
+        dtype = pairs.distance.dtype
+        r_nn = pairs.r_nn.to(dtype)[layout.structure[pairs.first]]
+        within = pairs.distance < self.cutoff * r_nn
+        first, second = pairs.first[within], pairs.second[within]
+        weight = torch.exp(-self.A * (pairs.distance[within] / r_nn[within] - 1.0))
+        coupling = torch.zeros(layout.n_rows, dtype=dtype, device=weight.device).index_add_(0, first, weight)
+        diagonal = coupling + self.c_stab
+        atoms = atom_rows.to(dtype)
+        n_atoms = layout.sum_in_order(atoms[:, None])
+        typical = layout.sum_in_order((diagonal * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
+        diagonal = torch.where(atom_rows, diagonal, typical[layout.structure])
+        return PreconOperator(first, second, weight, diagonal, typical, layout, self.tolerance, self.max_iterations)
+
+
+@dataclass(frozen=True)
+class PreconOperator:
+    """P of one geometry: ``apply`` multiplies by it, ``solve`` by its inverse (conjugate gradients)."""
+
+    first: Tensor
+    second: Tensor
+    weight: Tensor
+    diagonal: Tensor  # (n_rows,)
+    typical_diagonal: Tensor  # (n_structures,): the mean atom diagonal, the scale of P for one atom
+    layout: Layout
+    tolerance: float
+    max_iterations: int
+
+    def apply(self, z: Tensor) -> Tensor:
+        """P z for a ``(n_rows, 3)`` tensor."""
+        coupled = torch.zeros_like(z).index_add_(0, self.first, self.weight[:, None] * z[self.second])
+        return self.diagonal[:, None] * z - coupled
+
+    def solve(self, q: Tensor) -> Tensor:
+        """z with P z = q, per structure to a residual of ``tolerance`` × |q|.
+
+        Raises:
+            RuntimeError: a structure's residual did not fall below the tolerance in ``max_iterations``.
+        """
+        layout, inverse_diagonal = self.layout, 1.0 / self.diagonal[:, None]
+        z = torch.zeros_like(q)
+        r = q.clone()
+        m = inverse_diagonal * r
+        p = m.clone()
+        r_m = layout.sum_in_order(r * m)
+        goal = self.tolerance**2 * layout.sum_in_order(q * q)
+        active = layout.sum_in_order(r * r) > goal
+        for _ in range(self.max_iterations):
+            if not bool(active.any()):
+                return z
+            pp = self.apply(p)
+            curvature = layout.sum_in_order(p * pp)
+            alpha = torch.where(active, r_m / torch.where(active, curvature, 1.0), 0.0)
+            z = z + layout.rows(alpha) * p
+            r = r - layout.rows(alpha) * pp
+            m = inverse_diagonal * r
+            r_m_new = layout.sum_in_order(r * m)
+            beta = torch.where(active, r_m_new / torch.where(active, r_m, 1.0), 0.0)
+            p = torch.where(layout.select(active), m + layout.rows(beta) * p, p)
+            r_m = torch.where(active, r_m_new, r_m)
+            active = active & (layout.sum_in_order(r * r) > goal)
+        if bool(active.any()):
+            raise RuntimeError(
+                f"the Exp preconditioner's solve did not converge in {self.max_iterations} iterations "
+                f"(structures {torch.nonzero(active).flatten().tolist()})"
+            )
+        return z
+
+
+def resolve_preconditioner(value: str | ExpPreconditioner | None) -> ExpPreconditioner | None:
+    """``None``, ``"exp"`` (the defaults) or an :class:`ExpPreconditioner`, checked."""
+    if value == "exp":
+        return ExpPreconditioner()
+    if value is not None and not isinstance(value, ExpPreconditioner):
+        raise ValueError(f"precon must be None, 'exp' or an ExpPreconditioner, got {value!r}")
+    return value

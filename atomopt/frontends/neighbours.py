@@ -1,0 +1,65 @@
+"""Neighbour pairs of ASE structures for the Exp preconditioner (:mod:`atomopt.core.precon`), from vesin's neighbour
+list (periodic cells and free clusters alike; about 80× faster than ASE's own on a 256-atom cell)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from vesin import ase_neighbor_list
+
+from atomopt.core.precon import NeighbourPairs
+
+_GOLDEN = (1.0 + 5.0**0.5) / 2.0
+
+
+def nearest_neighbour_distance(atoms: Atoms) -> float:
+    """r_nn (Å): the largest of the atoms' nearest-neighbour distances (the definition of ASE's
+    ``estimate_nearest_neighbour_distance``, which needs a cell; this one also takes free clusters).
+
+    Raises:
+        ValueError: an atom has no neighbour at all (a single atom without periodic images).
+    """
+    positions = atoms.positions
+    extent = float(np.ptp(positions, axis=0).max()) if len(atoms) else 0.0
+    limit = 2.0 * (extent + float(atoms.cell.lengths().max())) + 1.0
+    cutoff = 1.0
+    while True:
+        first, distance = ase_neighbor_list("id", atoms, cutoff)
+        nearest = np.full(len(atoms), np.inf)
+        np.minimum.at(nearest, first, distance)
+        if np.isfinite(nearest).all():
+            return float(nearest.max())
+        if cutoff > limit:
+            lonely = int(np.flatnonzero(~np.isfinite(nearest))[0])
+            raise ValueError(f"the Exp preconditioner needs every atom to have a neighbour: atom {lonely} has none")
+        cutoff *= _GOLDEN
+
+
+def neighbour_pairs(
+    structures: Sequence[Atoms],
+    row_offsets: Sequence[int],
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> NeighbourPairs:
+    """Pairs within ``cutoff`` × r_nn of each structure, as rows of a batch whose structure k starts at row
+    ``row_offsets[k]`` (r_nn from :func:`nearest_neighbour_distance` of the current geometry)."""
+    firsts, seconds, distances, r_nns = [], [], [], []
+    for atoms, offset in zip(structures, row_offsets, strict=True):
+        r_nn = nearest_neighbour_distance(atoms)
+        first, second, distance = ase_neighbor_list("ijd", atoms, cutoff * r_nn)
+        order = np.lexsort((distance, second, first))  # one order whatever the list's threads did: same sums
+        first, second, distance = first[order], second[order], distance[order]
+        firsts.append(first + offset)
+        seconds.append(second + offset)
+        distances.append(distance)
+        r_nns.append(r_nn)
+    return NeighbourPairs(
+        first=torch.as_tensor(np.concatenate(firsts), dtype=torch.long, device=device),
+        second=torch.as_tensor(np.concatenate(seconds), dtype=torch.long, device=device),
+        distance=torch.as_tensor(np.concatenate(distances), dtype=dtype, device=device),
+        r_nn=torch.as_tensor(r_nns, dtype=dtype, device=device),
+    )

@@ -1,0 +1,207 @@
+"""The Exp preconditioner: its matrix against hand-computed values, the batched solve, SafeLBFGS with H⁰ = γ P⁻¹
+against the dense BFGS update, the ASE and engine front ends, and the errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.filters import FrechetCellFilter, StrainFilter
+
+from atomopt import Frankenstein, SafeLBFGS
+from atomopt.core.layout import Layout
+from atomopt.core.minimizer import Minimizer
+from atomopt.core.precon import ExpPreconditioner, NeighbourPairs, PreconOperator
+from atomopt.frontends.engine import InFlightRelaxer, relax_many
+from atomopt.frontends.neighbours import nearest_neighbour_distance, neighbour_pairs
+from atomopt.rules import SafeLBFGSRule
+
+F64 = torch.float64
+
+
+def crystal(symbol="Cu", repeat=(2, 2, 2), seed=0, a=3.61):
+    atoms = bulk(symbol, "fcc", a=a, cubic=True) * repeat
+    del atoms[0]  # a vacancy
+    atoms.set_cell(atoms.cell * 1.02, scale_atoms=True)
+    atoms.rattle(stdev=0.1, seed=seed)
+    return atoms
+
+
+def dense(operator: PreconOperator) -> np.ndarray:
+    """P as a dense matrix over rows (the same for each Cartesian component)."""
+    n = operator.layout.n_rows
+    columns = [operator.apply(torch.eye(n, dtype=F64)[:, k : k + 1].expand(n, 3).contiguous())[:, 0] for k in range(n)]
+    return torch.stack(columns, dim=1).numpy()
+
+
+def operator_of(structures, precon=None, cell_rows=0):
+    precon = precon or ExpPreconditioner()
+    sizes = [len(a) + cell_rows for a in structures]
+    offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+    layout = Layout.from_sizes(sizes)
+    atom_rows = torch.ones(layout.n_rows, dtype=torch.bool)
+    for offset, atoms in zip(offsets, structures, strict=True):
+        atom_rows[offset + len(atoms) : offset + len(atoms) + cell_rows] = False
+    return precon.operator(neighbour_pairs(structures, offsets, precon.cutoff), layout, atom_rows), layout
+
+
+def test_exp_matrix_equals_hand_computed_values():
+    # three atoms on a line at 0, 1 and 2.5 Å: nearest distances 1, 1, 1.5, so r_nn = 1.5 (the largest, as ASE's
+    # estimate) and r_cut = 3 Å holds every pair
+    atoms = Atoms("H3", positions=[[0, 0, 0], [1.0, 0, 0], [2.5, 0, 0]])
+    assert nearest_neighbour_distance(atoms) == pytest.approx(1.5)
+    operator, _ = operator_of([atoms])
+    w01, w12, w02 = math.exp(-3 * (1 / 1.5 - 1)), 1.0, math.exp(-3 * (2.5 / 1.5 - 1))
+    expected = np.array(
+        [
+            [w01 + w02 + 0.1, -w01, -w02],
+            [-w01, w01 + w12 + 0.1, -w12],
+            [-w02, -w12, w02 + w12 + 0.1],
+        ]
+    )
+    np.testing.assert_allclose(dense(operator), expected, rtol=1e-14, atol=1e-14)
+    # a shorter cutoff drops the 2.5 Å pair: r_cut = 1.8 Å
+    short, _ = operator_of([atoms], ExpPreconditioner(cutoff=1.2))
+    np.testing.assert_allclose(dense(short)[0, 2], 0.0, atol=0)
+    np.testing.assert_allclose(short.typical_diagonal.item(), (2 * w01 + 2 * w12 + 0.3) / 3, rtol=1e-14)
+
+
+def test_solve_inverts_p_and_a_structure_solves_alone_as_in_a_batch():
+    structures = [crystal(), crystal("Au", (1, 1, 2), seed=1, a=4.08)]
+    operator, layout = operator_of(structures, cell_rows=3)
+    rng = np.random.default_rng(0)
+    q = torch.tensor(rng.normal(size=(layout.n_rows, 3)), dtype=F64)
+    z = operator.solve(q)
+    np.testing.assert_allclose(dense(operator) @ z.numpy(), q.numpy(), rtol=0, atol=1e-9 * q.abs().max().item())
+    # cell rows: the mean atom diagonal of their structure, no coupling
+    p = dense(operator)
+    n0 = len(structures[0])
+    np.testing.assert_allclose(np.diag(p)[n0 : n0 + 3], np.diag(p)[:n0].mean(), rtol=1e-13)
+    assert not p[n0 : n0 + 3, :n0].any()
+    alone, _ = operator_of(structures[:1], cell_rows=3)
+    assert torch.equal(alone.solve(q[: n0 + 3]), z[: n0 + 3])
+
+
+def dense_bfgs_inverse(pairs, h0):
+    """H = (I − ρ s yᵀ) H (I − ρ y sᵀ) + ρ s sᵀ from H⁰ (Nocedal & Wright, Eq. 6.17), oldest pair first."""
+    h = h0
+    n = h0.shape[0]
+    for s, y in pairs:
+        rho = 1.0 / (s @ y)
+        left = np.eye(n) - rho * np.outer(s, y)
+        h = left @ h @ left.T + rho * np.outer(s, s)
+    return h
+
+
+def test_two_loop_with_the_preconditioner_equals_dense_bfgs_from_gamma_p_inverse():
+    operator, layout = operator_of([crystal(repeat=(1, 1, 1))])
+    n = layout.n_rows
+    p = np.kron(dense(operator), np.eye(3))  # rows × Cartesian components, row-major as .ravel()
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(3 * n, 3 * n))
+    hessian = a @ a.T + 3 * n * np.eye(3 * n)
+    pairs = [(s, hessian @ s) for s in rng.normal(size=(4, 3 * n))]
+    history_s = torch.zeros(n, 6, 3, dtype=F64)
+    history_y = torch.zeros(n, 6, 3, dtype=F64)
+    for j, (s, y) in enumerate(reversed(pairs)):
+        history_s[:, j] = torch.tensor(s.reshape(n, 3))
+        history_y[:, j] = torch.tensor(y.reshape(n, 3))
+    s_dot_y = torch.einsum("rjc,ric->ji", history_s, history_y)[None]
+    g = rng.normal(size=3 * n)
+    hg = SafeLBFGSRule(memory=6)._two_loop(
+        torch.tensor(g.reshape(n, 3)), history_s, history_y, s_dot_y, torch.tensor([4.0], dtype=F64), layout, operator
+    )
+    s_new, y_new = pairs[-1]
+    p_inverse = np.linalg.inv(p)
+    gamma = (s_new @ y_new) / (y_new @ p_inverse @ y_new)
+    np.testing.assert_allclose(
+        hg.numpy().ravel(), dense_bfgs_inverse(pairs, gamma * p_inverse) @ g, rtol=1e-8, atol=1e-10
+    )
+
+
+def test_first_step_is_the_preconditioned_gradient_at_an_atoms_curvature():
+    operator, layout = operator_of([crystal(repeat=(1, 1, 1))])
+    minimizer = Minimizer(SafeLBFGSRule(initial_curvature=70.0), lr=0.2, eps=0.0, max_step=None)
+    g = torch.tensor(np.random.default_rng(2).normal(size=(layout.n_rows, 3)), dtype=F64)
+    step, _ = minimizer.step(minimizer.init(g, layout), g, layout, preconditioner=operator)
+    expected = -(operator.typical_diagonal.item() / 70.0) * np.linalg.solve(dense(operator), g.numpy())
+    np.testing.assert_allclose(step.numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_multiple_of_the_identity_gives_the_unpreconditioned_trajectory():
+    """P = c·I: γ P⁻¹ = s·y / y·y and the first step −(c/70)(g/c) = −g/70, so the path is SafeLBFGS's own."""
+    atoms = crystal()
+    n = len(atoms)
+    identity = PreconOperator(
+        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=F64),
+        torch.full((n,), 3.7, dtype=F64), torch.tensor([3.7], dtype=F64), Layout.single(n), 1e-12, 10,
+    )  # fmt: skip
+    paths = []
+    for preconditioner in (None, identity):
+        trial = atoms.copy()
+        trial.calc = EMT()
+        minimizer = Minimizer(SafeLBFGSRule(), lr=0.2, eps=0.0, max_step=0.2)
+        state = None
+        for _ in range(15):
+            g = torch.tensor(-trial.get_forces(), dtype=F64)
+            state = minimizer.init(g, Layout.single(n)) if state is None else state
+            step, state = minimizer.step(state, g, Layout.single(n), preconditioner=preconditioner)
+            trial.positions += step.numpy()
+        paths.append(trial.positions.copy())
+    np.testing.assert_allclose(paths[1], paths[0], rtol=0, atol=1e-10)
+
+
+def test_ase_front_end_reaches_the_same_minimum_in_fewer_force_calls():
+    """Cu EMT, a vacancy in 31 atoms: the preconditioned run ends at the plain run's energy (the same minimum) with
+    fewer calls (the held-out benchmark measures the 255-atom cells: benchmarks/results/heldout.md)."""
+    results = {}
+    for precon in (None, "exp"):
+        atoms = crystal()
+        atoms.calc = EMT()
+        optimizer = SafeLBFGS(atoms, logfile=None, precon=precon)
+        assert optimizer.run(fmax=0.01, steps=200)
+        results[precon] = (optimizer.nsteps, atoms.get_potential_energy())
+    assert results["exp"][0] < results[None][0]
+    assert results["exp"][1] == pytest.approx(results[None][1], abs=1e-4)
+    assert SafeLBFGS(crystal(), logfile=None, precon="exp").todict()["precon"]["A"] == 3.0
+
+
+def test_cell_filter_and_engine_follow_the_same_preconditioned_path_alone_and_in_a_batch():
+    reference = crystal()
+    reference.calc = EMT()
+    SafeLBFGS(FrechetCellFilter(reference, exp_cell_factor=math.sqrt(len(reference))), logfile=None,
+              precon="exp").run(fmax=1e-9, steps=12)  # fmt: skip
+    for batch in ([crystal()], [crystal("Au", (1, 1, 2), seed=1, a=4.08), crystal()]):
+        record = relax_many(batch, "emt", "safelbfgs", fmax=1e-9, steps=12, precon="exp")[-1]
+        assert record.force_calls == 13
+        np.testing.assert_allclose(record.atoms.positions, reference.positions, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(record.atoms.cell[:], reference.cell[:], rtol=0, atol=1e-8)
+
+
+def test_bad_preconditioner_settings_and_structures_get_clear_errors():
+    for bad in ({"A": -1.0}, {"cutoff": 0.5}, {"c_stab": 0.0}, {"tolerance": 1.0}, {"max_iterations": 0}):
+        with pytest.raises(ValueError):
+            ExpPreconditioner(**bad)
+    with pytest.raises(ValueError, match="precon must be"):
+        SafeLBFGS(crystal(), logfile=None, precon="ff")
+    with pytest.raises(ValueError, match="a row per atom"):
+        SafeLBFGS(StrainFilter(crystal()), logfile=None, precon="exp")
+    with pytest.raises(ValueError, match="takes no preconditioner"):
+        InFlightRelaxer("emt", "frankenstein", precon="exp")
+    operator, layout = operator_of([crystal(repeat=(1, 1, 1))])
+    minimizer = Minimizer(Frankenstein(crystal(), logfile=None).minimizer.rule, lr=0.05, eps=0.1)
+    g = torch.ones(layout.n_rows, 3, dtype=F64)
+    with pytest.raises(ValueError, match="takes no preconditioner"):
+        minimizer.step(minimizer.init(g, layout), g, layout, preconditioner=operator)
+    with pytest.raises(ValueError, match="has none"):
+        nearest_neighbour_distance(Atoms("H", positions=[[0, 0, 0]]))
+    pairs = NeighbourPairs(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([1.0, 1.0], dtype=F64),
+                           torch.tensor([1.0], dtype=F64))  # fmt: skip
+    stiff = ExpPreconditioner(max_iterations=1, tolerance=1e-14).operator(
+        pairs, Layout.single(3), torch.ones(3, dtype=torch.bool)
+    )
+    with pytest.raises(RuntimeError, match="did not converge"):
+        stiff.solve(torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 2.0, 0]], dtype=F64))
