@@ -45,12 +45,16 @@ def journal_rows(path: Path) -> tuple[dict, dict[tuple[str, int], dict]]:
 
 def journal_with_references(path: Path) -> tuple[dict, dict[tuple[str, int], dict], list[Atoms], list[dict]]:
     """A committed journal read back: its protocol, its rows, the structures it ran and their references (the lowest
-    energy any of its runs reached)."""
+    energy any of its runs reached, and any run of the reference journals its protocol names, read from its folder,
+    as its report counts them)."""
     from atomopt.bench.matbench.build import load_set
+    from atomopt.bench.matbench.run import other_journal_rows
 
     spec, rows = journal_rows(path)
     structures = load_set(spec["set"], max(i for _, i in rows) + 1)
-    return spec, rows, structures, references(rows, structures, sorted({m for m, _ in rows}))
+    others = [path.parent / name for name in spec.get("reference_journals", [])]
+    every = rows | (other_journal_rows(others, spec, len(structures)) if others else {})
+    return spec, rows, structures, references(every, structures, sorted({m for m, _ in every}))
 
 
 def method_metrics(method: str, target: str, rows: dict, refs: Sequence[dict], indices: Sequence[int]) -> dict | None:
