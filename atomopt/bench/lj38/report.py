@@ -57,7 +57,8 @@ def markdown(payload: dict) -> str:
         "atomopt methods ran "
         + (
             "through the batched tensor engine (all starts in one tensor; wall time "
-            "attributed to starts by their force calls), baselines through ASE/SciPy, one process per worker."
+            "attributed to starts by their force calls), baselines through ASE/SciPy, one process per worker; "
+            "safelbfgs-exp (the Exp preconditioner reads the Atoms' neighbour lists) through its ASE front end."
             if engine == "batch"
             else "through the ASE optimizers, like the baselines."
         ),
