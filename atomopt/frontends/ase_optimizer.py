@@ -236,9 +236,10 @@ class SafeLBFGS(AtomoptOptimizer):
             raise ValueError("precon needs Atoms or a cell filter around them (it reads their neighbours)")
         self.precon = precon
         super().__init__(atoms, *args, **kwargs)
-        n_atoms = len(getattr(atoms, "atoms", atoms))
-        if precon is not None and self.ndofs not in (3 * n_atoms, 3 * n_atoms + 9):
-            raise ValueError("precon needs a row per atom, plus three cell rows for a cell filter")
+        if precon is not None:
+            n_atoms = len(getattr(atoms, "atoms", atoms))
+            if self.ndofs not in (3 * n_atoms, 3 * n_atoms + 9):
+                raise ValueError("precon needs a row per atom, plus three cell rows for a cell filter")
 
     def todict(self) -> dict[str, Any]:
         return {**super().todict(), "precon": None if self.precon is None else vars(self.precon)}
