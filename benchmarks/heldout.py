@@ -74,13 +74,13 @@ def summarize(calls, energies, ok, reference=None) -> dict:
 
 
 def with_previous_defaults() -> list[str]:
-    """Every atomopt method, the papers' rules again at their previous defaults, and SafeLBFGS preconditioned."""
+    """Every atomopt method, and the papers' rules again at their previous defaults."""
     return [
         m
         for name in ATOMOPT_METHODS
         for m in (name, f"{name} (previous defaults)")
         if name in OLD_DEFAULTS or m == name
-    ] + [PRECONDITIONED]
+    ]
 
 
 def lj55(n: int, methods: list[str]) -> dict:
@@ -88,7 +88,7 @@ def lj55(n: int, methods: list[str]) -> dict:
     starts = [lj38.random_start(rng, 55) for _ in range(n)]
     rows = {}
     for label in with_previous_defaults():
-        if label not in methods or label == PRECONDITIONED:
+        if label not in methods:
             continue
         name, _, old = label.partition(" ")
         results = lj38.run_batched(name, starts, **(OLD_DEFAULTS[name] if old else {}))
@@ -179,7 +179,7 @@ def main() -> int:
     parser.add_argument("--n-cu", type=int, default=10, help="Cu EMT structures (default 10)")
     parser.add_argument("--n-morse", type=int, default=10, help="Morse fcc structures (default 10)")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
-    every = with_previous_defaults() + list(BASELINES)
+    every = [*with_previous_defaults(), PRECONDITIONED, *BASELINES]
     parser.add_argument("--methods", nargs="+", choices=every, default=every, metavar="M",
                         help="rows to run (default: all): " + ", ".join(every))  # fmt: skip
     parser.add_argument("--reuse", type=Path, help="keep the other rows from this earlier heldout.json")

@@ -24,7 +24,7 @@ import torch
 from atomopt.bench.crystals import mixed_crystals
 from atomopt.core.layout import Layout
 from atomopt.core.precon import ExpPreconditioner
-from atomopt.frontends.neighbours import neighbour_pairs
+from atomopt.frontends.neighbours import preconditioner_of
 from atomopt.models import StructureBatch, load_model
 from atomopt.optimizers import make_minimizer
 
@@ -82,14 +82,10 @@ def step_seconds(structures: list, repeats: int, preconditioned: bool = False) -
     g_next = g + 5.0 * state["last_step"]
     if not preconditioned:
         return median_seconds(lambda: minimizer.step(state, g_next, layout, energy=lower), repeats), memory
-    precon = ExpPreconditioner()
     offsets = [sum(rows[:k]) for k in range(len(rows))]
-    atom_rows = torch.ones(layout.n_rows, dtype=torch.bool)
-    for offset, n in zip(offsets, sizes, strict=True):
-        atom_rows[offset + n : offset + n + 3] = False
 
     def step() -> None:
-        operator = precon.operator(neighbour_pairs(structures, offsets, precon.cutoff), layout, atom_rows)
+        operator = preconditioner_of(ExpPreconditioner(), structures, offsets, layout)
         minimizer.step(state, g_next, layout, energy=lower, preconditioner=operator)
 
     return median_seconds(step, repeats), memory

@@ -16,7 +16,7 @@ from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer
 from atomopt.core.precon import ExpPreconditioner, NeighbourPairs, PreconOperator
 from atomopt.frontends.engine import InFlightRelaxer, relax_many
-from atomopt.frontends.neighbours import nearest_neighbour_distance, neighbour_pairs
+from atomopt.frontends.neighbours import nearest_neighbour_distance, preconditioner_of
 from atomopt.rules import SafeLBFGSRule
 
 F64 = torch.float64
@@ -38,14 +38,10 @@ def dense(operator: PreconOperator) -> np.ndarray:
 
 
 def operator_of(structures, precon=None, cell_rows=0):
-    precon = precon or ExpPreconditioner()
     sizes = [len(a) + cell_rows for a in structures]
     offsets = np.cumsum([0, *sizes[:-1]]).tolist()
     layout = Layout.from_sizes(sizes)
-    atom_rows = torch.ones(layout.n_rows, dtype=torch.bool)
-    for offset, atoms in zip(offsets, structures, strict=True):
-        atom_rows[offset + len(atoms) : offset + len(atoms) + cell_rows] = False
-    return precon.operator(neighbour_pairs(structures, offsets, precon.cutoff), layout, atom_rows), layout
+    return preconditioner_of(precon or ExpPreconditioner(), structures, offsets, layout), layout
 
 
 def test_exp_matrix_equals_hand_computed_values():

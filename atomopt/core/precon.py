@@ -20,7 +20,6 @@ and summed in a fixed order, so a structure's solution does not depend on the ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -61,8 +60,6 @@ class ExpPreconditioner:
     c_stab: float = 0.1
     tolerance: float = 1e-10
     max_iterations: int = 1000
-
-    name: ClassVar[str] = "exp"
 
     def __post_init__(self) -> None:
         if not self.A >= 0:

@@ -26,7 +26,7 @@ from atomopt.controls import CONTROL_NAMES
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, state_from_numpy, state_to_numpy
 from atomopt.core.precon import ExpPreconditioner, PreconOperator, resolve_preconditioner
-from atomopt.frontends.neighbours import neighbour_pairs
+from atomopt.frontends.neighbours import preconditioner_of
 from atomopt.frontends.structures import structure_problem
 from atomopt.optimizers import make_minimizer
 
@@ -248,9 +248,7 @@ class SafeLBFGS(AtomoptOptimizer):
         if self.precon is None:
             return None
         atoms = getattr(self.target, "atoms", self.target)  # a cell filter's rows: its atoms, then 3 cell rows
-        atom_rows = torch.arange(self.layout.n_rows, device=self.device) < len(atoms)
-        pairs = neighbour_pairs([atoms], [0], self.precon.cutoff, self.dtype, self.device)
-        return self.precon.operator(pairs, self.layout, atom_rows)
+        return preconditioner_of(self.precon, [atoms], [0], self.layout, self.dtype)
 
 
 OPTIMIZERS: dict[str, type[AtomoptOptimizer]] = {

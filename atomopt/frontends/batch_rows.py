@@ -62,6 +62,14 @@ class Evaluated:
     out: ModelOutput
     fmax: Tensor
 
+    def structure(self, template: Atoms, slot: int) -> Atoms:
+        """The structure in ``slot`` as it was evaluated: ``template`` (its atoms) with these positions and cell."""
+        start = self.atom_offsets[slot]
+        atoms = template.copy()
+        atoms.positions = self.positions[start : start + len(atoms)].detach().cpu().numpy()
+        atoms.cell = self.cell[slot].detach().cpu().numpy()
+        return atoms
+
 
 @dataclass
 class RowIndex:

@@ -33,7 +33,7 @@ from atomopt.core.minimizer import Minimizer
 from atomopt.core.precon import ExpPreconditioner, PreconOperator, resolve_preconditioner
 from atomopt.frontends.batch_rows import Batch, Evaluated, Member, RowIndex
 from atomopt.frontends.model_calls import ModelCalls
-from atomopt.frontends.neighbours import neighbour_pairs
+from atomopt.frontends.neighbours import preconditioner_of
 from atomopt.frontends.records import RelaxRecord, tag_atoms
 from atomopt.frontends.structures import structure_problem
 from atomopt.models import BatchedModel, ModelOutput, StructureBatch, UnsupportedStructureError, load_model
@@ -477,20 +477,10 @@ class InFlightRelaxer:
         return self._end(batch, index, outside, evaluated)
 
     def _preconditioner(self, batch: Batch, index: RowIndex, evaluated: Evaluated) -> PreconOperator:
-        """P of the geometries just evaluated (cells deformed), from ASE's neighbour list on the CPU."""
+        """P of the geometries just evaluated (cells deformed), from their neighbour lists on the CPU."""
         assert self.precon is not None
-        positions, cells = evaluated.positions.detach().cpu().numpy(), evaluated.cell.detach().cpu().numpy()
-        structures = []
-        for member, slot in zip(batch.members, evaluated.slot, strict=True):
-            start = evaluated.atom_offsets[slot]
-            atoms = member.atoms
-            structures.append(
-                Atoms(atoms.numbers, positions[start : start + len(atoms)], cell=cells[slot], pbc=atoms.pbc)
-            )
-        pairs = neighbour_pairs(structures, index.row_offsets.tolist(), self.precon.cutoff, self.dtype, self.device)
-        atom_rows = torch.zeros(index.layout.n_rows, dtype=torch.bool, device=self.device)
-        atom_rows[index.atom_rows] = True
-        return self.precon.operator(pairs, index.layout, atom_rows)
+        structures = [evaluated.structure(m.atoms, slot) for m, slot in zip(batch.members, evaluated.slot, strict=True)]
+        return preconditioner_of(self.precon, structures, index.row_offsets.tolist(), index.layout, self.dtype)
 
     def _end(
         self, batch: Batch, index: RowIndex, ending: dict[int, tuple[str, str]], evaluated: Evaluated
@@ -603,11 +593,7 @@ class Observation:
 
     def structure(self, i: int) -> Atoms:
         """The i-th evaluated structure as it was evaluated (positions and cell; no calculator)."""
-        a = self._evaluated.atom_offsets[i]
-        atoms = self._templates[i].copy()
-        atoms.positions = self._evaluated.positions[a : a + len(atoms)].detach().cpu().numpy()
-        atoms.cell = self._evaluated.cell[i].detach().cpu().numpy()
-        return atoms
+        return self._evaluated.structure(self._templates[i], i)
 
 
 @dataclass

@@ -10,7 +10,8 @@ import torch
 from ase import Atoms
 from vesin import ase_neighbor_list
 
-from atomopt.core.precon import NeighbourPairs
+from atomopt.core.layout import Layout
+from atomopt.core.precon import ExpPreconditioner, NeighbourPairs, PreconOperator
 
 _GOLDEN = (1.0 + 5.0**0.5) / 2.0
 
@@ -63,3 +64,20 @@ def neighbour_pairs(
         distance=torch.as_tensor(np.concatenate(distances), dtype=dtype, device=device),
         r_nn=torch.as_tensor(r_nns, dtype=dtype, device=device),
     )
+
+
+def preconditioner_of(
+    precon: ExpPreconditioner,
+    structures: Sequence[Atoms],
+    row_offsets: Sequence[int],
+    layout: Layout,
+    dtype: torch.dtype = torch.float64,
+) -> PreconOperator:
+    """P of ``structures`` as rows of a batch: structure k's atoms are the rows from ``row_offsets[k]`` on, any rows
+    after them up to the next structure (a cell filter's three cell rows) are not atoms."""
+    device = layout.structure.device
+    atom_rows = torch.zeros(layout.n_rows, dtype=torch.bool, device=device)
+    for atoms, offset in zip(structures, row_offsets, strict=True):
+        atom_rows[offset : offset + len(atoms)] = True
+    pairs = neighbour_pairs(structures, row_offsets, precon.cutoff, dtype, device)
+    return precon.operator(pairs, layout, atom_rows)
