@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from ase import Atoms
 
+from atomopt.core.precon import PRECON_CHOICES
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 from atomopt.models.base import resolve_device
 from atomopt.optimizers import DEFAULT_OPTIMIZER, canonical_name
@@ -49,8 +50,7 @@ def relax_command(args: argparse.Namespace) -> int:
     options = {"paper_exact": args.paper_exact}
     if args.lr is not None:
         options["lr"] = args.lr
-    if args.precon is not None:
-        options["precon"] = args.precon
+    options["precon"] = args.precon
     if args.stress_tol is not None:
         options["stress_tol"] = args.stress_tol
     capacity = {}
@@ -339,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument("--paper-exact", action="store_true", help="the paper's update with no step control")
     relax.add_argument(
         "--precon",
-        choices=["exp"],
-        help="safelbfgs only: Packwood et al.'s Exp preconditioner as H⁰ (docs/safe_lbfgs.md, 'Exp preconditioner')",
+        choices=list(PRECON_CHOICES),
+        default="auto",
+        help="safelbfgs: Packwood et al.'s Exp preconditioner as H⁰, on structures of >= 100 atoms (auto, the default), "
+        "on all (exp) or none (docs/safe_lbfgs.md, 'Exp preconditioner')",
     )
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)

@@ -133,7 +133,8 @@ def test_a_multiple_of_the_identity_gives_the_unpreconditioned_trajectory():
     n = len(atoms)
     identity = PreconOperator(
         torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=F64),
-        torch.full((n,), 3.7, dtype=F64), torch.tensor([3.7], dtype=F64), Layout.single(n), 1e-12, 10,
+        torch.full((n,), 3.7, dtype=F64), torch.tensor([3.7], dtype=F64), torch.tensor([True]), Layout.single(n),
+        1e-12, 10,
     )  # fmt: skip
     paths = []
     for preconditioner in (None, identity):
@@ -177,6 +178,26 @@ def test_cell_filter_and_engine_follow_the_same_preconditioned_path_alone_and_in
         np.testing.assert_allclose(record.atoms.cell[:], reference.cell[:], rtol=0, atol=1e-8)
 
 
+def test_auto_preconditions_structures_of_100_atoms_and_leaves_smaller_ones_on_their_exact_path():
+    """ASE PreconLBFGS's "auto": Exp from 100 atoms on. In a batch with a 107-atom cell, a 31-atom cell follows the
+    unpreconditioned path bit for bit, and the large cell the preconditioned one; the ASE front end builds no P
+    below 100 atoms."""
+    small, large = crystal(), crystal(repeat=(3, 3, 3))
+    assert len(small) < 100 <= len(large)
+    auto = relax_many([small, large], "emt", "safelbfgs", fmax=1e-9, steps=8)  # precon="auto" by default
+    plain = relax_many([small], "emt", "safelbfgs", fmax=1e-9, steps=8, precon="none")[0]
+    exp = relax_many([large], "emt", "safelbfgs", fmax=1e-9, steps=8, precon="exp")[0]
+    for got, want in ((auto[0], plain), (auto[1], exp)):
+        assert got.force_calls == want.force_calls
+        assert np.array_equal(got.atoms.positions, want.atoms.positions)
+        assert np.array_equal(got.atoms.cell[:], want.atoms.cell[:])
+    assert not np.array_equal(auto[1].atoms.positions, relax_many([large], "emt", "safelbfgs", fmax=1e-9, steps=8,
+                                                                  precon="none")[0].atoms.positions)  # fmt: skip
+    assert SafeLBFGS(small, logfile=None).preconditioner() is None
+    operator = SafeLBFGS(large, logfile=None).preconditioner()
+    assert operator is not None and bool(operator.active.all())
+
+
 def test_bad_preconditioner_settings_and_structures_get_clear_errors():
     for bad in ({"A": -1.0}, {"cutoff": 0.5}, {"c_stab": 0.0}, {"tolerance": 1.0}, {"max_iterations": 0}):
         with pytest.raises(ValueError):
@@ -185,8 +206,11 @@ def test_bad_preconditioner_settings_and_structures_get_clear_errors():
         SafeLBFGS(crystal(), logfile=None, precon="ff")
     with pytest.raises(ValueError, match="a row per atom"):
         SafeLBFGS(StrainFilter(crystal()), logfile=None, precon="exp")
-    with pytest.raises(ValueError, match="takes no preconditioner"):
+    with pytest.raises(ValueError, match="only safelbfgs"):
         InFlightRelaxer("emt", "frankenstein", precon="exp")
+    assert InFlightRelaxer("emt", "frankenstein").precon is None  # "auto": nothing for rules that take none
+    with pytest.raises(ValueError, match="min_atoms"):
+        ExpPreconditioner(min_atoms=-1)
     operator, layout = operator_of([crystal(repeat=(1, 1, 1))])
     minimizer = Minimizer(Frankenstein(crystal(), logfile=None).minimizer.rule, lr=0.05, eps=0.1)
     g = torch.ones(layout.n_rows, 3, dtype=F64)
@@ -197,7 +221,7 @@ def test_bad_preconditioner_settings_and_structures_get_clear_errors():
     pairs = NeighbourPairs(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([1.0, 1.0], dtype=F64),
                            torch.tensor([1.0], dtype=F64))  # fmt: skip
     stiff = ExpPreconditioner(max_iterations=1, tolerance=1e-14).operator(
-        pairs, Layout.single(3), torch.ones(3, dtype=torch.bool)
+        pairs, Layout.single(3), torch.ones(3, dtype=torch.bool), torch.tensor([True])
     )
     with pytest.raises(RuntimeError, match="did not converge"):
         stiff.solve(torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 2.0, 0]], dtype=F64))

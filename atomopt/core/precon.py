@@ -15,6 +15,10 @@ their structure: the √N cell rows of SafeLBFGS have an atom's curvature (docs/
 
 P z = q is solved per structure by conjugate gradients with Jacobi preconditioning, every structure's scalars its own
 and summed in a fixed order, so a structure's solution does not depend on the batch it is in.
+
+``min_atoms`` turns it on per structure: structures with fewer atoms keep the rule's scalar H⁰ (their rows of P are
+the identity, unused). ``"auto"`` is ASE ``PreconLBFGS``'s own default rule, Exp from 100 atoms on: measured to help on
+cells of hundreds of atoms and not on small ones (docs/safe_lbfgs.md, "Exp preconditioner").
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class ExpPreconditioner:
         c_stab: diagonal shift that makes P positive definite (its softest mode, a rigid translation, is c_stab).
         tolerance: conjugate gradients stop at a residual of ``tolerance`` × |q| per structure.
         max_iterations: conjugate-gradient iterations at most.
+        min_atoms: structures with fewer atoms are not preconditioned (0: every structure is).
     """
 
     A: float = 3.0
@@ -60,6 +65,7 @@ class ExpPreconditioner:
     c_stab: float = 0.1
     tolerance: float = 1e-10
     max_iterations: int = 1000
+    min_atoms: int = 0
 
     def __post_init__(self) -> None:
         if not self.A >= 0:
@@ -72,9 +78,12 @@ class ExpPreconditioner:
             raise ValueError(f"ExpPreconditioner: tolerance must lie in (0, 1), got {self.tolerance}")
         if self.max_iterations < 1:
             raise ValueError(f"ExpPreconditioner: max_iterations must be at least 1, got {self.max_iterations}")
+        if isinstance(self.min_atoms, bool) or not isinstance(self.min_atoms, int) or self.min_atoms < 0:
+            raise ValueError(f"ExpPreconditioner: min_atoms must be a whole number >= 0, got {self.min_atoms!r}")
 
-    def operator(self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor) -> PreconOperator:
-        """P for the current geometry. ``atom_rows``: ``(n_rows,)`` bool, false for cell rows."""
+    def operator(self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor, active: Tensor) -> PreconOperator:
+        """P for the current geometry. ``atom_rows``: ``(n_rows,)`` bool, false for cell rows; ``active``:
+        ``(n_structures,)`` bool, the structures preconditioned (``pairs`` has none of the others)."""
         dtype = pairs.distance.dtype
         r_nn = pairs.r_nn.to(dtype)[layout.structure[pairs.first]]
         within = pairs.distance < self.cutoff * r_nn
@@ -86,7 +95,12 @@ class ExpPreconditioner:
         n_atoms = layout.sum_in_order(atoms[:, None])
         typical = layout.sum_in_order((diagonal * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
         diagonal = torch.where(atom_rows, diagonal, typical[layout.structure])
-        return PreconOperator(first, second, weight, diagonal, typical, layout, self.tolerance, self.max_iterations)
+        # structures left out: P = I on their rows (solved in one conjugate-gradient iteration; the rule ignores it)
+        diagonal = torch.where(active[layout.structure], diagonal, 1.0)
+        typical = torch.where(active, typical, 1.0)
+        return PreconOperator(
+            first, second, weight, diagonal, typical, active, layout, self.tolerance, self.max_iterations
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,7 @@ class PreconOperator:
     weight: Tensor
     diagonal: Tensor  # (n_rows,)
     typical_diagonal: Tensor  # (n_structures,): the mean atom diagonal, the scale of P for one atom
+    active: Tensor  # (n_structures,) bool: the structures preconditioned; the others keep the scalar H⁰
     layout: Layout
     tolerance: float
     max_iterations: int
@@ -143,10 +158,24 @@ class PreconOperator:
         return z
 
 
-def resolve_preconditioner(value: str | ExpPreconditioner | None) -> ExpPreconditioner | None:
-    """``None``, ``"exp"`` (the defaults) or an :class:`ExpPreconditioner`, checked."""
+#: ASE PreconLBFGS's ``precon="auto"``: the Exp preconditioner from this many atoms on, none below.
+AUTO_MIN_ATOMS = 100
+PRECON_CHOICES = ("auto", "exp", "none")
+
+
+def resolve_preconditioner(value: str | ExpPreconditioner | None, accepted: bool = True) -> ExpPreconditioner | None:
+    """The preconditioner a front end builds: ``"auto"`` (Exp on structures of >= 100 atoms, none for rules that take
+    no preconditioner), ``"exp"`` (every structure, the defaults), ``"none"`` or ``None``, or an
+    :class:`ExpPreconditioner`. ``accepted``: whether the update rule takes one (``"exp"`` and instances are refused
+    for rules that do not)."""
+    if value is None or value == "none":
+        return None
+    if value == "auto":
+        return ExpPreconditioner(min_atoms=AUTO_MIN_ATOMS) if accepted else None
     if value == "exp":
-        return ExpPreconditioner()
-    if value is not None and not isinstance(value, ExpPreconditioner):
-        raise ValueError(f"precon must be None, 'exp' or an ExpPreconditioner, got {value!r}")
+        value = ExpPreconditioner()
+    if not isinstance(value, ExpPreconditioner):
+        raise ValueError(f"precon must be one of {PRECON_CHOICES}, None or an ExpPreconditioner, got {value!r}")
+    if not accepted:
+        raise ValueError("precon: only safelbfgs takes a preconditioner")
     return value

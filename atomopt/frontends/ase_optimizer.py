@@ -225,21 +225,25 @@ class INNAprop(AtomoptOptimizer):
 class SafeLBFGS(AtomoptOptimizer):
     """Safeguarded limited-memory BFGS (docs/safe_lbfgs.md) as an ASE optimizer; arguments as
     :class:`AtomoptOptimizer`, plus ``memory`` (pairs kept), ``initial_curvature`` (eV/Å², the first step's) and
-    ``precon``: ``None`` (the default), ``"exp"`` or an :class:`~atomopt.core.precon.ExpPreconditioner`, Packwood
-    et al.'s Exp preconditioner as H⁰, rebuilt from the geometry every step (Atoms, or a cell filter around them)."""
+    ``precon``: Packwood et al.'s Exp preconditioner as H⁰, rebuilt from the geometry every step: ``"auto"`` (the
+    default, ASE PreconLBFGS's: on for Atoms, or a cell filter around them, of >= 100 atoms), ``"exp"`` (always),
+    ``"none"`` / ``None``, or an :class:`~atomopt.core.precon.ExpPreconditioner`."""
 
     rule_name = "safelbfgs"
 
-    def __init__(self, atoms: Atoms, *args: Any, precon: str | ExpPreconditioner | None = None, **kwargs: Any):
-        precon = resolve_preconditioner(precon)
-        if precon is not None and not isinstance(getattr(atoms, "atoms", atoms), Atoms):
+    def __init__(self, atoms: Atoms, *args: Any, precon: str | ExpPreconditioner | None = "auto", **kwargs: Any):
+        automatic = isinstance(precon, str) and precon == "auto"
+        self.precon = resolve_preconditioner(precon)
+        inner = getattr(atoms, "atoms", atoms)
+        if self.precon is not None and not automatic and not isinstance(inner, Atoms):
             raise ValueError("precon needs Atoms or a cell filter around them (it reads their neighbours)")
-        self.precon = precon
         super().__init__(atoms, *args, **kwargs)
-        if precon is not None:
-            n_atoms = len(getattr(atoms, "atoms", atoms))
-            if self.ndofs not in (3 * n_atoms, 3 * n_atoms + 9):
+        if self.precon is not None and not (
+            isinstance(inner, Atoms) and self.ndofs in (3 * len(inner), 3 * len(inner) + 9)
+        ):
+            if not automatic:
                 raise ValueError("precon needs a row per atom, plus three cell rows for a cell filter")
+            self.precon = None  # "auto" on an NEB, a Filter of some atoms, ...: no neighbour list to read
 
     def todict(self) -> dict[str, Any]:
         return {**super().todict(), "precon": None if self.precon is None else vars(self.precon)}

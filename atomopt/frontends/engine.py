@@ -95,9 +95,10 @@ class InFlightRelaxer:
             ASE's ``Optimizer.attach``; benchmarks use it to record several thresholds in one run.
         check_structures: run the entry checks (overlaps, periodicity, model elements); off for rows that are
             not atoms (e.g. an ASE Filter's cell rows in :func:`~atomopt.frontends.batch.relax_batch`).
-        precon: ``None`` (the default), ``"exp"`` or an :class:`~atomopt.core.precon.ExpPreconditioner`: Packwood
-            et al.'s Exp preconditioner as SafeLBFGS's H⁰, rebuilt every step from the evaluated geometries
-            (docs/safe_lbfgs.md, "Exp preconditioner").
+        precon: Packwood et al.'s Exp preconditioner as SafeLBFGS's H⁰, rebuilt every step from the evaluated
+            geometries (docs/safe_lbfgs.md, "Exp preconditioner"): ``"auto"`` (the default, ASE PreconLBFGS's rule:
+            on for structures of >= 100 atoms, off for rules that take none), ``"exp"`` (every structure),
+            ``"none"`` / ``None``, or an :class:`~atomopt.core.precon.ExpPreconditioner`.
         **optimizer_options: passed to :func:`atomopt.optimizers.make_minimizer` (lr, eps, paper_exact, ...).
     """
 
@@ -117,7 +118,7 @@ class InFlightRelaxer:
         on_evaluation: Callable[[int, Tensor], None] | None = None,
         observer: Callable[[Observation], None] | None = None,
         check_structures: bool = True,
-        precon: str | ExpPreconditioner | None = None,
+        precon: str | ExpPreconditioner | None = "auto",
         **optimizer_options: Any,
     ):
         if not fmax > 0:
@@ -140,9 +141,7 @@ class InFlightRelaxer:
         self.minimizer = (
             optimizer if isinstance(optimizer, Minimizer) else make_minimizer(optimizer, **optimizer_options)
         )
-        self.precon = resolve_preconditioner(precon)
-        if self.precon is not None and not self.minimizer.rule.accepts_preconditioner:
-            raise ValueError(f"precon: {self.minimizer.rule.name} takes no preconditioner (safelbfgs does)")
+        self.precon = resolve_preconditioner(precon, self.minimizer.rule.accepts_preconditioner)
         self.fmax = float(fmax)
         self.steps = int(steps)
         self.cell = CellFilter() if cell is True else (cell or None)
@@ -476,8 +475,9 @@ class InFlightRelaxer:
         }
         return self._end(batch, index, outside, evaluated)
 
-    def _preconditioner(self, batch: Batch, index: RowIndex, evaluated: Evaluated) -> PreconOperator:
-        """P of the geometries just evaluated (cells deformed), from their neighbour lists on the CPU."""
+    def _preconditioner(self, batch: Batch, index: RowIndex, evaluated: Evaluated) -> PreconOperator | None:
+        """P of the geometries just evaluated (cells deformed), from their neighbour lists on the CPU; ``None`` when
+        none of them is large enough for it."""
         assert self.precon is not None
         structures = [evaluated.structure(m.atoms, slot) for m, slot in zip(batch.members, evaluated.slot, strict=True)]
         return preconditioner_of(self.precon, structures, index.row_offsets.tolist(), index.layout, self.dtype)

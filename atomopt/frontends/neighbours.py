@@ -45,11 +45,17 @@ def neighbour_pairs(
     cutoff: float,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    include: Sequence[bool] | None = None,
 ) -> NeighbourPairs:
     """Pairs within ``cutoff`` × r_nn of each structure, as rows of a batch whose structure k starts at row
-    ``row_offsets[k]`` (r_nn from :func:`nearest_neighbour_distance` of the current geometry)."""
+    ``row_offsets[k]`` (r_nn from :func:`nearest_neighbour_distance` of the current geometry). Structures whose
+    ``include`` is false get no pairs (and r_nn = 1, unused)."""
     firsts, seconds, distances, r_nns = [], [], [], []
-    for atoms, offset in zip(structures, row_offsets, strict=True):
+    include = [True] * len(structures) if include is None else include
+    for atoms, offset, wanted in zip(structures, row_offsets, include, strict=True):
+        if not wanted:
+            r_nns.append(1.0)
+            continue
         r_nn = nearest_neighbour_distance(atoms)
         first, second, distance = ase_neighbor_list("ijd", atoms, cutoff * r_nn)
         order = np.lexsort((distance, second, first))  # one order whatever the list's threads did: same sums
@@ -72,12 +78,16 @@ def preconditioner_of(
     row_offsets: Sequence[int],
     layout: Layout,
     dtype: torch.dtype = torch.float64,
-) -> PreconOperator:
+) -> PreconOperator | None:
     """P of ``structures`` as rows of a batch: structure k's atoms are the rows from ``row_offsets[k]`` on, any rows
-    after them up to the next structure (a cell filter's three cell rows) are not atoms."""
+    after them up to the next structure (a cell filter's three cell rows) are not atoms. ``None`` where no structure
+    has ``precon.min_atoms`` atoms (then nothing is built)."""
+    include = [len(atoms) >= precon.min_atoms for atoms in structures]
+    if not any(include):
+        return None
     device = layout.structure.device
     atom_rows = torch.zeros(layout.n_rows, dtype=torch.bool, device=device)
     for atoms, offset in zip(structures, row_offsets, strict=True):
         atom_rows[offset : offset + len(atoms)] = True
-    pairs = neighbour_pairs(structures, row_offsets, precon.cutoff, dtype, device)
-    return precon.operator(pairs, layout, atom_rows)
+    pairs = neighbour_pairs(structures, row_offsets, precon.cutoff, dtype, device, include)
+    return precon.operator(pairs, layout, atom_rows, torch.as_tensor(include, device=device))

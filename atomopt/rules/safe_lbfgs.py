@@ -9,8 +9,8 @@ first-order entry of OptBench's LJ38 table), written for many structures at once
           its two loops solved as two triangular systems over the pairs' products sᵢ·yⱼ (kept per structure,
           one new column a step), so a step costs four reductions over the rows, not two per pair
     no pairs yet (the first step):         d = −g / initial_curvature (ASE LBFGS's H⁰ = 1/70)
-    with a preconditioner P (opt-in):      H⁰ = γ P⁻¹, γ = s·y / y·P⁻¹y of the newest pair; first step
-                                           d = −(P̄ / initial_curvature) P⁻¹ g, P̄ the mean atom diagonal of P
+    with a preconditioner P:               H⁰ = γ P⁻¹, γ = s·y / y·P⁻¹y of the newest pair; first step
+    (structures it is active on)           d = −(P̄ / initial_curvature) P⁻¹ g, P̄ the mean atom diagonal of P
     s·y ≤ 0, or d not downhill (d·g ≥ 0):  the history is wiped and d is a steepest-descent step whose largest row
                                            moves ``lr`` (Å)
 
@@ -103,11 +103,11 @@ class SafeLBFGSRule(UpdateRule):
         )
 
         first = ~started
-        if preconditioner is None:
-            first_step = -g / self.initial_curvature
-        else:  # P̄ / initial_curvature is the μ that makes μP an atom's curvature of initial_curvature
+        first_step = -g / self.initial_curvature
+        if preconditioner is not None:  # P̄ / initial_curvature is the μ that makes μP an atom's curvature of it
             scale = preconditioner.typical_diagonal / self.initial_curvature
-            first_step = -layout.rows(scale) * preconditioner.solve(g)
+            preconditioned = -layout.rows(scale) * preconditioner.solve(g)
+            first_step = torch.where(layout.select(preconditioner.active), preconditioned, first_step)
         direction = torch.where(
             layout.select(first), first_step, -self._two_loop(g, s_history, y_history, s_dot_y, pairs, layout,
                                                               preconditioner)
@@ -165,16 +165,17 @@ class SafeLBFGSRule(UpdateRule):
         )
         q = g - (layout.slot_rows(alpha) * y_history).sum(dim=1)
         newest = pairs > 0
-        if preconditioner is None:
-            y_dot_y = layout.sum_in_order(y_history[:, 0] * y_history[:, 0])
-            h0 = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_y, 1.0), 0.0)
-            h0_y_dot_q = h0[:, None, None] * layout.slot_dots(y_history, q)[:, :, None]
-            h0_q = layout.rows(h0) * q
-        else:  # H⁰ = γ P⁻¹: the Shanno–Phua scaling s·y / y·H⁰y in P's metric
+        y_dot_y = layout.sum_in_order(y_history[:, 0] * y_history[:, 0])
+        h0 = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_y, 1.0), 0.0)
+        h0_y_dot_q = h0[:, None, None] * layout.slot_dots(y_history, q)[:, :, None]
+        h0_q = layout.rows(h0) * q
+        if preconditioner is not None:  # H⁰ = γ P⁻¹: the Shanno–Phua scaling s·y / y·H⁰y in P's metric
             y_dot_p_y = layout.sum_in_order(y_history[:, 0] * preconditioner.solve(y_history[:, 0]))
             gamma = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_p_y, 1.0), 0.0)
-            h0_q = layout.rows(gamma) * preconditioner.solve(q)
-            h0_y_dot_q = layout.slot_dots(y_history, h0_q)[:, :, None]
+            gamma_p_q = layout.rows(gamma) * preconditioner.solve(q)
+            on = preconditioner.active
+            h0_q = torch.where(layout.select(on), gamma_p_q, h0_q)
+            h0_y_dot_q = torch.where(on[:, None, None], layout.slot_dots(y_history, gamma_p_q)[:, :, None], h0_y_dot_q)
         upper = lower.transpose(1, 2)
         beta = torch.linalg.solve_triangular(
             rho[:, :, None] * upper,

@@ -120,10 +120,15 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
     table["scipy-L-BFGS-B"] = lambda atoms: scipy_lbfgsb(atoms, fmax=0.0)
     # the Exp preconditioner reads neighbour lists of Atoms: through the ASE front end in either engine
     table["safelbfgs-exp"] = _atomopt("safelbfgs", precon="exp")
+    table["safelbfgs-none"] = _atomopt("safelbfgs", precon="none")  # = safelbfgs below 100 atoms ("auto")
     return table
 
 
-DEFAULT_METHODS = tuple(m for m in methods() if not m.startswith("frankenstein-") or m == "frankenstein-paper")
+DEFAULT_METHODS = tuple(
+    m
+    for m in methods()
+    if (not m.startswith("frankenstein-") or m == "frankenstein-paper") and m != "safelbfgs-none"
+)
 
 
 def run_batched(
