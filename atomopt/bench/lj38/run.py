@@ -125,9 +125,7 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
 
 
 DEFAULT_METHODS = tuple(
-    m
-    for m in methods()
-    if (not m.startswith("frankenstein-") or m == "frankenstein-paper") and m != "safelbfgs-none"
+    m for m in methods() if (not m.startswith("frankenstein-") or m == "frankenstein-paper") and m != "safelbfgs-none"
 )
 
 
