@@ -39,12 +39,14 @@ class NeighbourPairs:
         first, second: ``(n_pairs,)`` long row indices i and j (same structure).
         distance: ``(n_pairs,)`` distances r_ij, Å.
         r_nn: ``(n_structures,)`` nearest-neighbour distance r_nn of each structure, Å.
+        vector: ``(n_pairs, 3)`` r_j − r_i (Å), for the bond form; ``None`` where only distances are needed.
     """
 
     first: Tensor
     second: Tensor
     distance: Tensor
     r_nn: Tensor
+    vector: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class ExpPreconditioner:
         tolerance: conjugate gradients stop at a residual of ``tolerance`` × |q| per structure.
         max_iterations: conjugate-gradient iterations at most.
         min_atoms: structures with fewer atoms are not preconditioned (0: every structure is).
+        transverse: ``None`` for Packwood et al.'s isotropic form (each pair block w_ij I); a number τ for the bond
+            form, each pair block w_ij (r̂r̂ᵀ + τ I): stiff along the bond, soft (τ) across it, as a pair potential's
+            Hessian near its minimum, whose across-bond term φ'(r)/r vanishes there (the stretch terms of Lindh's
+            model Hessian, J. Chem. Phys. Lett. 241, 423 (1995), with the Exp weights; docs/safe_lbfgs.md).
     """
 
     A: float = 3.0
@@ -66,6 +72,7 @@ class ExpPreconditioner:
     tolerance: float = 1e-10
     max_iterations: int = 1000
     min_atoms: int = 0
+    transverse: float | None = None
 
     def __post_init__(self) -> None:
         if not self.A >= 0:
@@ -80,6 +87,13 @@ class ExpPreconditioner:
             raise ValueError(f"ExpPreconditioner: max_iterations must be at least 1, got {self.max_iterations}")
         if isinstance(self.min_atoms, bool) or not isinstance(self.min_atoms, int) or self.min_atoms < 0:
             raise ValueError(f"ExpPreconditioner: min_atoms must be a whole number >= 0, got {self.min_atoms!r}")
+        if self.transverse is not None and not self.transverse >= 0:
+            raise ValueError(f"ExpPreconditioner: transverse must be None or >= 0, got {self.transverse}")
+
+    @property
+    def needs_vectors(self) -> bool:
+        """Whether the operator reads the pairs' vectors (the bond form)."""
+        return self.transverse is not None
 
     def operator(self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor, active: Tensor) -> PreconOperator:
         """P for the current geometry. ``atom_rows``: ``(n_rows,)`` bool, false for cell rows; ``active``:
@@ -90,6 +104,8 @@ class ExpPreconditioner:
         first, second = pairs.first[within], pairs.second[within]
         weight = torch.exp(-self.A * (pairs.distance[within] / r_nn[within] - 1.0))
         coupling = torch.zeros(layout.n_rows, dtype=dtype, device=weight.device).index_add_(0, first, weight)
+        if self.transverse is not None:
+            return self._bond_operator(pairs, layout, atom_rows, active, within, weight)
         diagonal = coupling + self.c_stab
         atoms = atom_rows.to(dtype)
         n_atoms = layout.sum_in_order(atoms[:, None])
@@ -101,6 +117,34 @@ class ExpPreconditioner:
         return PreconOperator(
             first, second, weight, diagonal, typical, active, layout, self.tolerance, self.max_iterations
         )
+
+    def _bond_operator(
+        self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor, active: Tensor, within: Tensor, weight: Tensor
+    ) -> BondPreconOperator:
+        """The bond form: 3×3 blocks w_ij (r̂r̂ᵀ + τ I) per pair, their sum over j plus c_stab I on the diagonal."""
+        if pairs.vector is None:
+            raise ValueError("the bond form of the Exp preconditioner needs the pairs' vectors")
+        assert self.transverse is not None
+        dtype, n = weight.dtype, layout.n_rows
+        unit = pairs.vector[within].to(dtype) / pairs.distance[within, None]
+        eye = torch.eye(3, dtype=dtype, device=weight.device)
+        blocks = weight[:, None, None] * (unit[:, :, None] * unit[:, None, :] + self.transverse * eye)
+        first = pairs.first[within]
+        diagonal = torch.zeros(n, 3, 3, dtype=dtype, device=weight.device).index_add_(0, first, blocks)
+        diagonal = diagonal + self.c_stab * eye
+        atoms = atom_rows.to(dtype)
+        n_atoms = layout.sum_in_order(atoms[:, None])
+        trace = torch.diagonal(diagonal, dim1=1, dim2=2).sum(-1) / 3.0
+        typical = layout.sum_in_order((trace * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
+        scale = torch.where(atom_rows, 1.0, 0.0)[:, None, None]
+        # cell rows: the mean atom diagonal, times I; structures left out: I
+        diagonal = scale * diagonal + (1.0 - scale) * typical[layout.structure][:, None, None] * eye
+        diagonal = torch.where(active[layout.structure][:, None, None], diagonal, eye)
+        typical = torch.where(active, typical, 1.0)
+        return BondPreconOperator(
+            first, pairs.second[within], weight, torch.diagonal(diagonal, dim1=1, dim2=2).mean(-1), typical, active,
+            layout, self.tolerance, self.max_iterations, blocks, diagonal, torch.linalg.inv(diagonal),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -122,16 +166,20 @@ class PreconOperator:
         coupled = torch.zeros_like(z).index_add_(0, self.first, self.weight[:, None] * z[self.second])
         return self.diagonal[:, None] * z - coupled
 
+    def jacobi(self, r: Tensor) -> Tensor:
+        """The conjugate-gradient preconditioner: r divided by P's diagonal."""
+        return (1.0 / self.diagonal[:, None]) * r
+
     def solve(self, q: Tensor) -> Tensor:
         """z with P z = q, per structure to a residual of ``tolerance`` × |q|.
 
         Raises:
             RuntimeError: a structure's residual did not fall below the tolerance in ``max_iterations``.
         """
-        layout, inverse_diagonal = self.layout, 1.0 / self.diagonal[:, None]
+        layout = self.layout
         z = torch.zeros_like(q)
         r = q.clone()
-        m = inverse_diagonal * r
+        m = self.jacobi(r)
         p = m.clone()
         r_m = layout.sum_in_order(r * m)
         goal = self.tolerance**2 * layout.sum_in_order(q * q)
@@ -144,7 +192,7 @@ class PreconOperator:
             alpha = torch.where(active, r_m / torch.where(active, curvature, 1.0), 0.0)
             z = z + layout.rows(alpha) * p
             r = r - layout.rows(alpha) * pp
-            m = inverse_diagonal * r
+            m = self.jacobi(r)
             r_m_new = layout.sum_in_order(r * m)
             beta = torch.where(active, r_m_new / torch.where(active, r_m, 1.0), 0.0)
             p = torch.where(layout.select(active), m + layout.rows(beta) * p, p)
@@ -158,14 +206,34 @@ class PreconOperator:
         return z
 
 
+@dataclass(frozen=True)
+class BondPreconOperator(PreconOperator):
+    """P of the bond form: 3×3 blocks per pair and per row (``weight`` and ``diagonal`` keep the scalar parts for
+    reference: the pair weights and the mean of each row's diagonal block)."""
+
+    pair_blocks: Tensor = None  # type: ignore[assignment]  # (n_pairs, 3, 3): w_ij (r̂r̂ᵀ + τ I)
+    diagonal_blocks: Tensor = None  # type: ignore[assignment]  # (n_rows, 3, 3)
+    inverse_diagonal_blocks: Tensor = None  # type: ignore[assignment]  # (n_rows, 3, 3)
+
+    def apply(self, z: Tensor) -> Tensor:
+        coupled = torch.zeros_like(z).index_add_(0, self.first, (self.pair_blocks @ z[self.second, :, None])[..., 0])
+        return (self.diagonal_blocks @ z[:, :, None])[..., 0] - coupled
+
+    def jacobi(self, r: Tensor) -> Tensor:
+        """Block Jacobi: each row's 3×3 diagonal block inverted."""
+        return (self.inverse_diagonal_blocks @ r[:, :, None])[..., 0]
+
+
 #: ASE PreconLBFGS's ``precon="auto"``: the Exp preconditioner from this many atoms on, none below.
 AUTO_MIN_ATOMS = 100
-PRECON_CHOICES = ("auto", "exp", "none")
+#: τ of the bond form (``"bond"``): the across-bond stiffness as a fraction of the along-bond one.
+BOND_TRANSVERSE = 0.05
+PRECON_CHOICES = ("auto", "exp", "bond", "none")
 
 
 def resolve_preconditioner(value: str | ExpPreconditioner | None, accepted: bool = True) -> ExpPreconditioner | None:
     """The preconditioner a front end builds: ``"auto"`` (Exp on structures of >= 100 atoms, none for rules that take
-    no preconditioner), ``"exp"`` (every structure, the defaults), ``"none"`` or ``None``, or an
+    no preconditioner), ``"exp"`` (every structure, the defaults), ``"bond"`` (every structure, the bond form), ``"none"`` or ``None``, or an
     :class:`ExpPreconditioner`. ``accepted``: whether the update rule takes one (``"exp"`` and instances are refused
     for rules that do not)."""
     if value is None or value == "none":
@@ -174,6 +242,8 @@ def resolve_preconditioner(value: str | ExpPreconditioner | None, accepted: bool
         return ExpPreconditioner(min_atoms=AUTO_MIN_ATOMS) if accepted else None
     if value == "exp":
         value = ExpPreconditioner()
+    elif value == "bond":
+        value = ExpPreconditioner(transverse=BOND_TRANSVERSE)
     if not isinstance(value, ExpPreconditioner):
         raise ValueError(f"precon must be one of {PRECON_CHOICES}, None or an ExpPreconditioner, got {value!r}")
     if not accepted:

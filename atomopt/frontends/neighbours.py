@@ -46,20 +46,23 @@ def neighbour_pairs(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     include: Sequence[bool] | None = None,
+    vectors: bool = False,
 ) -> NeighbourPairs:
     """Pairs within ``cutoff`` × r_nn of each structure, as rows of a batch whose structure k starts at row
     ``row_offsets[k]`` (r_nn from :func:`nearest_neighbour_distance` of the current geometry). Structures whose
-    ``include`` is false get no pairs (and r_nn = 1, unused)."""
-    firsts, seconds, distances, r_nns = [], [], [], []
+    ``include`` is false get no pairs (and r_nn = 1, unused). ``vectors``: also r_j − r_i (with the image shift)."""
+    firsts, seconds, distances, r_nns, vecs = [], [], [], [], []
     include = [True] * len(structures) if include is None else include
     for atoms, offset, wanted in zip(structures, row_offsets, include, strict=True):
         if not wanted:
             r_nns.append(1.0)
             continue
         r_nn = nearest_neighbour_distance(atoms)
-        first, second, distance = ase_neighbor_list("ijd", atoms, cutoff * r_nn)
-        order = np.lexsort((distance, second, first))  # one order whatever the list's threads did: same sums
+        first, second, distance, vector = ase_neighbor_list("ijdD", atoms, cutoff * r_nn)
+        # one order whatever the list's threads did (same sums); vector breaks ties between images of one pair
+        order = np.lexsort((*vector.T[::-1], distance, second, first))
         first, second, distance = first[order], second[order], distance[order]
+        vecs.append(vector[order])
         firsts.append(first + offset)
         seconds.append(second + offset)
         distances.append(distance)
@@ -69,6 +72,7 @@ def neighbour_pairs(
         second=torch.as_tensor(np.concatenate(seconds), dtype=torch.long, device=device),
         distance=torch.as_tensor(np.concatenate(distances), dtype=dtype, device=device),
         r_nn=torch.as_tensor(r_nns, dtype=dtype, device=device),
+        vector=torch.as_tensor(np.concatenate(vecs), dtype=dtype, device=device) if vectors else None,
     )
 
 
@@ -89,5 +93,5 @@ def preconditioner_of(
     atom_rows = torch.zeros(layout.n_rows, dtype=torch.bool, device=device)
     for atoms, offset in zip(structures, row_offsets, strict=True):
         atom_rows[offset : offset + len(atoms)] = True
-    pairs = neighbour_pairs(structures, row_offsets, precon.cutoff, dtype, device, include)
+    pairs = neighbour_pairs(structures, row_offsets, precon.cutoff, dtype, device, include, precon.needs_vectors)
     return precon.operator(pairs, layout, atom_rows, torch.as_tensor(include, device=device))

@@ -19,7 +19,10 @@ ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "as
 
 ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 #: Opt-in variants of atomopt's methods in the batched engine: name -> (optimizer, engine options).
-ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"safelbfgs-exp": ("safelbfgs", {"precon": "exp"})}
+ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "safelbfgs-exp": ("safelbfgs", {"precon": "exp"}),
+    "safelbfgs-bond": ("safelbfgs", {"precon": "bond"}),
+}
 
 
 #: TorchSim's current release (0.6): the benchmark's method names and TorchSim's ``Optimizer`` member for each.
