@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precon",
         choices=list(PRECON_CHOICES),
         default="auto",
-        help="safelbfgs: Packwood et al.'s Exp preconditioner as H⁰, on structures of >= 100 atoms (auto, the default), "
-        "on all (exp) or none (docs/safe_lbfgs.md, 'Exp preconditioner')",
+        help="safelbfgs's H⁰: auto (the default) and bond = the bond form of the Exp preconditioner, exp = Packwood "
+        "et al.'s isotropic form, none = a scalar (docs/safe_lbfgs.md, 'Preconditioner')",
     )
     relax.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     relax.set_defaults(handler=relax_command)

@@ -32,7 +32,7 @@ def others():
 
 
 @pytest.mark.parametrize("optimizer", [SafeLBFGS, Frankenstein])
-@pytest.mark.parametrize("steps", [1, 10, 20])
+@pytest.mark.parametrize("steps", [1, 5, 10])  # SafeLBFGS's default reaches fmax 1e-9 here in under 20 steps
 @pytest.mark.parametrize("in_batch", [False, True])
 def test_tensor_frechet_filter_follows_ase(steps, in_batch, optimizer):
     """An optimizer on ASE's FrechetCellFilter and in the engine: same positions, cell and energy after k steps.

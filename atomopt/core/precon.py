@@ -16,9 +16,8 @@ their structure: the √N cell rows of SafeLBFGS have an atom's curvature (docs/
 P z = q is solved per structure by conjugate gradients with Jacobi preconditioning, every structure's scalars its own
 and summed in a fixed order, so a structure's solution does not depend on the batch it is in.
 
-``min_atoms`` turns it on per structure: structures with fewer atoms keep the rule's scalar H⁰ (their rows of P are
-the identity, unused). ``"auto"`` is ASE ``PreconLBFGS``'s own default rule, Exp from 100 atoms on: measured to help on
-cells of hundreds of atoms and not on small ones (docs/safe_lbfgs.md, "Exp preconditioner").
+Per structure, P can be left out (``min_atoms``; a single atom without periodic images has nothing to precondition):
+those structures keep the rule's scalar H⁰ and their exact path (their rows of P are the identity, unused).
 """
 
 from __future__ import annotations
@@ -216,34 +215,39 @@ class BondPreconOperator(PreconOperator):
     inverse_diagonal_blocks: Tensor = None  # type: ignore[assignment]  # (n_rows, 3, 3)
 
     def apply(self, z: Tensor) -> Tensor:
-        coupled = torch.zeros_like(z).index_add_(0, self.first, (self.pair_blocks @ z[self.second, :, None])[..., 0])
-        return (self.diagonal_blocks @ z[:, :, None])[..., 0] - coupled
+        coupled = torch.zeros_like(z).index_add_(0, self.first, _block_times(self.pair_blocks, z[self.second]))
+        return _block_times(self.diagonal_blocks, z) - coupled
 
     def jacobi(self, r: Tensor) -> Tensor:
         """Block Jacobi: each row's 3×3 diagonal block inverted."""
-        return (self.inverse_diagonal_blocks @ r[:, :, None])[..., 0]
+        return _block_times(self.inverse_diagonal_blocks, r)
 
 
-#: ASE PreconLBFGS's ``precon="auto"``: the Exp preconditioner from this many atoms on, none below.
-AUTO_MIN_ATOMS = 100
-#: τ of the bond form (``"bond"``): the across-bond stiffness as a fraction of the along-bond one.
+def _block_times(blocks: Tensor, vectors: Tensor) -> Tensor:
+    """Each 3×3 block times its 3-vector, ``(n, 3, 3)`` × ``(n, 3)`` → ``(n, 3)``, summed column after column: a batched
+    matrix product's kernel (and so its last bits) changes with the batch size, and a structure's path must not."""
+    products = blocks * vectors[:, None, :]
+    return products[..., 0] + products[..., 1] + products[..., 2]
+
+
+#: τ of the bond form: the across-bond stiffness as a fraction of the along-bond one (docs/safe_lbfgs.md).
 BOND_TRANSVERSE = 0.05
-PRECON_CHOICES = ("auto", "exp", "bond", "none")
+PRECON_CHOICES = ("auto", "bond", "exp", "none")
 
 
 def resolve_preconditioner(value: str | ExpPreconditioner | None, accepted: bool = True) -> ExpPreconditioner | None:
-    """The preconditioner a front end builds: ``"auto"`` (Exp on structures of >= 100 atoms, none for rules that take
-    no preconditioner), ``"exp"`` (every structure, the defaults), ``"bond"`` (every structure, the bond form), ``"none"`` or ``None``, or an
-    :class:`ExpPreconditioner`. ``accepted``: whether the update rule takes one (``"exp"`` and instances are refused
-    for rules that do not)."""
+    """The preconditioner a front end builds: ``"auto"`` (the default: the bond form where the rule takes a
+    preconditioner, none where it does not), ``"bond"`` (the bond form), ``"exp"`` (Packwood et al.'s isotropic form,
+    ASE's defaults), ``"none"`` or ``None``, or an :class:`ExpPreconditioner`. ``accepted``: whether the update rule
+    takes one (anything but ``"auto"`` and none is refused for rules that do not)."""
     if value is None or value == "none":
         return None
     if value == "auto":
-        return ExpPreconditioner(min_atoms=AUTO_MIN_ATOMS) if accepted else None
-    if value == "exp":
-        value = ExpPreconditioner()
-    elif value == "bond":
+        return ExpPreconditioner(transverse=BOND_TRANSVERSE) if accepted else None
+    if value == "bond":
         value = ExpPreconditioner(transverse=BOND_TRANSVERSE)
+    elif value == "exp":
+        value = ExpPreconditioner()
     if not isinstance(value, ExpPreconditioner):
         raise ValueError(f"precon must be one of {PRECON_CHOICES}, None or an ExpPreconditioner, got {value!r}")
     if not accepted:

@@ -225,9 +225,10 @@ class INNAprop(AtomoptOptimizer):
 class SafeLBFGS(AtomoptOptimizer):
     """Safeguarded limited-memory BFGS (docs/safe_lbfgs.md) as an ASE optimizer; arguments as
     :class:`AtomoptOptimizer`, plus ``memory`` (pairs kept), ``initial_curvature`` (eV/Å², the first step's) and
-    ``precon``: Packwood et al.'s Exp preconditioner as H⁰, rebuilt from the geometry every step: ``"auto"`` (the
-    default, ASE PreconLBFGS's: on for Atoms, or a cell filter around them, of >= 100 atoms), ``"exp"`` (always),
-    ``"none"`` / ``None``, or an :class:`~atomopt.core.precon.ExpPreconditioner`."""
+    ``precon``: a preconditioner as H⁰, rebuilt from the geometry every step (docs/safe_lbfgs.md, "Preconditioner"):
+    ``"auto"`` (the default: the bond form of the Exp preconditioner for Atoms or a cell filter around them, none for
+    other Optimizables such as an NEB), ``"bond"``, ``"exp"`` (Packwood et al.'s isotropic form), ``"none"`` /
+    ``None``, or an :class:`~atomopt.core.precon.ExpPreconditioner`."""
 
     rule_name = "safelbfgs"
 

@@ -95,10 +95,10 @@ class InFlightRelaxer:
             ASE's ``Optimizer.attach``; benchmarks use it to record several thresholds in one run.
         check_structures: run the entry checks (overlaps, periodicity, model elements); off for rows that are
             not atoms (e.g. an ASE Filter's cell rows in :func:`~atomopt.frontends.batch.relax_batch`).
-        precon: Packwood et al.'s Exp preconditioner as SafeLBFGS's H⁰, rebuilt every step from the evaluated
-            geometries (docs/safe_lbfgs.md, "Exp preconditioner"): ``"auto"`` (the default, ASE PreconLBFGS's rule:
-            on for structures of >= 100 atoms, off for rules that take none), ``"exp"`` (every structure),
-            ``"none"`` / ``None``, or an :class:`~atomopt.core.precon.ExpPreconditioner`.
+        precon: SafeLBFGS's H⁰ from a preconditioner rebuilt every step from the evaluated geometries
+            (docs/safe_lbfgs.md, "Preconditioner"): ``"auto"`` (the default: the bond form of the Exp preconditioner,
+            none for rules that take none), ``"bond"``, ``"exp"`` (Packwood et al.'s isotropic form), ``"none"`` /
+            ``None``, or an :class:`~atomopt.core.precon.ExpPreconditioner`.
         **optimizer_options: passed to :func:`atomopt.optimizers.make_minimizer` (lr, eps, paper_exact, ...).
     """
 

@@ -84,9 +84,10 @@ def preconditioner_of(
     dtype: torch.dtype = torch.float64,
 ) -> PreconOperator | None:
     """P of ``structures`` as rows of a batch: structure k's atoms are the rows from ``row_offsets[k]`` on, any rows
-    after them up to the next structure (a cell filter's three cell rows) are not atoms. ``None`` where no structure
-    has ``precon.min_atoms`` atoms (then nothing is built)."""
-    include = [len(atoms) >= precon.min_atoms for atoms in structures]
+    after them up to the next structure (a cell filter's three cell rows) are not atoms. Structures with fewer than
+    ``precon.min_atoms`` atoms, or a single atom without periodic images (nothing to couple), are left out; ``None``
+    where every structure is (then nothing is built)."""
+    include = [len(atoms) >= precon.min_atoms and (len(atoms) > 1 or bool(atoms.pbc.any())) for atoms in structures]
     if not any(include):
         return None
     device = layout.structure.device

@@ -149,11 +149,11 @@ class SafeLBFGSRule(UpdateRule):
         Lᵀα), with q = g − Σ αᵢyᵢ; then H g = H⁰q + Σ (αᵢ − βᵢ)sᵢ. Same products and order of pairs as the
         loops, three reductions over the rows (S·g, Y·q, y·y) instead of two per pair.
         """
-        used = int(pairs.max().item()) if pairs.numel() else 0
-        if used == 0:
+        if not bool((pairs > 0).any()):
             return torch.zeros_like(g)
-        s_history, y_history, s_dot_y = s_history[:, :used], y_history[:, :used], s_dot_y[:, :used, :used]
-        valid = torch.arange(used, device=g.device) < pairs[:, None]
+        # Every slot, used or not (the unused ones weigh 0): sums over the slots of a shape that depends on the batch
+        # (the most pairs any structure holds) would run in another order alone and in a batch
+        valid = torch.arange(self.memory, device=g.device) < pairs[:, None]
         curvature = torch.diagonal(s_dot_y, dim1=1, dim2=2)
         rho = torch.where(valid, 1.0 / torch.where(valid, curvature, 1.0), 0.0)
         lower = torch.tril(s_dot_y, diagonal=-1)
@@ -177,9 +177,12 @@ class SafeLBFGSRule(UpdateRule):
             h0_q = torch.where(layout.select(on), gamma_p_q, h0_q)
             h0_y_dot_q = torch.where(on[:, None, None], layout.slot_dots(y_history, gamma_p_q)[:, :, None], h0_y_dot_q)
         upper = lower.transpose(1, 2)
+        # Lᵀα as products summed along each row: a batched matrix product picks its kernel (and so its last bits) by
+        # the number of structures, and a structure must follow the same path alone and in any batch
+        upper_alpha = (upper * alpha.transpose(1, 2)).sum(dim=2, keepdim=True)
         beta = torch.linalg.solve_triangular(
             rho[:, :, None] * upper,
-            rho[:, :, None] * (h0_y_dot_q + upper @ alpha),
+            rho[:, :, None] * (h0_y_dot_q + upper_alpha),
             upper=True,
             unitriangular=True,
         )

@@ -22,6 +22,7 @@ ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "safelbfgs-exp": ("safelbfgs", {"precon": "exp"}),
     "safelbfgs-bond": ("safelbfgs", {"precon": "bond"}),
+    "safelbfgs-none": ("safelbfgs", {"precon": "none"}),
 }
 
 
