@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # atomopt's batched engine against today's batched peers on a CUDA machine: the Matbench-protocol proxy (160
 # structures, SevenNet-0, cell free, fmax 0.05 / 0.02 / 0.01, 500 steps), the same structures, model weights and
-# capacity in atoms for every method. Rows: atomopt's SafeLBFGS (also with its opt-in Exp preconditioner, whose
-# neighbour lists run on the CPU: its GPU cost is the open question) and Frankenstein; TorchSim 0.6's batched FIRE,
+# capacity in atoms for every method. Rows: atomopt's SafeLBFGS (its default, H⁰ from the bond-form preconditioner,
+# whose neighbour lists run on the CPU: its GPU cost is the open question; and without it, safelbfgs-none) and
+# Frankenstein; TorchSim 0.6's batched FIRE,
 # L-BFGS and BFGS (ts.optimize with its InFlightAutoBatcher, natively: the GPU machine's Python is >= 3.12);
 # NVIDIA nvalchemi-toolkit-ops's batched L-BFGS and FIRE2 Warp kernels. Force calls, failures, structures/s and the
 # share of wall time outside the model (model calls synchronised), each row measured in the same run; then
@@ -27,7 +28,7 @@ export PYTHONUNBUFFERED=1 WARP_CACHE_PATH=${WARP_CACHE_PATH:-$OUT/warp-cache}
   "$PY" -c "import sys, torch, sevenn, torch_sim, nvalchemiops; print(sys.version.split()[0], 'torch', torch.__version__, 'sevenn', sevenn.__version__, 'torch-sim', torch_sim.__version__)"
   # the peers' rows run in PEERS_ENV (given as their environment: nothing is installed), atomopt's in the same Python
   timeout 3000 "$PY" -m atomopt.cli bench matbench --model sevennet-0 --device cuda --capacity "$CAPACITY" \
-      --methods safelbfgs safelbfgs-exp frankenstein torchsim-fire torchsim-lbfgs torchsim-bfgs nvalchemi-lbfgs \
+      --methods safelbfgs safelbfgs-none frankenstein torchsim-fire torchsim-lbfgs torchsim-bfgs nvalchemi-lbfgs \
       nvalchemi-fire2 --reference safelbfgs --torchsim-env "$PEERS_ENV" --nvalchemi-env "$PEERS_ENV" --workers 1 \
       --tag matbench_peers_cuda -q
   cp benchmarks/results/matbench_peers_cuda.* "$OUT"/
