@@ -135,9 +135,8 @@ class ExpPreconditioner:
         n_atoms = layout.sum_in_order(atoms[:, None])
         trace = torch.diagonal(diagonal, dim1=1, dim2=2).sum(-1) / 3.0
         typical = layout.sum_in_order((trace * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
-        scale = torch.where(atom_rows, 1.0, 0.0)[:, None, None]
         # cell rows: the mean atom diagonal, times I; structures left out: I
-        diagonal = scale * diagonal + (1.0 - scale) * typical[layout.structure][:, None, None] * eye
+        diagonal = torch.where(atom_rows[:, None, None], diagonal, typical[layout.structure][:, None, None] * eye)
         diagonal = torch.where(active[layout.structure][:, None, None], diagonal, eye)
         typical = torch.where(active, typical, 1.0)
         return BondPreconOperator(
@@ -210,9 +209,9 @@ class BondPreconOperator(PreconOperator):
     """P of the bond form: 3×3 blocks per pair and per row (``weight`` and ``diagonal`` keep the scalar parts for
     reference: the pair weights and the mean of each row's diagonal block)."""
 
-    pair_blocks: Tensor = None  # type: ignore[assignment]  # (n_pairs, 3, 3): w_ij (r̂r̂ᵀ + τ I)
-    diagonal_blocks: Tensor = None  # type: ignore[assignment]  # (n_rows, 3, 3)
-    inverse_diagonal_blocks: Tensor = None  # type: ignore[assignment]  # (n_rows, 3, 3)
+    pair_blocks: Tensor  # (n_pairs, 3, 3): w_ij (r̂r̂ᵀ + τ I)
+    diagonal_blocks: Tensor  # (n_rows, 3, 3)
+    inverse_diagonal_blocks: Tensor  # (n_rows, 3, 3)
 
     def apply(self, z: Tensor) -> Tensor:
         coupled = torch.zeros_like(z).index_add_(0, self.first, _block_times(self.pair_blocks, z[self.second]))
