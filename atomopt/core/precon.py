@@ -10,6 +10,11 @@ r_cut = 2 r_nn and c_stab = 0.1 are ASE's ``ase.optimize.precon.Exp`` defaults).
 so P has the shape of a pair potential's Hessian: stiff short bonds and soft long-wavelength modes get their own
 scales, which one scalar H⁰ cannot give them.
 
+The bond form (``transverse`` = τ, SafeLBFGS's default with τ = 0.05) keeps the weights and shapes each pair block as
+a pair potential's Hessian near its minimum, stiff along the bond and soft across it:
+
+    P_ij = −w_ij (r̂_ij r̂_ijᵀ + τ I),   P_ii = Σ_j w_ij (r̂_ij r̂_ijᵀ + τ I) + c_stab I,   w_ij = exp(−A (r_ij / r_nn − 1))
+
 Rows that are not atoms (a cell filter's three cell rows) get a diagonal entry equal to the mean atom diagonal of
 their structure: the √N cell rows of SafeLBFGS have an atom's curvature (docs/safe_lbfgs.md, "Cell rows").
 
@@ -62,7 +67,7 @@ class ExpPreconditioner:
         transverse: ``None`` for Packwood et al.'s isotropic form (each pair block w_ij I); a number τ for the bond
             form, each pair block w_ij (r̂r̂ᵀ + τ I): stiff along the bond, soft (τ) across it, as a pair potential's
             Hessian near its minimum, whose across-bond term φ'(r)/r vanishes there (the stretch terms of Lindh's
-            model Hessian, J. Chem. Phys. Lett. 241, 423 (1995), with the Exp weights; docs/safe_lbfgs.md).
+            model Hessian, Chem. Phys. Lett. 241, 423 (1995), with the Exp weights; docs/safe_lbfgs.md).
     """
 
     A: float = 3.0

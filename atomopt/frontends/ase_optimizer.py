@@ -142,7 +142,7 @@ class AtomoptOptimizer(Optimizer):
         return description
 
     def preconditioner(self) -> PreconOperator | None:
-        """P of the current geometry for the rule, or ``None`` (the default: no preconditioner)."""
+        """P of the current geometry for the rule, or ``None`` (the base class: no preconditioner)."""
         return None
 
     def step(self, forces: np.ndarray | None = None) -> None:
