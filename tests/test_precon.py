@@ -289,6 +289,8 @@ def test_bad_preconditioner_settings_and_structures_get_clear_errors():
         minimizer.step(minimizer.init(g, layout), g, layout, preconditioner=operator)
     with pytest.raises(ValueError, match="has none"):
         nearest_neighbour_distance(Atoms("H", positions=[[0, 0, 0]]))
+    with pytest.raises(ValueError, match="finite"):  # not an endless search for a neighbour
+        nearest_neighbour_distance(Atoms("H2", positions=[[0, 0, 0], [0, 0, np.nan]]))
     pairs = NeighbourPairs(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([1.0, 1.0], dtype=F64),
                            torch.tensor([1.0], dtype=F64))  # fmt: skip
     stiff = ExpPreconditioner(max_iterations=1, tolerance=1e-14).operator(

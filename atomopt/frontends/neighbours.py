@@ -21,9 +21,12 @@ def nearest_neighbour_distance(atoms: Atoms) -> float:
     ``estimate_nearest_neighbour_distance``, which needs a cell; this one also takes free clusters).
 
     Raises:
-        ValueError: an atom has no neighbour at all (a single atom without periodic images).
+        ValueError: an atom has no neighbour at all (a single atom without periodic images), or a position or the
+            cell is not finite.
     """
     positions = atoms.positions
+    if not (np.isfinite(positions).all() and np.isfinite(atoms.cell.array).all()):
+        raise ValueError("the preconditioner needs finite positions and cell (NaN or inf found)")
     extent = float(np.ptp(positions, axis=0).max()) if len(atoms) else 0.0
     limit = 2.0 * (extent + float(atoms.cell.lengths().max())) + 1.0
     cutoff = 1.0
