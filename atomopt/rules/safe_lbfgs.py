@@ -93,8 +93,8 @@ class SafeLBFGSRule(UpdateRule):
         s_history = torch.cat([s[:, None], state["s_history"][:, :-1]], dim=1)
         y_history = torch.cat([y[:, None], state["y_history"][:, :-1]], dim=1)
         # Slot 0 takes the newest pair; the new column of s_j·y_i is every s_j against the new y (its first entry,
-        # s·y of the new pair, is the curvature test's). Only each structure's first ``pairs`` slots are read, so a
-        # wiped history needs no clearing.
+        # s·y of the new pair, is the curvature test's). Slots past a structure's ``pairs`` weigh 0 in the recursion
+        # (ρ = 0), so a wiped history needs no clearing.
         s_dot_y = torch.nn.functional.pad(state["s_dot_y"][:, :-1, :-1], (1, 0, 1, 0))
         s_dot_y[:, :, 0] = layout.slot_dots(s_history, y)
         keep = started & (s_dot_y[:, 0, 0] > 0)
