@@ -186,10 +186,10 @@ def test_a_multiple_of_the_identity_gives_the_unpreconditioned_trajectory():
     """P = c·I: γ P⁻¹ = s·y / y·y and the first step −(c/70)(g/c) = −g/70, so the path is SafeLBFGS's own."""
     atoms = crystal()
     n = len(atoms)
+    block = 3.7 * torch.eye(3, dtype=F64).expand(n, 3, 3)
     identity = PreconOperator(
-        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=F64),
-        torch.full((n,), 3.7, dtype=F64), torch.tensor([3.7], dtype=F64), torch.tensor([True]), Layout.single(n),
-        1e-12, 10,
+        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, 3, dtype=F64), block,
+        torch.linalg.inv(block), torch.tensor([3.7], dtype=F64), torch.tensor([True]), Layout.single(n), 1e-12, 10,
     )  # fmt: skip
     paths = []
     for preconditioner in (None, identity):

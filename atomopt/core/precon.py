@@ -18,8 +18,9 @@ a pair potential's Hessian near its minimum, stiff along the bond and soft acros
 Rows that are not atoms (a cell filter's three cell rows) get a diagonal entry equal to the mean atom diagonal of
 their structure: the √N cell rows of SafeLBFGS have an atom's curvature (docs/safe_lbfgs.md, "Cell rows").
 
-P z = q is solved per structure by conjugate gradients with Jacobi preconditioning, every structure's scalars its own
-and summed in a fixed order, so a structure's solution does not depend on the batch it is in.
+Both forms are one operator of 3×3 blocks (the isotropic form's are w_ij I). P z = q is solved per structure by
+conjugate gradients preconditioned by P's inverted diagonal blocks, every structure's scalars its own and summed in a
+fixed order, so a structure's solution does not depend on the batch it is in.
 
 Per structure, P can be left out (``min_atoms``; a single atom without periodic images has nothing to precondition):
 those structures keep the rule's scalar H⁰ and their exact path (their rows of P are the identity, unused).
@@ -100,53 +101,37 @@ class ExpPreconditioner:
         return self.transverse is not None
 
     def operator(self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor, active: Tensor) -> PreconOperator:
-        """P for the current geometry. ``atom_rows``: ``(n_rows,)`` bool, false for cell rows; ``active``:
-        ``(n_structures,)`` bool, the structures preconditioned (``pairs`` has none of the others)."""
+        """P for the current geometry: a 3×3 block per pair, w_ij I (isotropic form) or w_ij (r̂r̂ᵀ + τ I) (bond form),
+        and on the diagonal their sum over j plus c_stab I. ``atom_rows``: ``(n_rows,)`` bool, false for cell rows;
+        ``active``: ``(n_structures,)`` bool, the structures preconditioned (``pairs`` has none of the others)."""
         dtype = pairs.distance.dtype
         r_nn = pairs.r_nn.to(dtype)[layout.structure[pairs.first]]
         within = pairs.distance < self.cutoff * r_nn
         first, second = pairs.first[within], pairs.second[within]
         weight = torch.exp(-self.A * (pairs.distance[within] / r_nn[within] - 1.0))
-        coupling = torch.zeros(layout.n_rows, dtype=dtype, device=weight.device).index_add_(0, first, weight)
-        if self.transverse is not None:
-            return self._bond_operator(pairs, layout, atom_rows, active, within, weight)
-        diagonal = coupling + self.c_stab
-        atoms = atom_rows.to(dtype)
-        n_atoms = layout.sum_in_order(atoms[:, None])
-        typical = layout.sum_in_order((diagonal * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
-        diagonal = torch.where(atom_rows, diagonal, typical[layout.structure])
-        # structures left out: P = I on their rows (solved in one conjugate-gradient iteration; the rule ignores it)
-        diagonal = torch.where(active[layout.structure], diagonal, 1.0)
-        typical = torch.where(active, typical, 1.0)
-        return PreconOperator(
-            first, second, weight, diagonal, typical, active, layout, self.tolerance, self.max_iterations
-        )
-
-    def _bond_operator(
-        self, pairs: NeighbourPairs, layout: Layout, atom_rows: Tensor, active: Tensor, within: Tensor, weight: Tensor
-    ) -> BondPreconOperator:
-        """The bond form: 3×3 blocks w_ij (r̂r̂ᵀ + τ I) per pair, their sum over j plus c_stab I on the diagonal."""
-        if pairs.vector is None:
-            raise ValueError("the bond form of the Exp preconditioner needs the pairs' vectors")
-        assert self.transverse is not None
-        dtype, n = weight.dtype, layout.n_rows
-        unit = pairs.vector[within].to(dtype) / pairs.distance[within, None]
         eye = torch.eye(3, dtype=dtype, device=weight.device)
-        blocks = weight[:, None, None] * (unit[:, :, None] * unit[:, None, :] + self.transverse * eye)
-        first = pairs.first[within]
-        diagonal = torch.zeros(n, 3, 3, dtype=dtype, device=weight.device).index_add_(0, first, blocks)
+        if self.transverse is None:
+            shape = eye.expand(len(weight), 3, 3)
+        else:
+            if pairs.vector is None:
+                raise ValueError("the bond form of the Exp preconditioner needs the pairs' vectors")
+            unit = pairs.vector[within].to(dtype) / pairs.distance[within, None]
+            shape = unit[:, :, None] * unit[:, None, :] + self.transverse * eye
+        blocks = weight[:, None, None] * shape
+        diagonal = torch.zeros(layout.n_rows, 3, 3, dtype=dtype, device=weight.device).index_add_(0, first, blocks)
         diagonal = diagonal + self.c_stab * eye
         atoms = atom_rows.to(dtype)
         n_atoms = layout.sum_in_order(atoms[:, None])
         trace = torch.diagonal(diagonal, dim1=1, dim2=2).sum(-1) / 3.0
         typical = layout.sum_in_order((trace * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
-        # cell rows: the mean atom diagonal, times I; structures left out: I
+        # cell rows: the mean atom diagonal, times I; structures left out: I (solved in one conjugate-gradient
+        # iteration; the rule ignores the result)
         diagonal = torch.where(atom_rows[:, None, None], diagonal, typical[layout.structure][:, None, None] * eye)
         diagonal = torch.where(active[layout.structure][:, None, None], diagonal, eye)
         typical = torch.where(active, typical, 1.0)
-        return BondPreconOperator(
-            first, pairs.second[within], weight, torch.diagonal(diagonal, dim1=1, dim2=2).mean(-1), typical, active,
-            layout, self.tolerance, self.max_iterations, blocks, diagonal, torch.linalg.inv(diagonal),
+        return PreconOperator(
+            first, second, blocks, diagonal, torch.linalg.inv(diagonal), typical, active, layout, self.tolerance,
+            self.max_iterations,
         )  # fmt: skip
 
 
@@ -154,10 +139,11 @@ class ExpPreconditioner:
 class PreconOperator:
     """P of one geometry: ``apply`` multiplies by it, ``solve`` by its inverse (conjugate gradients)."""
 
-    first: Tensor
-    second: Tensor
-    weight: Tensor
-    diagonal: Tensor  # (n_rows,)
+    first: Tensor  # (n_pairs,) row i of each coupled pair
+    second: Tensor  # (n_pairs,) row j
+    pair_blocks: Tensor  # (n_pairs, 3, 3): −P_ij
+    diagonal_blocks: Tensor  # (n_rows, 3, 3): P_ii
+    inverse_diagonal_blocks: Tensor  # (n_rows, 3, 3)
     typical_diagonal: Tensor  # (n_structures,): the mean atom diagonal, the scale of P for one atom
     active: Tensor  # (n_structures,) bool: the structures preconditioned; the others keep the scalar H⁰
     layout: Layout
@@ -166,15 +152,12 @@ class PreconOperator:
 
     def apply(self, z: Tensor) -> Tensor:
         """P z for a ``(n_rows, 3)`` tensor."""
-        coupled = torch.zeros_like(z).index_add_(0, self.first, self.weight[:, None] * z[self.second])
-        return self.diagonal[:, None] * z - coupled
-
-    def jacobi(self, r: Tensor) -> Tensor:
-        """The conjugate-gradient preconditioner: r divided by P's diagonal."""
-        return (1.0 / self.diagonal[:, None]) * r
+        coupled = torch.zeros_like(z).index_add_(0, self.first, _block_times(self.pair_blocks, z[self.second]))
+        return _block_times(self.diagonal_blocks, z) - coupled
 
     def solve(self, q: Tensor) -> Tensor:
-        """z with P z = q, per structure to a residual of ``tolerance`` × |q|.
+        """z with P z = q, per structure to a residual of ``tolerance`` × |q|, by conjugate gradients preconditioned
+        by P's inverted 3×3 diagonal blocks (block Jacobi).
 
         Raises:
             RuntimeError: a structure's residual did not fall below the tolerance in ``max_iterations``.
@@ -182,7 +165,7 @@ class PreconOperator:
         layout = self.layout
         z = torch.zeros_like(q)
         r = q.clone()
-        m = self.jacobi(r)
+        m = _block_times(self.inverse_diagonal_blocks, r)
         p = m.clone()
         r_m = layout.sum_in_order(r * m)
         goal = self.tolerance**2 * layout.sum_in_order(q * q)
@@ -195,7 +178,7 @@ class PreconOperator:
             alpha = torch.where(active, r_m / torch.where(active, curvature, 1.0), 0.0)
             z = z + layout.rows(alpha) * p
             r = r - layout.rows(alpha) * pp
-            m = self.jacobi(r)
+            m = _block_times(self.inverse_diagonal_blocks, r)
             r_m_new = layout.sum_in_order(r * m)
             beta = torch.where(active, r_m_new / torch.where(active, r_m, 1.0), 0.0)
             p = torch.where(layout.select(active), m + layout.rows(beta) * p, p)
@@ -207,24 +190,6 @@ class PreconOperator:
                 f"(structures {torch.nonzero(active).flatten().tolist()})"
             )
         return z
-
-
-@dataclass(frozen=True)
-class BondPreconOperator(PreconOperator):
-    """P of the bond form: 3×3 blocks per pair and per row (``weight`` and ``diagonal`` keep the scalar parts for
-    reference: the pair weights and the mean of each row's diagonal block)."""
-
-    pair_blocks: Tensor  # (n_pairs, 3, 3): w_ij (r̂r̂ᵀ + τ I)
-    diagonal_blocks: Tensor  # (n_rows, 3, 3)
-    inverse_diagonal_blocks: Tensor  # (n_rows, 3, 3)
-
-    def apply(self, z: Tensor) -> Tensor:
-        coupled = torch.zeros_like(z).index_add_(0, self.first, _block_times(self.pair_blocks, z[self.second]))
-        return _block_times(self.diagonal_blocks, z) - coupled
-
-    def jacobi(self, r: Tensor) -> Tensor:
-        """Block Jacobi: each row's 3×3 diagonal block inverted."""
-        return _block_times(self.inverse_diagonal_blocks, r)
 
 
 def _block_times(blocks: Tensor, vectors: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ def markdown(payload: dict) -> str:
         + (
             "through the batched tensor engine (all starts in one tensor; wall time "
             "attributed to starts by their force calls), baselines through ASE/SciPy, one process per worker; "
-            "safelbfgs-exp, safelbfgs-bond and safelbfgs-none (a preconditioner setting of their own) through the ASE "
+            "safelbfgs-exp and safelbfgs-none (a preconditioner setting of their own) through the ASE "
             "front end."
             if engine == "batch"
             else "through the ASE optimizers, like the baselines."

@@ -120,7 +120,6 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
     table["scipy-L-BFGS-B"] = lambda atoms: scipy_lbfgsb(atoms, fmax=0.0)
     # the Exp preconditioner reads neighbour lists of Atoms: through the ASE front end in either engine
     table["safelbfgs-exp"] = _atomopt("safelbfgs", precon="exp")
-    table["safelbfgs-bond"] = _atomopt("safelbfgs", precon="bond")
     table["safelbfgs-none"] = _atomopt("safelbfgs", precon="none")  # = safelbfgs below 100 atoms ("auto")
     return table
 

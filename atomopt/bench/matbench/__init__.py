@@ -7,9 +7,9 @@ Methods (cell free everywhere, as Matbench Discovery relaxes):
   ase-fire, ase-lbfgs, ase-bfgs, ase-bfgslinesearch   ASE's optimizers on a FrechetCellFilter, one structure at a
                                                       time (the protocol's default is FIRE, fmax 0.05, 500 steps)
   safelbfgs, frankenstein, adan, adamnx, innaprop     atomopt's optimizers at their defaults in the batched engine
-  safelbfgs-bond, safelbfgs-exp, safelbfgs-none       SafeLBFGS with H⁰ from the bond form of the Exp
-                                                      preconditioner (its default), from the isotropic form, and a
-                                                      scalar (its default before the bond form)
+  safelbfgs-exp, safelbfgs-none                       SafeLBFGS with H⁰ from the isotropic Exp preconditioner, and
+                                                      a scalar (its default before the bond form; safelbfgs itself
+                                                      runs its default, the bond form)
   ase-preconlbfgs                                     ASE's PreconLBFGS with the Exp preconditioner (Packwood et
                                                       al. 2016; forced: its 'auto' falls back to plain LBFGS below
                                                       100 atoms), on the same FrechetCellFilter

@@ -21,7 +21,6 @@ ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 #: Opt-in variants of atomopt's methods in the batched engine: name -> (optimizer, engine options).
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "safelbfgs-exp": ("safelbfgs", {"precon": "exp"}),
-    "safelbfgs-bond": ("safelbfgs", {"precon": "bond"}),
     "safelbfgs-none": ("safelbfgs", {"precon": "none"}),
 }
 
