@@ -284,7 +284,7 @@ class _Run:
         rows = self._rows(nlocal)
         forces = lmp.numpy.extract_atom("f")[:nlocal][rows]
         energy = float(lmp.extract_compute("thermo_pe", 0, 0))
-        box_forces = None
+        stretch = box_forces = None
         tested = forces
         if self.box is not None:
             stretch, box_forces, box_energy, extra = self.box.forces(lmp, self.iterations)
@@ -310,24 +310,7 @@ class _Run:
             self._stop(reason)
             return
         start = time.perf_counter()
-        layout = self._layout_of(forces.shape[0] + (self.box.rows if self.box is not None else 0))
-        if self.box is None:
-            gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
-        else:  # atoms in the start box's frame (u = x·Fᵀ⁻¹, force f·F), then the box rows (on rank 0)
-            frame_forces = forces @ stretch.T
-            gradient = -torch.as_tensor(
-                np.concatenate([frame_forces, box_forces]), dtype=self.dtype, device=self.device
-            )
-        ids = tag[:nlocal][rows] if self.single_rank else None
-        state = self._load_state(nlocal, rows, gradient, layout, ids)
-        constrain = self.box.constrain if self.box is not None and self.box.here else None
-        objective = None  # LAMMPS's objective (pe, plus fix box/relax's term), the same on every rank
-        if self.minimizer.needs_energy:
-            objective = torch.tensor([energy], dtype=self.dtype, device=self.device)
-        displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
-        self.restart_count = self.restart_count + state["restarted"]
-        self._store_state(nlocal, rows, state, ids)
-        step = displacement.detach().cpu().numpy().astype(np.float64, copy=False)
+        step = self._step(nlocal, rows, tag, forces, stretch, box_forces, energy)
         if self.box is None:
             x[rows] += step
         else:
@@ -337,6 +320,30 @@ class _Run:
         self.last_step = step[: forces.shape[0]]
         self.optimizer_time += time.perf_counter() - start
         self.iterations += 1
+
+    def _step(self, nlocal: int, rows: Any, tag: np.ndarray, forces: np.ndarray, stretch: np.ndarray | None,
+              box_forces: np.ndarray | None, energy: float) -> np.ndarray:  # fmt: skip
+        """The optimizer's step for this rank's rows (atoms, then box rows): the displacement, in the start box's
+        frame where the box moves. Under inference mode: no autograd bookkeeping, 15 % of the step's fixed cost on
+        small systems (the same kernels, so the same numbers)."""
+        with torch.inference_mode():
+            layout = self._layout_of(forces.shape[0] + (self.box.rows if self.box is not None else 0))
+            if stretch is None:
+                gradient = -torch.as_tensor(forces, dtype=self.dtype, device=self.device)
+            else:  # atoms in the start box's frame (u = x·Fᵀ⁻¹, force f·F), then the box rows (on rank 0)
+                gradient = -torch.as_tensor(
+                    np.concatenate([forces @ stretch.T, box_forces]), dtype=self.dtype, device=self.device
+                )
+            ids = tag[:nlocal][rows] if self.single_rank else None
+            state = self._load_state(nlocal, rows, gradient, layout, ids)
+            constrain = self.box.constrain if self.box is not None and self.box.here else None
+            objective = None  # LAMMPS's objective (pe, plus fix box/relax's term), the same on every rank
+            if self.minimizer.needs_energy:
+                objective = torch.tensor([energy], dtype=self.dtype, device=self.device)
+            displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
+            self.restart_count = self.restart_count + state["restarted"]
+            self._store_state(nlocal, rows, state, ids)
+            return displacement.detach().cpu().numpy().astype(np.float64, copy=False)
 
     # -- stopping ----------------------------------------------------------------------------
     @property
@@ -385,11 +392,12 @@ class _Run:
             f, non_finite = np.where(finite, forces, 0.0), float((~finite).sum())
             atom_sq = np.einsum("ij,ij->i", f, f)
             squares = atom_sq.sum()
-        local_sum = np.array([squares, non_finite])
-        local_max = np.array([atom_sq.max(initial=0.0), np.abs(f).max(initial=0.0)])
-        total_sum, total_max = np.empty(2), np.empty(2)
-        self.comm.Allreduce(local_sum, total_sum, op=mpi_op(self.comm, "sum"))
-        self.comm.Allreduce(local_max, total_max, op=mpi_op(self.comm, "max"))
+        total_sum = local_sum = np.array([squares, non_finite])
+        total_max = local_max = np.array([atom_sq.max(initial=0.0), np.abs(f).max(initial=0.0)])
+        if not self.single_rank:  # one rank's reduction is its input: no MPI round trip (9 µs a step)
+            total_sum, total_max = np.empty(2), np.empty(2)
+            self.comm.Allreduce(local_sum, total_sum, op=mpi_op(self.comm, "sum"))
+            self.comm.Allreduce(local_max, total_max, op=mpi_op(self.comm, "max"))
         return _Norms(two=float(np.sqrt(total_sum[0])), max_atom=float(np.sqrt(total_max[0])),
                       inf=float(total_max[1]), non_finite=int(total_sum[1]))  # fmt: skip
 
