@@ -120,7 +120,7 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
     table["scipy-L-BFGS-B"] = lambda atoms: scipy_lbfgsb(atoms, fmax=0.0)
     # the Exp preconditioner reads neighbour lists of Atoms: through the ASE front end in either engine
     table["safelbfgs-exp"] = _atomopt("safelbfgs", precon="exp")
-    table["safelbfgs-none"] = _atomopt("safelbfgs", precon="none")  # = safelbfgs below 100 atoms ("auto")
+    table["safelbfgs-none"] = _atomopt("safelbfgs", precon="none")  # the scalar H⁰ (the default is the bond form)
     return table
 
 
