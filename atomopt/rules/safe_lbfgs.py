@@ -90,8 +90,8 @@ class SafeLBFGSRule(UpdateRule):
         self.validate_lr(lr)
         g, s, y = gradient, state["s_prev"], gradient - state["g_prev"]
         started = state["t"] > 0
-        s_history = self._shift_in(s, state["s_history"])
-        y_history = self._shift_in(y, state["y_history"])
+        s_history = torch.cat([s[:, None], state["s_history"][:, :-1]], dim=1)
+        y_history = torch.cat([y[:, None], state["y_history"][:, :-1]], dim=1)
         # Slot 0 takes the newest pair; the new column of s_j·y_i is every s_j against the new y (its first entry,
         # s·y of the new pair, is the curvature test's). Slots past a structure's ``pairs`` weigh 0 in the recursion
         # (ρ = 0), so a wiped history needs no clearing.
@@ -127,27 +127,6 @@ class SafeLBFGSRule(UpdateRule):
             "y_history": y_history,
         }
         return torch.where(layout.select(fallback), steepest, direction), new_state
-
-    def _shift_in(self, newest: Tensor, history: Tensor) -> Tensor:
-        """The history with ``newest`` in slot 0 and its oldest pair dropped, without moving the other pairs.
-
-        A history this method made is a window onto a buffer with ``spare`` more slots per row: the next window
-        starts one slot earlier in the same buffer, so only the newest pair is written (the old window, the caller's
-        state, is left as it was). When the buffer's start is reached, or the history is a plain tensor (merged,
-        selected, restored from a file), the pairs are copied into a new buffer at its end. Copying the whole history
-        every step was a third of the step at 32,000 atoms (docs/lammps.md); a window gives the same sums, bit for
-        bit (the same tensor shape and slot order, only a longer row stride).
-        """
-        n_rows, memory = history.shape[0], history.shape[1]
-        spare = max(1, memory // 4)  # 25 % more memory; the copy then comes once every spare + 1 steps
-        stride = (3 * (memory + spare), 3, 1)
-        if history.stride() == stride and history.storage_offset() >= 3:
-            window = history.as_strided(history.shape, stride, history.storage_offset() - 3)
-        else:
-            window = history.new_empty(n_rows, memory + spare, 3)[:, spare:]
-            window[:, 1:] = history[:, :-1]
-        window[:, 0] = newest
-        return window
 
     def commit(self, state: State, displacement: Tensor) -> State:
         return {**state, "s_prev": displacement.clone()}
