@@ -2,6 +2,8 @@
 
 import json
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -271,3 +273,28 @@ def test_the_stopwatch_counts_model_time_of_wrapped_models_and_hooked_modules():
     assert spent["model_seconds"] >= 0.05 / 2 and spent["seconds"] - spent["model_seconds"] >= 0.02 / 2
     assert spent["model_cpu_seconds"] < spent["model_seconds"]  # asleep in the model: wall time, little CPU
     assert model.name == load_model("emt").name and model.cutoff == load_model("emt").cutoff
+
+
+def test_torchsim_imports_without_pytables_through_a_stand_in(monkeypatch):
+    """TorchSim builds a table of ``tables.*Atom()`` at import; where PyTables is absent (a GPU machine reached only
+    with the wheels a run can carry) the stand-in answers those and refuses anything that would write a file."""
+    from atomopt.bench.matbench.torchsim06 import stand_in_for_pytables
+
+    monkeypatch.setitem(sys.modules, "tables", None)  # import tables -> ImportError
+    stand_in_for_pytables()
+    import tables
+
+    table = {name: getattr(tables, name)() for name in ("Float32Atom", "Float64Atom", "Int64Atom", "BoolAtom")}
+    assert len(table) == 4  # what torch_sim.trajectory builds at import
+    with pytest.raises(AttributeError, match="PyTables is not installed"):
+        tables.open_file("trajectory.h5")
+    assert not hasattr(tables, "__file__")  # inspect.getmodule walks sys.modules with hasattr
+
+
+def test_an_installed_pytables_is_left_alone(monkeypatch):
+    from atomopt.bench.matbench.torchsim06 import stand_in_for_pytables
+
+    installed = types.ModuleType("tables")
+    monkeypatch.setitem(sys.modules, "tables", installed)
+    stand_in_for_pytables()
+    assert sys.modules["tables"] is installed
