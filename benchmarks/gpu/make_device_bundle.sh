@@ -52,8 +52,8 @@ print(f"{wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB -> {slim.stat().st_siz
 slim.replace(wheel)
 EOF
 bundle=$(du -cb "$BUNDLE"/*.whl | tail -1 | cut -f1)
-tree=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 du -cb 2>/dev/null | grep total$ \
-    | cut -f1 | paste -sd+ | bc)
+tree=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 du -cb 2>/dev/null \
+    | awk -F'\t' '$2 == "total" {s += $1} END {print s}')
 echo "bundle $((bundle / 1000000)) MB + working tree $((tree / 1000000)) MB = $(((bundle + tree) / 1000000)) MB" \
     "(a call carries at most $((LIMIT / 1000000)) MB)"
 if ((bundle + tree > LIMIT)); then
