@@ -85,6 +85,21 @@ def test_sevennet_relaxation_ends_at_the_model_energy(sevennet):
         assert abs(energy - record.energy) <= energy_tolerance(energy)  # batch vs alone, as above
 
 
+def test_the_ase_front_end_runs_a_calculator_whose_forces_need_autograd(sevennet):
+    """The optimizer's step runs under torch.inference_mode; the calculator (SevenNet's forces are an autograd
+    derivative) must still run outside it, also where a cell filter asks it for the stress after the forces."""
+    from ase.filters import FrechetCellFilter
+    from sevenn.calculator import SevenNetCalculator
+
+    from atomopt import SafeLBFGS
+
+    atoms = mixed_crystals(1, seed=5)[0]
+    atoms.calc = SevenNetCalculator("7net-0", device="cpu")
+    optimizer = SafeLBFGS(FrechetCellFilter(atoms), logfile=None)
+    assert optimizer.run(fmax=0.05, steps=200)
+    assert np.abs(atoms.get_forces()).max() <= 0.05
+
+
 def test_chgnet_batch_equals_its_calculator():
     pytest.importorskip("chgnet")
     from chgnet.model.dynamics import CHGNetCalculator
