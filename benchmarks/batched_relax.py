@@ -166,7 +166,9 @@ def markdown(payload: dict) -> str:
         "",
         f"fmax {protocol['fmax']} eV/Å (atom and FrechetCellFilter cell rows), at most {protocol['steps']} steps; "
         f"capacity in atoms per model call; {payload['machine']['cpus']} CPUs, "
-        f"{payload['machine']['torch_threads_per_worker']} torch thread(s); {payload['machine']['platform']}.  ",
+        f"{payload['machine']['torch_threads_per_worker']} torch thread(s); {payload['machine']['platform']}"
+        + (f", {payload['machine']['processor']}" if "processor" in payload["machine"] else "")
+        + ".  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
         f"Command: `{payload['command']}`"
         + (f"; table written from its JSON by `{payload['report_command']}`" if payload.get("report_command") else ""),

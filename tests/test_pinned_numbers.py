@@ -10,7 +10,7 @@ them changes what the optimizers do.
 The last bits depend on the processor as well as on the code: math libraries pick their vectorised kernels by the
 CPU's instruction sets (NumPy's exp, log and pow do, measured), and the same commit gives other trajectories on an
 Intel Xeon and an AMD EPYC (measured: five of the seven cases differ; forcing NumPy's or torch's AVX2 paths does not
-reproduce the other processor's bits). The SafeLBFGS cases were added on the AMD EPYC only. So the pins are kept per processor (vendor and model name, :func:`processor`), each set recorded from the
+reproduce the other processor's bits). The SafeLBFGS cases were added on the AMD EPYC only. So the pins are kept per processor (vendor and model name, :func:`atomopt.bench.provenance.processor`), each set recorded from the
 same commit; on a processor with no set the test skips and says how to record one. To record them anew after an
 intended change of the numbers (on every processor that has a set), or for a new processor from a commit whose
 numbers are pinned elsewhere:
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -258,6 +257,8 @@ def test_numbers_are_unchanged(case):
     if case == "engine_sevennet":
         pytest.importorskip("sevenn")
     pins = json.loads(PINS.read_text())
+    from atomopt.bench.provenance import processor
+
     here = processor()
     if here not in pins:
         pytest.skip(f"no numbers pinned on this processor ({here}; pinned on: {', '.join(pins)}): record them "
@@ -267,21 +268,10 @@ def test_numbers_are_unchanged(case):
     assert _jsonable(CASES[case]()) == pins[here][case]
 
 
-def processor() -> str:
-    """The CPU's vendor and model name, as /proc/cpuinfo gives them (``platform`` elsewhere): the key of a pin set."""
-    try:
-        lines = dict(
-            (key.strip(), value.strip())
-            for key, _, value in (line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines())
-            if key.strip() in ("vendor_id", "model name")
-        )
-        return f"{lines['vendor_id']} {lines['model name']}"
-    except (OSError, KeyError):
-        return f"{platform.machine()} {platform.processor()}"
-
-
 if __name__ == "__main__":
     import time
+
+    from atomopt.bench.provenance import processor
 
     pins = json.loads(PINS.read_text()) if PINS.exists() else {}
     own = pins.setdefault(processor(), {})

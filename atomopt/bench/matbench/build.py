@@ -228,8 +228,11 @@ def machine(threads: int, workers: int) -> dict:
     from atomopt.bench.matbench.nvalchemi import NVALCHEMI_OPS_VERSION, NVALCHEMI_WARP_VERSION
 
     versions["nvalchemi-toolkit-ops"] = f"{NVALCHEMI_OPS_VERSION} (own environment, warp-lang {NVALCHEMI_WARP_VERSION})"
+    from atomopt.bench.provenance import processor
+
     return {
         "platform": platform.platform(),
+        "processor": processor(),
         "cpus": os.cpu_count(),
         "workers": workers,
         "torch_threads_per_worker": threads,

@@ -350,7 +350,9 @@ def markdown(payload: dict) -> str:
             if "report_command" in payload
             else []
         ),
-        f"Machine: {payload['machine']['platform']}, {payload['machine']['cpus']} CPUs, "
+        f"Machine: {payload['machine']['platform']}, "
+        + (f"{payload['machine']['processor']}, " if "processor" in payload["machine"] else "")
+        + f"{payload['machine']['cpus']} CPUs, "
         f"{payload['machine']['workers']} workers × {payload['machine']['torch_threads_per_worker']} torch "
         f"threads; versions: " + ", ".join(f"{k} {v}" for k, v in payload["machine"]["versions"].items()),
         "",
