@@ -70,17 +70,16 @@ class FireControl(GainControl):
         return {"downhill": torch.zeros_like(per_structure)}  # downhill steps in a row
 
     def before_update(self, context: StepContext, own: dict[str, Tensor]) -> dict[str, Tensor]:
-        uphill = (context.slope > 0) & (context.steps > 0)
+        uphill = context.slope > 0  # never before the first step: the last step, and so its slope, is zero there
         restart = uphill
         if self.restart_below < 1.0:
             fraction, measured = context.line
             restart = uphill & ~(measured & (fraction >= self.restart_below))
         context.restart(restart)
         context.uphill = context.uphill | uphill
-        downhill = own["downhill"]
-        downhill = torch.where(uphill, torch.zeros_like(downhill), downhill + 1)
-        grow = (~uphill) & (downhill > self.n_min)
-        cut = torch.full_like(context.lr, self.f_dec)
+        downhill = torch.where(uphill, 0.0, own["downhill"] + 1)
+        grow = downhill > self.n_min  # never where uphill: the count starts again from 0 there
+        cut: Tensor | float = self.f_dec
         if self.measured_cut:
             fraction, measured = context.line
             cut = torch.clamp(torch.where(measured, fraction, self.f_dec_min), min=self.f_dec_min, max=self.f_dec)

@@ -19,8 +19,10 @@ The context measures lazily, so a chain that reads no line measurement costs not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -160,7 +162,7 @@ class Minimizer:
         """The control named ``name`` (``"fire"``, ``"secant"``, ...), or ``None`` when it is off."""
         return next((c for c in self.controls if c.name == name), None)
 
-    @property
+    @cached_property  # read on every step; the settings are frozen
     def lr_max(self) -> float:
         """Ceiling of a grown learning rate: lr_max_factor × lr, within the rule's limit. The factor is that of the
         last control in the chain that declares one (FIRE's over the secant control's, in the standard order)."""
@@ -169,12 +171,12 @@ class Minimizer:
             return self.lr
         return max(self.lr, min(self.lr * factors[-1], self.rule.lr_limit))
 
-    @property
+    @cached_property
     def reads_line(self) -> bool:
         """Whether the state keeps s·g from before the last step (a control reads the secant fraction)."""
         return any(c.reads_line for c in self.controls)
 
-    @property
+    @cached_property
     def needs_energy(self) -> bool:
         """Whether :meth:`step` needs the energy of the current positions (a control reads it)."""
         return any(c.needs_energy for c in self.controls)
@@ -371,7 +373,7 @@ def check_gradient(gradient: Tensor, layout: Layout) -> None:
     """Raise a clear error for a gradient of the wrong shape or with NaN/inf entries."""
     if gradient.ndim != 2 or gradient.shape[1] != 3 or gradient.shape[0] != layout.n_rows:
         raise ValueError(f"gradient must have shape ({layout.n_rows}, 3), got {tuple(gradient.shape)}")
-    if bool(torch.isfinite(gradient.sum())):  # fast path: a NaN or inf entry makes the sum non-finite
+    if math.isfinite(float(gradient.sum())):  # fast path: a NaN or inf entry makes the sum non-finite
         return
     finite = torch.isfinite(gradient).all(dim=1)
     if not bool(finite.all()):

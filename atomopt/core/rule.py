@@ -89,8 +89,9 @@ class UpdateRule(ABC):
 
     def validate_lr(self, lr: Tensor) -> None:
         """Raise if a learning rate is unusable by this rule."""
-        if not bool(torch.all(lr > 0)):
-            raise ValueError(f"{self.name}: learning rate must be positive, got {lr.min().item():g}")
+        smallest = float(lr.min())  # NaN where any is NaN
+        if not smallest > 0:
+            raise ValueError(f"{self.name}: learning rate must be positive, got {smallest:g}")
 
 
 def check_unit_interval(owner: str, **values: float) -> None:

@@ -385,7 +385,10 @@ class _Run:
     def _force_norms(self, forces: np.ndarray) -> _Norms:
         atom_sq = np.einsum("ij,ij->i", forces, forces)
         squares = atom_sq.sum()
-        if np.isfinite(squares):  # fast path: every component is finite
+        if self.single_rank and math.isfinite(squares):  # fast path: one rank, every component finite
+            return _Norms(two=math.sqrt(squares), max_atom=math.sqrt(atom_sq.max(initial=0.0)),
+                          inf=float(np.abs(forces).max(initial=0.0)), non_finite=0)  # fmt: skip
+        if np.isfinite(squares):  # every component is finite
             f, non_finite = forces, 0.0
         else:
             finite = np.isfinite(forces)
