@@ -4,7 +4,11 @@ For each structure a method failed at one threshold (from the committed journal,
 energy any run reached), the run is repeated to that threshold (it is deterministic: its energy must equal the
 journal's), its final structure rattled (every atom by a Gaussian of ``--rattle`` Å per coordinate, seeds 0..k−1)
 and relaxed again by the same method to fmax 0.005 eV/Å. A stop at a saddle point or on a ridge falls off it when
-rattled and ends lower; a true local minimum relaxes back to where it was.
+rattled and ends lower; a true local minimum relaxes back to where it was. Beside it, what tells the kind of minimum:
+the prototype the structure was made from (the proxy set's parent), the space group where the method stopped and that
+of the reference structure, and how many of the journal's other methods (not the method's own variants) failed the
+same structure at that threshold: one every method fails is a basin none of them reaches from that start, one only
+this method fails is its own basin choice.
 
     python benchmarks/failure_analysis.py --tag matbench_sevennet0 --model sevennet-0 --method safelbfgs --fmax 0.05
 
@@ -20,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from atomopt.bench.matbench.build import HIGHER_BASIN
+from atomopt.bench.matbench.build import HIGHER_BASIN, SYMPREC, spacegroup_number
 from atomopt.bench.matbench.report import journal_with_references
 from atomopt.bench.provenance import machine_facts
 from atomopt.frontends.engine import relax_many
@@ -59,15 +63,22 @@ def markdown(payload: dict) -> str:
         f"{kinds.count('distinct minimum')} of {len(kinds)} are distinct minima. The rerun differs from the journal "
         "in the last digits where the batch around a structure differs (the model runs in float32).",
         "",
-        "| proxy index | atoms | above reference meV/atom | reference set by | rattled runs: drop meV/atom | "
-        "after rattle above reference | kind | rerun − journal (meV/atom) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Space groups: spglib, symprec {SYMPREC}. Others failing: of the journal's other methods (this one's variants "
+        "left out) that ran every structure to this threshold.",
+        "",
+        "| proxy index | atoms | made from | above reference meV/atom | reference set by | rattled runs: drop meV/atom | "
+        "after rattle above reference | kind | space group: stop / reference | others failing | "
+        "rerun − journal (meV/atom) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         md.append(
-            f"| {r['index']} | {r['atoms']} | {r['above_reference_mev']:.1f} | {r['reference_set_by']} | "
+            f"| {r['index']} | {r['atoms']} | {r['made_from'] or '–'} | {r['above_reference_mev']:.1f} | "
+            f"{r['reference_set_by']} | "
             + ", ".join(f"{d:.2f}" for d in r["rattled_drop_mev"])
-            + f" | {r['rattled_above_reference_mev']:.1f} | {r['kind']} | {r['rerun_equals_journal_mev']:.1e} |"
+            + f" | {r['rattled_above_reference_mev']:.1f} | {r['kind']} | "
+            f"{r['spacegroup_stop']} / {r['spacegroup_reference']} | {len(r['others_failing'])} of {r['others']} | "
+            f"{r['rerun_equals_journal_mev']:.1e} |"
         )
     return "\n".join(md) + "\n"
 
@@ -86,6 +97,12 @@ def main() -> int:
     spec, rows, structures, refs = journal_with_references(out / f"{args.tag}.jsonl")
     target = f"{args.fmax:g}"
     failed = failures(rows, refs, args.method, target)
+    others = sorted(  # the other methods (not this one's variants) that ran every structure to this threshold
+        {m for m, _ in rows if m != args.method and not m.startswith(f"{args.method}-")}
+        - {m for (m, i), row in rows.items() if target not in row["outcomes"]}
+        - {m for m, _ in rows if any((m, i) not in rows for i in range(len(refs)))}
+    )
+    others_failed = {m: set(failures(rows, refs, m, target)) for m in others}
     model = load_model(args.model)
     start = time.perf_counter()
     options = dict(cell=True, steps=spec["steps"], capacity=128)
@@ -117,6 +134,11 @@ def main() -> int:
                 "rattled_drop_mev": [1000 * (stop - e) for e in ends],
                 "kind": "saddle or ridge (escapes when rattled)" if drop > ESCAPED else "distinct minimum",
                 "rattled_above_reference_mev": 1000 * (min(ends) - refs[i]["energy_per_atom"]),
+                "made_from": structures[i].info.get("parent"),
+                "spacegroup_stop": spacegroup_number(record.atoms),
+                "spacegroup_reference": refs[i].get("spacegroup"),
+                "others": len(others),
+                "others_failing": [m for m in others if i in others_failed[m]],
             }
         )
     payload = {
