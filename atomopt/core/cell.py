@@ -25,6 +25,8 @@ from torch import Tensor
 
 #: Voigt order of ASE's masks and 6-vectors: xx, yy, zz, yz, xz, xy.
 VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+#: c of the cell rows c·log F: N (ASE's ``exp_cell_factor``) or √N (docs/safe_lbfgs.md, "Cell rows").
+CELL_ROW_SCALES = ("atoms", "sqrt_atoms")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class CellFilter:
         mask: six booleans in Voigt order (xx, yy, zz, yz, xz, xy): the strain components that relax.
         volume_bounds: a structure whose volume leaves [lower, upper] × its starting volume is stopped
             (``cell_collapsed`` / ``cell_exploded``) instead of being relaxed further.
+        row_scale: c of the cell rows c·log F that the optimizer moves: ``"atoms"`` (c = N, ASE's
+            ``exp_cell_factor``) or ``"sqrt_atoms"`` (c = √N); ``None``: the update rule's own
+            (:attr:`atomopt.core.rule.UpdateRule.cell_row_scale`). The stopping test reads the cell forces at N either
+            way.
     """
 
     scalar_pressure: float = 0.0
@@ -45,8 +51,11 @@ class CellFilter:
     constant_volume: bool = False
     mask: tuple[bool, bool, bool, bool, bool, bool] | None = None
     volume_bounds: tuple[float, float] = (0.2, 5.0)
+    row_scale: str | None = None
 
     def __post_init__(self) -> None:
+        if self.row_scale not in (None, *CELL_ROW_SCALES):
+            raise ValueError(f"CellFilter: row_scale must be one of {CELL_ROW_SCALES} or None, got {self.row_scale!r}")
         if self.mask is not None and len(self.mask) != 6:
             raise ValueError(f"CellFilter: mask takes six booleans in Voigt order, got {self.mask!r}")
         lower, upper = self.volume_bounds

@@ -289,10 +289,16 @@ class InFlightRelaxer:
                 continue
             yield from self._iterate(batch)
 
+    @property
+    def cell_row_scale(self) -> str:
+        """c of the cell rows c·log F: the cell filter's ``row_scale``, else the update rule's."""
+        chosen = self.cell.row_scale if self.cell is not None else None
+        return chosen or self.minimizer.rule.cell_row_scale
+
     def _iterate(self, batch: Batch) -> Iterator[RelaxRecord]:
         """One model evaluation of the whole batch, the records of the structures that end, one step for the rest."""
         clock = time.perf_counter()
-        index = RowIndex.build(batch, self.cell is not None, self.device, self.minimizer.rule.cell_row_scale)
+        index = RowIndex.build(batch, self.cell is not None, self.device, self.cell_row_scale)
         frame = self._deform(batch, index)
         loads = [m.load for m in batch.members]
         self._sync()
@@ -446,7 +452,7 @@ class InFlightRelaxer:
             still[evaluated.slot] = True
             gradient = gradient[still[index.layout.structure]]
             energy = None if energy is None else energy[still]
-            index = RowIndex.build(batch, self.cell is not None, self.device, self.minimizer.rule.cell_row_scale)
+            index = RowIndex.build(batch, self.cell is not None, self.device, self.cell_row_scale)
         fixed_rows = index.atom_rows[batch.fixed] if bool(batch.fixed.any()) else None
 
         def constrain(displacement: Tensor) -> Tensor:

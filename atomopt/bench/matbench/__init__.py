@@ -10,6 +10,8 @@ Methods (cell free everywhere, as Matbench Discovery relaxes):
   safelbfgs-exp, safelbfgs-none                       SafeLBFGS with H⁰ from the isotropic Exp preconditioner, and
                                                       a scalar (its default before the bond form; safelbfgs itself
                                                       runs its default, the bond form)
+  safelbfgs-ncell                                     SafeLBFGS with the cell rows at ASE's N·log F instead of its
+                                                      √N·log F
   ase-preconlbfgs                                     ASE's PreconLBFGS with the Exp preconditioner (Packwood et
                                                       al. 2016; forced: its 'auto' falls back to plain LBFGS below
                                                       100 atoms), on the same FrechetCellFilter

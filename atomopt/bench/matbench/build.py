@@ -14,6 +14,8 @@ from typing import Any
 
 from ase import Atoms
 
+from atomopt.core.cell import CellFilter
+
 ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
 
 
@@ -22,6 +24,8 @@ ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "safelbfgs-exp": ("safelbfgs", {"precon": "exp"}),
     "safelbfgs-none": ("safelbfgs", {"precon": "none"}),
+    # cell rows at ASE's N·log F instead of SafeLBFGS's √N·log F (docs/safe_lbfgs.md, "Cell rows")
+    "safelbfgs-ncell": ("safelbfgs", {"cell": CellFilter(row_scale="atoms")}),
 }
 
 

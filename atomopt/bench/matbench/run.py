@@ -123,11 +123,10 @@ def run_engine(
         method,
         fmax=fmax,
         steps=steps,
-        cell=True,
         capacity=capacity,
         capacity_metric="atoms",
         observer=observer,
-        **options,
+        **({"cell": True} | options),
     )
     watch = Stopwatch()
     for record in relaxer.run(items):
