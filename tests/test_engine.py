@@ -55,6 +55,24 @@ def test_tensor_frechet_filter_follows_ase(steps, in_batch, optimizer):
     assert record.energy == pytest.approx(reference.get_potential_energy(), abs=1e-8)
 
 
+@pytest.mark.parametrize("optimizer, row_scale", [(SafeLBFGS, "atoms"), (Frankenstein, "sqrt_atoms")])
+def test_cell_filter_row_scale_overrides_the_rule(optimizer, row_scale):
+    """CellFilter(row_scale=...) moves the cell rows at that scale whatever the rule's own: the engine in a batch follows
+    ASE's FrechetCellFilter with exp_cell_factor N or √N."""
+    assert RULES[optimizer.rule_name].cell_row_scale != row_scale
+    reference = crystal()
+    reference.calc = EMT()
+    factor = len(reference) if row_scale == "atoms" else math.sqrt(len(reference))
+    optimizer(FrechetCellFilter(reference, exp_cell_factor=factor), logfile=None).run(fmax=1e-9, steps=5)
+    cell = CellFilter(row_scale=row_scale)
+    record = relax_many([others()[0], crystal(), others()[1]], "emt", optimizer.rule_name, fmax=1e-9, steps=5,
+                        cell=cell)[1]  # fmt: skip
+    np.testing.assert_allclose(record.atoms.positions, reference.positions, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(record.atoms.cell[:], reference.cell[:], rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="row_scale"):
+        CellFilter(row_scale="volume")
+
+
 def test_stopping_test_reads_cell_forces_at_ase_scale():
     """Cell rows at √N (SafeLBFGS) stop where ASE's FrechetCellFilter (exp_cell_factor N) says fmax is met, and the
     record's fmax is that filter's largest row force on the final structure."""
