@@ -168,13 +168,19 @@ def main() -> None:
             runs[method].append(run)
             print(f"repeat {repeat} {method:22s} {run['cpu_ms_per_evaluation']:.3f} ms/evaluation (CPU)", flush=True)
     baseline = statistics.median(r["cpu_ms_per_evaluation"] for r in runs["lammps-cg"])
+    # Other work on a shared host only ever slows a run: the fastest repeat is the better estimate of what a method
+    # costs, the median what it cost here
+    fastest_baseline = min(r["cpu_ms_per_evaluation"] for r in runs["lammps-cg"])
     summary = {}
     for method, samples in runs.items():
         cpu = statistics.median(r["cpu_ms_per_evaluation"] for r in samples)
+        fastest = min(r["cpu_ms_per_evaluation"] for r in samples)
         summary[method] = {
             "cpu_ms_per_evaluation": cpu,
             "wall_ms_per_evaluation": statistics.median(r["wall_ms_per_evaluation"] for r in samples),
             "ratio_to_cg": cpu / baseline,
+            "fastest_cpu_ms_per_evaluation": fastest,
+            "fastest_ratio_to_cg": fastest / fastest_baseline,
             "evaluations": samples[0]["evaluations"],
         }
         if "optimizer_s" in samples[0]:
@@ -208,19 +214,23 @@ def main() -> None:
         f"{record['machine']['torch']} ({record['machine']['torch_threads']} thread), atomopt "
         f"{record['machine']['atomopt_commit']}, optimizer device {args.device}",
         "",
-        f"At most {evaluations} force evaluations each (etol = ftol = 0), median of {args.repeats} repeats. CPU: the "
-        "process's CPU time per evaluation; × cg: against native cg's; optimizer's own: the atomopt driver's wall time "
-        "outside LAMMPS's force computation (reading forces, the update, writing positions and state), which on a "
-        "shared machine can exceed the CPU time.",
+        f"At most {evaluations} force evaluations each (etol = ftol = 0), {args.repeats} repeats (each repeat runs "
+        "every method once, in the order of the table). CPU: the process's CPU time per evaluation, median of the "
+        "repeats; × cg: against native cg's median; fastest: the fastest repeat of each, against native cg's fastest "
+        "(other work on a shared host only slows a run); optimizer's own: the atomopt driver's wall time outside "
+        "LAMMPS's force computation (reading forces, the update, writing positions and state), which on a shared "
+        "machine can exceed the CPU time.",
         "",
-        "| method | evaluations | CPU ms per evaluation | × native cg | wall ms per evaluation | optimizer's own wall ms |",
-        "|---|---|---|---|---|---|",
+        "| method | evaluations | CPU ms per evaluation | × native cg | fastest: CPU ms | fastest: × native cg | "
+        "wall ms per evaluation | optimizer's own wall ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, entry in summary.items():
         own = f"{entry['optimizer_ms_per_evaluation']:.3f}" if "optimizer_ms_per_evaluation" in entry else "–"
         lines.append(
             f"| {method} | {entry['evaluations']} | {entry['cpu_ms_per_evaluation']:.3f} | "
-            f"{entry['ratio_to_cg']:.2f} | {entry['wall_ms_per_evaluation']:.3f} | {own} |"
+            f"{entry['ratio_to_cg']:.2f} | {entry['fastest_cpu_ms_per_evaluation']:.3f} | "
+            f"{entry['fastest_ratio_to_cg']:.2f} | {entry['wall_ms_per_evaluation']:.3f} | {own} |"
         )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
