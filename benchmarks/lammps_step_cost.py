@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from atomopt.bench.provenance import processor
 from atomopt.lammps import import_lammps, minimize
 
 RESULTS = Path(__file__).parent / "results"
@@ -127,8 +128,6 @@ def versions() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "atomopt"]).returncode:
         commit += " (with uncommitted changes to atomopt/)"
-    from atomopt.bench.provenance import processor
-
     return {"lammps": version("lammps"), "torch": torch.__version__, "python": platform.python_version(),
             "atomopt_commit": commit, "cpu": processor(), "torch_threads": torch.get_num_threads()}  # fmt: skip
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from atomopt.bench.provenance import processor
+
 ROOT = Path(__file__).resolve().parents[1]
 PINS = Path(__file__).with_name("pinned") / "numbers.json"
 POTENTIALS = ROOT.parent / "shared" / "potentials"
@@ -258,8 +260,6 @@ def test_numbers_are_unchanged(case):
     if case == "engine_sevennet":
         pytest.importorskip("sevenn")
     pins = json.loads(PINS.read_text())
-    from atomopt.bench.provenance import processor
-
     here = processor()
     if here not in pins:
         pytest.skip(f"no numbers pinned on this processor ({here}; pinned on: {', '.join(pins)}): record them "
@@ -271,8 +271,6 @@ def test_numbers_are_unchanged(case):
 
 if __name__ == "__main__":
     import time
-
-    from atomopt.bench.provenance import processor
 
     pins = json.loads(PINS.read_text()) if PINS.exists() else {}
     own = pins.setdefault(processor(), {})

@@ -14,6 +14,7 @@ import torch
 from ase import Atoms
 from torch import Tensor
 
+from atomopt.core.cell import CELL_ROW_SCALES
 from atomopt.core.layout import Layout
 from atomopt.models import ModelOutput
 
@@ -103,7 +104,7 @@ class RowIndex:
         cell_scale = n_atoms.to(torch.float64)
         if cell_row_scale == "sqrt_atoms":
             cell_scale = torch.sqrt(cell_scale)
-        elif cell_row_scale != "atoms":
-            raise ValueError(f"cell_row_scale must be 'atoms' or 'sqrt_atoms', got {cell_row_scale!r}")
+        elif cell_row_scale not in CELL_ROW_SCALES:
+            raise ValueError(f"cell_row_scale must be one of {CELL_ROW_SCALES}, got {cell_row_scale!r}")
         return cls(layout, n_atoms, atom_structure, atom_offsets, atom_rows, cell_rows, row_offsets, row_sizes,
                    cell_scale, cell_row_scale != "atoms")  # fmt: skip

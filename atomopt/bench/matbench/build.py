@@ -14,6 +14,7 @@ from typing import Any
 
 from ase import Atoms
 
+from atomopt.bench.provenance import processor
 from atomopt.core.cell import CellFilter
 
 ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
@@ -232,8 +233,6 @@ def machine(threads: int, workers: int) -> dict:
     from atomopt.bench.matbench.nvalchemi import NVALCHEMI_OPS_VERSION, NVALCHEMI_WARP_VERSION
 
     versions["nvalchemi-toolkit-ops"] = f"{NVALCHEMI_OPS_VERSION} (own environment, warp-lang {NVALCHEMI_WARP_VERSION})"
-    from atomopt.bench.provenance import processor
-
     return {
         "platform": platform.platform(),
         "processor": processor(),
