@@ -63,6 +63,28 @@ def test_box_relaxation_reaches_native_cg_box_and_energy(mode):
         ]  # the user's fix is back
 
 
+def test_sorting_under_box_relax_keeps_each_atom_its_history():
+    """One rank holds the state of the atoms and of the box rows together between steps; LAMMPS sorting its atoms
+    at every step reorders the atoms' rows (SafeLBFGS's 100-pair histories included) and leaves the box rows last:
+    the same minimization up to the order the forces are summed in, and the kept state has one row per atom."""
+    args = "aniso 0.0 vmax 0.001"
+    runs = []
+    for sort in ("0 0.0", "1 1.0"):
+        lmp = copper("aniso")
+        lmp.commands_list([f"atom_modify sort {sort}", "neighbor 0.0 bin", "neigh_modify every 1 delay 0 check no"])
+        lmp.command(f"fix relax all box/relax {args}")
+        result = minimize(lmp, "safelbfgs", ftol=0.0, maxiter=40, box_relax=args, keep_state=True)
+        nlocal = lmp.extract_setting("nlocal")
+        order = np.argsort(lmp.numpy.extract_atom("id")[:nlocal])
+        kept = lmp.numpy.extract_atom("d2_atomopt_last_step")[:nlocal][order].copy()
+        runs.append((np.array(result.energies), box_of(lmp), kept))
+    (energies, box, kept), (energies_sorted, box_sorted, kept_sorted) = runs
+    assert kept.shape == (256, 3) and np.abs(kept).max() > 0
+    np.testing.assert_allclose(energies_sorted, energies, rtol=1e-10)
+    np.testing.assert_allclose(box_sorted, box, rtol=1e-9)
+    np.testing.assert_allclose(kept_sorted, kept, rtol=1e-6, atol=1e-9 * np.abs(kept).max())
+
+
 def _info_fixes(lmp):
     import tempfile
     from pathlib import Path

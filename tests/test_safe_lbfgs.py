@@ -51,6 +51,30 @@ def test_two_loop_equals_the_dense_bfgs_inverse_update():
     np.testing.assert_allclose(hg.numpy().ravel(), dense_bfgs_inverse(pairs, n) @ g, rtol=1e-12, atol=1e-12)
 
 
+def test_slot_products_are_bit_identical_alone_and_in_a_batch():
+    """The history's per-slot dot products and weighted sums: a structure gets the same bits alone (the one-structure
+    fast paths) as in a batch, and the values of the sums they stand for."""
+    generator = torch.Generator().manual_seed(1)
+    sizes, slots = [13, 6, 21], 7
+    history = torch.randn(sum(sizes), slots, 3, dtype=F64, generator=generator)
+    vectors = torch.randn(sum(sizes), 3, dtype=F64, generator=generator)
+    weights = torch.randn(len(sizes), slots, dtype=F64, generator=generator)
+    batch = Layout.from_sizes(sizes)
+    dots, sums = batch.slot_dots(history, vectors), batch.slot_sum(weights, history)
+    start = 0
+    for i, n in enumerate(sizes):
+        rows = slice(start, start + n)
+        alone = Layout.single(n)
+        assert torch.equal(alone.slot_dots(history[rows], vectors[rows])[0], dots[i])
+        assert torch.equal(alone.slot_sum(weights[i : i + 1], history[rows]), sums[rows])
+        expected = torch.einsum("rjc,rc->j", history[rows], vectors[rows])
+        torch.testing.assert_close(dots[i], expected, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(
+            sums[rows], torch.einsum("j,rjc->rc", weights[i], history[rows]), rtol=1e-13, atol=1e-13
+        )
+        start += n
+
+
 def test_first_step_and_the_steepest_descent_fallback():
     layout = Layout.single(2)
     minimizer = Minimizer(SafeLBFGSRule(initial_curvature=70.0), lr=0.2, eps=0.0, max_step=None)

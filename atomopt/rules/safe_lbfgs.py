@@ -163,7 +163,7 @@ class SafeLBFGSRule(UpdateRule):
             upper=False,
             unitriangular=True,
         )
-        q = g - (layout.slot_rows(alpha) * y_history).sum(dim=1)
+        q = g - layout.slot_sum(alpha, y_history)
         newest = pairs > 0
         y_dot_y = layout.sum_in_order(y_history[:, 0] * y_history[:, 0])
         h0 = torch.where(newest, curvature[:, 0] / torch.where(newest, y_dot_y, 1.0), 0.0)
@@ -186,7 +186,7 @@ class SafeLBFGSRule(UpdateRule):
             upper=True,
             unitriangular=True,
         )
-        return h0_q + (layout.slot_rows(alpha - beta) * s_history).sum(dim=1)
+        return h0_q + layout.slot_sum(alpha - beta, s_history)
 
     def adaptive_term(self, state: State, layout: Layout) -> Tensor:
         raise ValueError("safelbfgs has no adaptive per-coordinate term: the gradient-histogram ε does not apply")

@@ -418,7 +418,7 @@ class _Run:
     def _load_state(self, nlocal: int, rows: Any, gradient: Tensor, layout: Layout, ids: np.ndarray | None) -> dict:
         if self.per_structure is None:  # first step
             return self.minimizer.init(gradient, layout)
-        if ids is not None:
+        if ids is not None:  # one rank holds the atoms' rows and the box rows after them
             per_row = self._held_rows(ids)
         else:
             per_row = {
@@ -427,33 +427,38 @@ class _Run:
                 )
                 for name, shape in self.row_fields.items()
             }
-        if self.box is not None and self.box.here:  # the box rows follow the atoms
-            per_row = {name: torch.cat([value, self.box.state[name]]) for name, value in per_row.items()}
+            if self.box is not None and self.box.here:  # the box rows follow the atoms
+                per_row = {name: torch.cat([value, self.box.state[name]]) for name, value in per_row.items()}
         return self.minimizer.join_rows(per_row, self.per_structure)
 
-    def _held_rows(self, ids: np.ndarray) -> dict[str, Tensor]:
-        """The per-row state held since the last step, in the order of the atoms ``ids`` now (one rank)."""
+    def _held_rows(self, ids: np.ndarray, with_box: bool = True) -> dict[str, Tensor]:
+        """The per-row state held since the last step, in the order of the atoms ``ids`` now (one rank), then the
+        box rows (unless ``with_box`` is false). Held whole, so that a step copies no history (SafeLBFGS's is 100
+        pairs per atom)."""
         held_ids, per_row = self.held
+        atoms = len(held_ids)
         if np.array_equal(ids, held_ids):
-            return per_row
-        changed = RuntimeError(f"the minimized atoms changed during the minimization ({len(held_ids)} -> {len(ids)})")
-        if len(ids) != len(held_ids):
+            return per_row if with_box else {name: value[:atoms] for name, value in per_row.items()}
+        changed = RuntimeError(f"the minimized atoms changed during the minimization ({atoms} -> {len(ids)})")
+        if len(ids) != atoms:
             raise changed
         order = np.argsort(held_ids)
         where = order[np.searchsorted(held_ids, ids, sorter=order).clip(max=len(ids) - 1)]
         if not np.array_equal(held_ids[where], ids):
             raise changed
         index = torch.as_tensor(where, device=self.device)
+        if with_box:
+            index = torch.cat([index, torch.arange(atoms, per_row["last_step"].shape[0], device=self.device)])
         return {name: value[index] for name, value in per_row.items()}
 
     def _store_state(self, nlocal: int, rows: Any, state: dict, ids: np.ndarray | None) -> None:
         per_row, self.per_structure = self.minimizer.split_rows(state)
-        if self.box is not None and self.box.here:
-            self.box.state = {name: value[-2:] for name, value in per_row.items()}
-            per_row = {name: value[:-2] for name, value in per_row.items()}
         if ids is not None:
             self.held = (ids.copy(), per_row)
             return
+        if self.box is not None and self.box.here:
+            self.box.state = {name: value[-self.box.rows :] for name, value in per_row.items()}
+            per_row = {name: value[: -self.box.rows] for name, value in per_row.items()}
         self._write_arrays(nlocal, rows, per_row)
 
     def _write_arrays(self, nlocal: int, rows: Any, per_row: dict[str, Tensor]) -> None:
@@ -467,7 +472,7 @@ class _Run:
         nlocal = int(self.lmp.extract_global("nlocal"))
         rows = self._rows(nlocal)
         ids = self.lmp.numpy.extract_atom("id")[:nlocal][rows]
-        self._write_arrays(nlocal, rows, self._held_rows(ids))
+        self._write_arrays(nlocal, rows, self._held_rows(ids, with_box=False))
 
 
 def defined_fixes(
