@@ -100,7 +100,7 @@ def native(lammps, style: str, system: str, cells: int, evaluations: int, lattic
         wall, cpu = time.perf_counter(), time.process_time()
         lmp.command(f"minimize 0.0 {ftol} {evaluations} {evaluations}")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        atoms, energy = lmp.get_natoms(), lmp.get_thermo("pe")
+        atoms, energy = lmp.get_natoms(), lmp.extract_compute("thermo_pe", 0, 0)  # total (thermo may normalize)
         lmp.close()
         text = log.read_text()
         stats = text.split("Iterations, force evaluations =")[-1].split()
@@ -254,13 +254,14 @@ def main() -> None:
             "s: the minimization's process CPU time, median of the repeats, and against native cg's; fastest: the "
             "fastest repeat of each against native cg's fastest (other work on a shared host only slows a run).",
             "",
-            "| method | evaluations | stop | final energy | CPU s | × native cg | fastest: CPU s | fastest: × native cg | "
+            "| method | evaluations | stop | final energy per atom | CPU s | × native cg | fastest: CPU s | "
+            "fastest: × native cg | "
             "CPU ms per evaluation |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for method, entry in summary.items():
             lines.append(
-                f"| {method} | {entry['evaluations']} | {entry['stop']} | {entry['final_energy']:.6f} | "
+                f"| {method} | {entry['evaluations']} | {entry['stop']} | {entry['final_energy'] / atoms:.7f} | "
                 f"{entry['cpu_s']:.3f} | {entry['cpu_s'] / cg_total['cpu_s']:.2f} | {entry['fastest_cpu_s']:.3f} | "
                 f"{entry['fastest_cpu_s'] / cg_total['fastest_cpu_s']:.2f} | {entry['cpu_ms_per_evaluation']:.3f} |"
             )
