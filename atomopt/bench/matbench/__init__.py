@@ -12,6 +12,8 @@ Methods (cell free everywhere, as Matbench Discovery relaxes):
                                                       runs its default, the bond form)
   safelbfgs-ncell                                     SafeLBFGS with the cell rows at ASE's N·log F instead of its
                                                       √N·log F
+  safelbfgs-cg1e-2                                    SafeLBFGS with the preconditioner's solves to 1e-2 of |q|
+                                                      instead of 1e-10
   ase-preconlbfgs                                     ASE's PreconLBFGS with the Exp preconditioner (Packwood et
                                                       al. 2016; forced: its 'auto' falls back to plain LBFGS below
                                                       100 atoms), on the same FrechetCellFilter
