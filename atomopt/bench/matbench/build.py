@@ -16,7 +16,7 @@ from ase import Atoms
 
 from atomopt.bench.provenance import processor
 from atomopt.core.cell import CellFilter
-from atomopt.core.precon import BOND_TRANSVERSE, ExpPreconditioner
+from atomopt.core.precon import BOND_SOLVED_TO_1E_2
 
 ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
 
@@ -29,7 +29,7 @@ ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # cell rows at ASE's N·log F instead of SafeLBFGS's √N·log F (docs/safe_lbfgs.md, "Cell rows")
     "safelbfgs-ncell": ("safelbfgs", {"cell": CellFilter(row_scale="atoms")}),
     # the preconditioner's conjugate-gradient solves to a residual of 1e-2 |q| instead of 1e-10 (docs/safe_lbfgs.md)
-    "safelbfgs-cg1e-2": ("safelbfgs", {"precon": ExpPreconditioner(transverse=BOND_TRANSVERSE, tolerance=1e-2)}),
+    "safelbfgs-cg1e-2": ("safelbfgs", {"precon": BOND_SOLVED_TO_1E_2}),
 }
 
 

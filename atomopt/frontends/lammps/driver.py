@@ -431,24 +431,21 @@ class _Run:
                 per_row = {name: torch.cat([value, self.box.state[name]]) for name, value in per_row.items()}
         return self.minimizer.join_rows(per_row, self.per_structure)
 
-    def _held_rows(self, ids: np.ndarray, with_box: bool = True) -> dict[str, Tensor]:
-        """The per-row state held since the last step, in the order of the atoms ``ids`` now (one rank), then the
-        box rows (unless ``with_box`` is false). Held whole, so that a step copies no history (SafeLBFGS's is 100
-        pairs per atom)."""
+    def _held_rows(self, ids: np.ndarray) -> dict[str, Tensor]:
+        """The per-row state held since the last step (one rank): the atoms' rows in the order of the atoms ``ids``
+        now, then the box rows. Held whole, so that a step copies no history (SafeLBFGS's is 100 pairs per atom)."""
         held_ids, per_row = self.held
-        atoms = len(held_ids)
         if np.array_equal(ids, held_ids):
-            return per_row if with_box else {name: value[:atoms] for name, value in per_row.items()}
-        changed = RuntimeError(f"the minimized atoms changed during the minimization ({atoms} -> {len(ids)})")
-        if len(ids) != atoms:
+            return per_row
+        changed = RuntimeError(f"the minimized atoms changed during the minimization ({len(held_ids)} -> {len(ids)})")
+        if len(ids) != len(held_ids):
             raise changed
         order = np.argsort(held_ids)
         where = order[np.searchsorted(held_ids, ids, sorter=order).clip(max=len(ids) - 1)]
         if not np.array_equal(held_ids[where], ids):
             raise changed
-        index = torch.as_tensor(where, device=self.device)
-        if with_box:
-            index = torch.cat([index, torch.arange(atoms, per_row["last_step"].shape[0], device=self.device)])
+        box_rows = torch.arange(len(ids), per_row["last_step"].shape[0], device=self.device)
+        index = torch.cat([torch.as_tensor(where, device=self.device), box_rows])
         return {name: value[index] for name, value in per_row.items()}
 
     def _store_state(self, nlocal: int, rows: Any, state: dict, ids: np.ndarray | None) -> None:
@@ -472,7 +469,7 @@ class _Run:
         nlocal = int(self.lmp.extract_global("nlocal"))
         rows = self._rows(nlocal)
         ids = self.lmp.numpy.extract_atom("id")[:nlocal][rows]
-        self._write_arrays(nlocal, rows, self._held_rows(ids, with_box=False))
+        self._write_arrays(nlocal, rows, {name: value[: len(ids)] for name, value in self._held_rows(ids).items()})
 
 
 def defined_fixes(
