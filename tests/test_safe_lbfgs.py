@@ -11,6 +11,7 @@ from ase.optimize import BFGS
 from atomopt import SafeLBFGS
 from atomopt.bench import lj38
 from atomopt.controls import TrustRadius
+from atomopt.core import layout as layout_module
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer
 from atomopt.models.cluster_lj import cluster_lj_tensor
@@ -49,6 +50,25 @@ def test_two_loop_equals_the_dense_bfgs_inverse_update():
         torch.tensor(g.reshape(3, 3)), history_s, history_y, s_dot_y, torch.tensor([4.0], dtype=F64), Layout.single(3)
     )
     np.testing.assert_allclose(hg.numpy().ravel(), dense_bfgs_inverse(pairs, n) @ g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_values", [7, 20])
+def test_history_sums_block_by_block_are_bit_identical(monkeypatch, block_values):
+    """Rows taken a block at a time (one row, two rows and a last partial block) give the same bits as all rows at
+    once, and the per-slot dot products keep the order of ``sum_in_order`` (three columns in turn, then the rows)."""
+    generator = torch.Generator().manual_seed(2)
+    n, slots = 23, 7
+    history = torch.randn(n, slots, 3, dtype=F64, generator=generator)
+    vectors = torch.randn(n, 3, dtype=F64, generator=generator)
+    weights = torch.randn(1, slots, dtype=F64, generator=generator)
+    layout = Layout.single(n)
+    in_order = torch.cat([layout.sum_in_order(history[:, j] * vectors) for j in range(slots)])
+    whole_sums = layout.slot_sum(weights, history)
+    assert torch.equal(layout.slot_dots(history, vectors)[0], in_order)
+    monkeypatch.setattr(layout_module, "SLOT_BLOCK_VALUES", block_values)
+    assert len(layout_module.slot_blocks(n, slots, history.device)) > 2
+    assert torch.equal(layout.slot_dots(history, vectors)[0], in_order)
+    assert torch.equal(layout.slot_sum(weights, history), whole_sums)
 
 
 def test_slot_products_are_bit_identical_alone_and_in_a_batch():

@@ -77,24 +77,32 @@ class Layout:
     def slot_dots(self, history: Tensor, per_row: Tensor) -> Tensor:
         """The dot product of each slot of a ``(n_rows, k, 3)`` history (e.g. k stored vectors per row) with a
         ``(n_rows, 3)`` tensor, per structure -> ``(n_structures, k)``: slot by slot the same sums as
-        :meth:`sum_in_order` of ``history[:, j] * per_row``. Each row's k three-term dot products are one small
-        matrix product (a sequential sum over the three columns, as :func:`row_sum_in_order`), without the
-        ``(n_rows, k, 3)`` product tensor: four times faster at 800 rows and 100 slots than the product and its sum."""
-        per_slot = torch.bmm(history, per_row.unsqueeze(-1)).squeeze(-1)
+        :meth:`sum_in_order` of ``history[:, j] * per_row`` (each row's three terms summed in sequence by
+        :func:`slot_products`, then the rows in sequence)."""
         out = torch.zeros(self.n_structures, history.shape[1], dtype=history.dtype, device=history.device)
-        return out.index_add_(0, self.structure, per_slot)
+        return out.index_add_(0, self.structure, slot_products(history, per_row))
 
     def slot_sum(self, per_structure: Tensor, history: Tensor) -> Tensor:
         """Each row's sum over the slots of a ``(n_rows, k, 3)`` history weighted per structure by a
         ``(n_structures, k)`` (or ``(n_structures, k, 1)``) tensor -> ``(n_rows, 3)``. For one structure the weights
         are laid out along the row's k·3 values, so the product runs as one contiguous stream (5x faster at 800 rows
-        and 100 slots than weights broadcast along the 3 columns); the same products and the same sum."""
+        and 100 slots than weights broadcast along the 3 columns), block by block of rows on the CPU
+        (:func:`slot_blocks`; 1.3x faster at 32,000 rows); the same products and the same sum."""
         weights = per_structure.reshape(self.n_structures, -1, 1)
-        if self.n_structures == 1:
-            slots = history.shape[1]
-            flat = weights.reshape(1, slots, 1).expand(1, slots, 3).reshape(1, slots * 3)
-            return (history.reshape(history.shape[0], slots * 3) * flat).reshape(history.shape).sum(dim=1)
-        return (weights[self.structure] * history).sum(dim=1)
+        if self.n_structures > 1:
+            return (weights[self.structure] * history).sum(dim=1)
+        n_rows, slots, width = history.shape
+        flat = weights.reshape(1, slots, 1).expand(1, slots, width).reshape(1, slots * width)
+        blocks = slot_blocks(n_rows, slots, history.device)
+        if len(blocks) <= 1:
+            return (history.reshape(n_rows, slots * width) * flat).reshape(history.shape).sum(dim=1)
+        out = torch.empty(n_rows, width, dtype=history.dtype, device=history.device)
+        product = torch.empty(blocks[0].stop, slots * width, dtype=history.dtype, device=history.device)
+        for rows in blocks:
+            term = product[: out[rows].shape[0]]
+            torch.mul(history[rows].reshape(-1, slots * width), flat, out=term)
+            torch.sum(term.reshape(-1, slots, width), dim=1, out=out[rows])
+        return out
 
     def max(self, per_row: Tensor) -> Tensor:
         """Maximum of a ``(n_rows,)`` tensor over the rows of each structure -> ``(n_structures,)``."""
@@ -108,6 +116,38 @@ class Layout:
         if self.n_structures == 1:
             return mask.reshape(1, 1)
         return mask[self.structure].unsqueeze(-1)
+
+
+#: Values per block of rows (rows × slots) in the history sums on the CPU: a block's products stay in cache.
+SLOT_BLOCK_VALUES = 102_400
+
+
+def slot_blocks(n_rows: int, slots: int, device: torch.device) -> list[slice]:
+    """The blocks of rows that the history sums take one at a time: :data:`SLOT_BLOCK_VALUES` values each on the
+    CPU, all rows at once elsewhere (one kernel launch)."""
+    block = max(SLOT_BLOCK_VALUES // max(slots, 1), 1) if device.type == "cpu" else max(n_rows, 1)
+    return [slice(start, min(start + block, n_rows)) for start in range(0, n_rows, block)]
+
+
+def slot_products(history: Tensor, per_row: Tensor) -> Tensor:
+    """``history[r, j]·per_row[r]`` for every row r and slot j of a ``(n_rows, k, 3)`` history -> ``(n_rows, k)``,
+    each summed column after column as :func:`row_sum_in_order` (h₀p₀ + h₁p₁, then + h₂p₂).
+
+    Column by column over blocks of rows (:func:`slot_blocks`): the same sums as the batched matrix product of
+    k × 3 by 3 × 1 used before (bit for bit at 100 slots), 1.9x faster at 800 rows and 100 slots and 1.3x at 32,000
+    on the CPU, and in this one order for every k and device."""
+    n_rows, slots, width = history.shape
+    out = torch.empty(n_rows, slots, dtype=history.dtype, device=history.device)
+    blocks = slot_blocks(n_rows, slots, history.device)
+    product = torch.empty(blocks[0].stop if blocks else 0, slots, dtype=history.dtype, device=history.device)
+    for rows in blocks:
+        summed = out[rows]
+        term = product[: summed.shape[0]]
+        torch.mul(history[rows, :, 0], per_row[rows, 0:1], out=summed)
+        for column in range(1, width):
+            torch.mul(history[rows, :, column], per_row[rows, column : column + 1], out=term)
+            summed.add_(term)
+    return out
 
 
 def row_sum(values: Tensor) -> Tensor:
