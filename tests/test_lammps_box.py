@@ -48,12 +48,12 @@ def test_box_relaxation_reaches_native_cg_box_and_energy(mode):
     args = f"{mode} 0.0 vmax 0.001"
     reference_box, reference_energy = native_cg(mode, args)
     assert reference_box[:3] / 4 == pytest.approx(3.615, abs=1e-3)  # relaxed fcc Cu (Cu_u3.eam)
-    for name in (
-        ["safelbfgs", "frankenstein", "adan", "adamnx", "innaprop"] if mode == "iso" else ["safelbfgs", "frankenstein"]
-    ):
+    names = ["safelbfgs", "safelbfgs+bond", "frankenstein"] + (["adan", "adamnx", "innaprop"] if mode == "iso" else [])
+    for name in names:
+        style, _, precon = name.partition("+")  # +bond: with the preconditioner, its box rows after the atoms
         lmp = copper(mode)
         lmp.command(f"fix relax all box/relax {args}")
-        result = minimize(lmp, name, ftol=1e-8, maxiter=3000, box_relax=args)
+        result = minimize(lmp, style, ftol=1e-8, maxiter=3000, box_relax=args, precon=precon or None)
         assert result.stop_reason == "force tolerance", name
         np.testing.assert_allclose(box_of(lmp) / 4, reference_box / 4, rtol=0, atol=1e-4, err_msg=name)
         assert lmp.get_thermo("pe") == pytest.approx(reference_energy, rel=1e-6), name
@@ -216,7 +216,7 @@ def test_input_runner_relaxes_the_box_with_an_unchanged_input(tmp_path):
 
 
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
-@pytest.mark.parametrize("name", ["frankenstein", "safelbfgs"])
+@pytest.mark.parametrize("name", ["frankenstein", "safelbfgs", "safelbfgs+bond"])
 def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path, name):
     results = {}
     for ranks in (1, 2):

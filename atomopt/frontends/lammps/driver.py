@@ -34,6 +34,7 @@ Units are those of the LAMMPS ``units`` setting: lengths for ``lr`` and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -49,8 +50,10 @@ from torch import Tensor
 
 from atomopt.core.layout import Layout
 from atomopt.core.minimizer import Minimizer, NonFiniteForcesError
+from atomopt.core.precon import ExpPreconditioner, resolve_preconditioner
 from atomopt.frontends.lammps.box import ENTRY, TILT_LENGTH, BoxRelax, stress_tensor
 from atomopt.frontends.lammps.library import import_lammps, mpi_op, world_comm
+from atomopt.frontends.lammps.precon import gathered_preconditioner
 from atomopt.frontends.lammps.stats import stats_lines
 from atomopt.optimizers import DEFAULT_OPTIMIZER, make_minimizer
 
@@ -235,8 +238,15 @@ class _Run:
 
     def __init__(self, lmp: Any, minimizer: Minimizer, comm: Any, group: str, *,
                  etol: float, ftol: float, maxiter: int, maxeval: int, norm: str,
-                 dtype: torch.dtype, device: torch.device, box: BoxRelax | None = None) -> None:  # fmt: skip
+                 dtype: torch.dtype, device: torch.device, box: BoxRelax | None = None,
+                 precon: ExpPreconditioner | None = None) -> None:  # fmt: skip
         self.lmp, self.minimizer, self.comm = lmp, minimizer, comm
+        self.precon = precon
+        # the box's periodic dimensions for the preconditioner's pairs; a 2-d system's z extent is fictitious
+        periodic = [bool(flag) for flag in lmp.extract_box()[5]]
+        if int(lmp.extract_setting("dimension")) == 2:
+            periodic[2] = False
+        self.periodic = (periodic[0], periodic[1], periodic[2])
         self.box = _BoxRows(lmp, box, comm) if box is not None else None
         # With a box the evaluation of the run's set-up is not used: fix deform can change the box only at the
         # end of a step, so the first step is taken at step 1 (on the same configuration).
@@ -310,7 +320,7 @@ class _Run:
             self._stop(reason)
             return
         start = time.perf_counter()
-        step = self._step(nlocal, rows, tag, forces, stretch, box_forces, energy)
+        step = self._step(nlocal, rows, tag, x[rows], forces, stretch, box_forces, energy)
         if self.box is None:
             x[rows] += step
         else:
@@ -321,8 +331,8 @@ class _Run:
         self.optimizer_time += time.perf_counter() - start
         self.iterations += 1
 
-    def _step(self, nlocal: int, rows: Any, tag: np.ndarray, forces: np.ndarray, stretch: np.ndarray | None,
-              box_forces: np.ndarray | None, energy: float) -> np.ndarray:  # fmt: skip
+    def _step(self, nlocal: int, rows: Any, tag: np.ndarray, positions: np.ndarray, forces: np.ndarray,
+              stretch: np.ndarray | None, box_forces: np.ndarray | None, energy: float) -> np.ndarray:  # fmt: skip
         """The optimizer's step for this rank's rows (atoms, then box rows): the displacement, in the start box's
         frame where the box moves. Under inference mode: no autograd bookkeeping, 15 % of the step's fixed cost on
         small systems (the same kernels, so the same numbers)."""
@@ -340,7 +350,13 @@ class _Run:
             objective = None  # LAMMPS's objective (pe, plus fix box/relax's term), the same on every rank
             if self.minimizer.needs_energy:
                 objective = torch.tensor([energy], dtype=self.dtype, device=self.device)
-            displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective)
+            preconditioner = None
+            if self.precon is not None:  # P of the current geometry, the same on every rank (frontends.lammps.precon)
+                preconditioner = gathered_preconditioner(
+                    self.precon, self.comm, tag[:nlocal][rows], positions, current_box(self.lmp), self.periodic,
+                    self.box.rows if self.box is not None else 0, self.dtype, self.device,
+                )  # fmt: skip
+            displacement, state = self.minimizer.step(state, gradient, layout, constrain, objective, preconditioner)
             self.restart_count = self.restart_count + state["restarted"]
             self._store_state(nlocal, rows, state, ids)
             return displacement.detach().cpu().numpy().astype(np.float64, copy=False)
@@ -554,6 +570,8 @@ def minimize(
     keep_state: bool = False,
     echo: str | None = None,
     box_relax: BoxRelax | str | None = None,
+    precon: str | ExpPreconditioner | None = None,
+    precon_tolerance: float | None = None,
     **options: Any,
 ) -> MinimizeResult:
     """Minimize the atoms of the LAMMPS instance ``lmp`` in place, as LAMMPS's ``minimize`` does.
@@ -576,6 +594,13 @@ def minimize(
         box_relax: relax the box as ``fix box/relax`` with these settings (its arguments, e.g. ``"iso 0.0 vmax
             0.001"``, or a :class:`~atomopt.frontends.lammps.box.BoxRelax`); the box rows move under the same
             optimizer as the atoms, and the stopping tests include their forces (``docs/lammps.md``).
+        precon: SafeLBFGS's H⁰ from the Exp preconditioner of the current geometry (``"bond"``, ``"exp"``, ``"auto"``
+            = bond, or an :class:`~atomopt.core.precon.ExpPreconditioner`; as ``min_modify precon``), built over all
+            minimized atoms alike on every rank (:mod:`atomopt.frontends.lammps.precon`). Default ``None``: the
+            scalar H⁰ (``docs/lammps.md``).
+        precon_tolerance: the residual, relative to |q|, that P's conjugate-gradient solves stop at (default the
+            preconditioner's own, 1e-10; 1e-2 costs a quarter as much with the same steps to within the solve's
+            accuracy, ``docs/lammps.md``).
         **options: optimizer options (``lr``, ``eps``, ``paper_exact``, ``fire``, ``auto_eps``, rule hyperparameters).
 
     Returns:
@@ -590,6 +615,11 @@ def minimize(
     import_lammps()
     comm = world_comm(lmp.extract_setting("world_size")) if comm is None else comm
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
+    precon = resolve_preconditioner(precon, minimizer.rule.accepts_preconditioner)
+    if precon_tolerance is not None:
+        if precon is None:
+            raise ValueError("precon_tolerance is the tolerance of the preconditioner's solves: set precon too")
+        precon = dataclasses.replace(precon, tolerance=precon_tolerance)
     if minimizer.control("auto_eps") is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])
@@ -598,7 +628,7 @@ def minimize(
         box = box.in_dimension(int(lmp.extract_setting("dimension")))
     box_fixes = check_supported(lmp, comm, group, quiet, loud, box)
     run = _Run(lmp, minimizer, comm, group, etol=etol, ftol=ftol, maxiter=maxiter, maxeval=maxeval,
-               norm=norm, dtype=dtype, device=torch.device(device), box=box)  # fmt: skip
+               norm=norm, dtype=dtype, device=torch.device(device), box=box, precon=precon)  # fmt: skip
     arrays = " ".join(f"d2_{_PREFIX}_{name} {math.prod(shape)}" for name, shape in run.row_fields.items())
     setup = [
         f"fix {_PREFIX}_state all property/atom {arrays} ghost no",

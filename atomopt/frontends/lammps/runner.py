@@ -17,7 +17,8 @@ Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
 (``-var``, ``-log``, ``-screen``, ``-echo``, ``-sf``, ``-pk``, ...).
 
 atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``paper_exact yes|no``,
-``device cpu|cuda``, ``dtype float64|float32``, the update rule's
+``device cpu|cuda``, ``dtype float64|float32``, ``precon bond|exp|auto|none`` (SafeLBFGS's H⁰ from the Exp
+preconditioner; none by default) and ``precon_tolerance`` (its solves' relative residual), the update rule's
 hyperparameters by name (e.g. ``memory 20`` for SafeLBFGS, ``form appendix_b``
 for Frankenstein, ``beta1 0.02`` for Adan), and for every step control of :data:`atomopt.controls.CONTROLS`
 ``NAME yes|no`` and its fields as ``NAME_FIELD value`` (``fire no``,
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from atomopt.controls import CONTROL_NAMES, keyword_fields
+from atomopt.core.precon import PRECON_CHOICES
 from atomopt.frontends.lammps.box import BoxRelax
 from atomopt.frontends.lammps.driver import (
     NORMS,
@@ -48,7 +50,7 @@ from atomopt.frontends.lammps.transcript import ECHO_MODES, Transcript
 from atomopt.rules import RULES
 
 ATOMOPT_STYLES = tuple(RULES)
-_GENERAL_KEYWORDS = ("lr", "eps", "paper_exact", "device", "dtype") + CONTROL_NAMES
+_GENERAL_KEYWORDS = ("lr", "eps", "paper_exact", "device", "dtype", "precon", "precon_tolerance") + CONTROL_NAMES
 #: ``NAME_FIELD``: a field of a step control (``fire_f_dec 0.5``, ``secant_max_factor 1.5``, ...).
 _CONTROL_FIELD_KEYWORDS = keyword_fields()
 #: Each update-rule hyperparameter's declared type, which says how its min_modify value is read.
@@ -338,6 +340,10 @@ def optimizer_options(raw: dict[str, str]) -> dict[str, Any]:
                 raise InputError(f"min_modify dtype must be one of {sorted(_DTYPES)}, got {value!r}")
             options[key] = _DTYPES[value]
         elif key == "device":
+            options[key] = value
+        elif key == "precon":
+            if value not in PRECON_CHOICES:
+                raise InputError(f"min_modify precon must be one of {', '.join(PRECON_CHOICES)}, got {value!r}")
             options[key] = value
         else:  # lr, eps (numbers) and the rule's hyperparameters (as declared)
             options[key] = parse_typed(key, _RULE_FIELD_TYPES.get(key, "float"), value)
