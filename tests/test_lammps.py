@@ -96,7 +96,7 @@ def test_safelbfgs_with_the_preconditioner_follows_the_ase_trajectory(precon):
     ase_energies = list(_ase_energies(OPTIMIZERS["safelbfgs"](atoms, logfile=None, precon=precon), atoms, steps=20))
     lmp = lammps_instance()
     lj_cluster(lmp, start.positions)
-    lmp.command("atom_modify sort 1 1.0")  # LAMMPS's local order changes; P's does not
+    lmp.command("atom_modify sort 1 1.0")  # sorted at every neighbour-list rebuild: the local order changes, P's not
     result = minimize(lmp, "safelbfgs", ftol=0.0, maxiter=20, precon=precon)
     np.testing.assert_allclose(result.energies, ase_energies, rtol=1e-8)
     np.testing.assert_allclose(positions_by_id(lmp), atoms.positions, atol=1e-8)
@@ -104,6 +104,24 @@ def test_safelbfgs_with_the_preconditioner_follows_the_ase_trajectory(precon):
     lj_cluster(lmp, start.positions)
     plain = minimize(lmp, "safelbfgs", ftol=0.0, maxiter=20)
     assert abs(plain.energies[-1] - result.energies[-1]) > 1e-3  # P changed the path
+
+
+def test_precon_refuses_units_whose_lengths_its_neighbour_search_cannot_take():
+    lmp = lammps_instance()
+    lmp.commands_string(
+        """
+        units si
+        region box block 0 1e-9 0 1e-9 0 1e-9
+        create_box 1 box
+        create_atoms 1 single 2e-10 2e-10 2e-10
+        create_atoms 1 single 5e-10 2e-10 2e-10
+        mass 1 1e-26
+        pair_style zero 1e-9
+        pair_coeff * *
+        """
+    )
+    with pytest.raises(ValueError, match="not units si"):
+        minimize(lmp, "safelbfgs", precon="bond", maxiter=5)
 
 
 def test_min_modify_precon_reaches_the_minimization(tmp_path):
@@ -604,7 +622,8 @@ def test_an_atomopt_error_is_the_last_line_of_the_log_and_on_the_screen(tmp_path
         ("min_modify norm three", "norm must be one of two, max, inf"),
         ("min_modify precon dense", "precon must be one of auto, bond, exp, none"),
         ("min_modify precon bond\nminimize 0.0 1e-4 10 10", "only safelbfgs takes a preconditioner"),
-        ("min_modify precon_tolerance 0.01\nminimize 0.0 1e-4 10 10", "tolerance of the preconditioner's solves"),
+        ("min_modify precon_tolerance 0.01\nminimize 0.0 1e-4 10 10", "only safelbfgs takes a preconditioner"),
+        ("min_style safelbfgs\nmin_modify precon_tolerance 0.01\nminimize 0.0 1e-4 10 10", "set precon too"),
     ],
 )
 def test_min_modify_errors_name_the_keyword(tmp_path, line, message):

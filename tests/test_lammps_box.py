@@ -284,20 +284,23 @@ def test_a_2d_box_reaches_different_x_and_y_pressures_as_native_cg(tmp_path):
     input written here: the final energy, pressures and box of native cg, stopped by the force tolerance."""
     script = tmp_path / "in.box2d"
     script.write_text(
-        "variable s index cg\natom_style atomic\n"
+        "variable s index cg\nvariable p index none\natom_style atomic\n"
         + LJ_2D
         + "fix 3 all box/relax x 1.0 y 2.0 nreset 50\nmin_style ${s}\nmin_modify line quadratic\n"
+        + 'if "${s} != cg" then "min_modify precon ${p}"\n'
         + "minimize 0.0 1.0e-6 2000 20000\n"
         + 'print "final $(pe:%.12g) $(pxx:%.12g) $(pyy:%.12g) $(lx:%.12g) $(ly:%.12g)"\n'
     )
     final = {}
-    for style in ("cg", "safelbfgs"):
-        done = run_input(script, "-var", "s", style, "-log", str(tmp_path / style), cwd=tmp_path)
+    for style, precon in (("cg", "none"), ("safelbfgs", "none"), ("safelbfgs", "bond")):  # bond: P in 2-d
+        log = tmp_path / f"{style}-{precon}"
+        done = run_input(script, "-var", "s", style, "-var", "p", precon, "-log", str(log), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        text = (tmp_path / style).read_text()
+        text = log.read_text()
         assert "Stopping criterion = force tolerance" in text, style
-        final[style] = np.array([float(v) for v in text.split("\nfinal ")[-1].split()[:5]])
-    energy, pxx, pyy, lx, ly = final["safelbfgs"]
-    np.testing.assert_allclose([pxx, pyy], [1.0, 2.0], atol=1e-3)
-    assert energy == pytest.approx(final["cg"][0], rel=1e-8)
-    np.testing.assert_allclose([lx, ly], final["cg"][3:], rtol=1e-6)
+        final[style, precon] = np.array([float(v) for v in text.split("\nfinal ")[-1].split()[:5]])
+    for precon in ("none", "bond"):
+        energy, pxx, pyy, lx, ly = final["safelbfgs", precon]
+        np.testing.assert_allclose([pxx, pyy], [1.0, 2.0], atol=1e-3)
+        assert energy == pytest.approx(final["cg", "none"][0], rel=1e-8)
+        np.testing.assert_allclose([lx, ly], final["cg", "none"][3:], rtol=1e-6)

@@ -104,7 +104,9 @@ class SafeLBFGSRule(UpdateRule):
 
         first = ~started
         first_step = -g / self.initial_curvature
-        if preconditioner is not None:  # P̄ / initial_curvature is the μ that makes μP an atom's curvature of it
+        # P̄ / initial_curvature is the μ that makes μP an atom's curvature of it; solved only on a step where some
+        # structure takes its first step (elsewhere first_step is not used)
+        if preconditioner is not None and bool(first.any()):
             scale = preconditioner.typical_diagonal / self.initial_curvature
             preconditioned = -layout.rows(scale) * preconditioner.solve(g)
             first_step = torch.where(layout.select(preconditioner.active), preconditioned, first_step)

@@ -595,9 +595,9 @@ def minimize(
             0.001"``, or a :class:`~atomopt.frontends.lammps.box.BoxRelax`); the box rows move under the same
             optimizer as the atoms, and the stopping tests include their forces (``docs/lammps.md``).
         precon: SafeLBFGS's H⁰ from the Exp preconditioner of the current geometry (``"bond"``, ``"exp"``, ``"auto"``
-            = bond, or an :class:`~atomopt.core.precon.ExpPreconditioner`; as ``min_modify precon``), built over all
-            minimized atoms alike on every rank (:mod:`atomopt.frontends.lammps.precon`). Default ``None``: the
-            scalar H⁰ (``docs/lammps.md``).
+            = bond for safelbfgs and none for the other styles, or an :class:`~atomopt.core.precon.ExpPreconditioner`;
+            as ``min_modify precon``), built over all minimized atoms alike on every rank
+            (:mod:`atomopt.frontends.lammps.precon`). Default ``None``: the scalar H⁰ (``docs/lammps.md``).
         precon_tolerance: the residual, relative to |q|, that P's conjugate-gradient solves stop at (default the
             preconditioner's own, 1e-10; 1e-2 costs a quarter as much with the same steps to within the solve's
             accuracy, ``docs/lammps.md``).
@@ -617,9 +617,17 @@ def minimize(
     minimizer = make_minimizer(optimizer, max_step=max_step, **options)
     precon = resolve_preconditioner(precon, minimizer.rule.accepts_preconditioner)
     if precon_tolerance is not None:
+        if not minimizer.rule.accepts_preconditioner:
+            raise ValueError("precon_tolerance: only safelbfgs takes a preconditioner")
         if precon is None:
             raise ValueError("precon_tolerance is the tolerance of the preconditioner's solves: set precon too")
         precon = dataclasses.replace(precon, tolerance=precon_tolerance)
+    units = lmp.extract_global("units")
+    if precon is not None and units in ("si", "cgs", "micro"):
+        raise ValueError(
+            f"precon: the preconditioner's neighbour search needs lengths of order 1 (units metal, real, lj, nano, "
+            f"electron), not units {units}"
+        )
     if minimizer.control("auto_eps") is not None and comm.size > 1:
         raise NotImplementedError("auto_eps needs a global percentile: use it on one MPI rank or set eps")
     quiet, loud = (["echo none"], [f"echo {echo}"]) if echo is not None else ([], [])

@@ -5,7 +5,9 @@ of them, in atom-ID order: the same numbers on one rank and on several, whatever
 migrates atoms). The pairs come from vesin's neighbour list of the gathered atoms in LAMMPS's box (periodic where
 LAMMPS's box is; not along z in a 2-d system, whose z extent is fictitious). The box rows of ``fix box/relax`` (on
 rank 0) come after the atoms and get the mean atom diagonal, as a cell filter's rows do. Gathering costs a copy of
-the 3N gradient per solve on every rank; P's pairs are rebuilt from the gathered positions every step.
+3N values per solve on every rank; P's pairs are rebuilt from the gathered positions every step. P couples only the
+minimized atoms (a group's atoms are not coupled to the fixed ones around them), and under ``fix box/relax`` it is P
+of the current geometry while the atom rows are in the start box's frame (the cell filters' approximation too).
 """
 
 from __future__ import annotations
@@ -63,18 +65,20 @@ def gathered_preconditioner(
     row order; ``box``: LAMMPS's box as rows a, b, c; ``periodic``: whether each dimension is periodic (pass z false
     in 2-d); ``box_rows``: the optimizer rows after this rank's atoms (fix box/relax's, on rank 0). ``None`` where
     there is nothing to precondition (a single atom without periodic images)."""
-    all_ids = _allgather(comm, np.asarray(ids, dtype=np.int64))
-    first_box_key = int(all_ids.max(initial=0)) + 1
-    keys = np.concatenate([ids, first_box_key + np.arange(box_rows)]).astype(np.int64)
-    all_keys = _allgather(comm, keys)
-    order = np.argsort(all_keys, kind="stable")
-    rank_start = sum(_allgather_counts(comm, len(keys))[: comm.rank])
+    # each row's key (0, atom ID) or (1, box row): the operator's order is atoms by ID, then the box rows
+    keys = np.zeros((len(ids) + box_rows, 2), dtype=np.int64)
+    keys[: len(ids), 1] = ids
+    keys[len(ids) :] = np.stack([np.ones(box_rows, dtype=np.int64), np.arange(box_rows)], axis=1)
+    parts = [keys] if comm.size == 1 else comm.allgather(keys)
+    all_keys = np.concatenate(parts)
+    order = np.lexsort((all_keys[:, 1], all_keys[:, 0]))
     place = np.empty_like(order)
     place[order] = np.arange(len(order))
+    rank_start = sum(len(part) for part in parts[: comm.rank])
     local = torch.as_tensor(place[rank_start : rank_start + len(keys)], device=device)
-    atom_order = np.argsort(all_ids, kind="stable")
+    atom_ids = np.concatenate([part[part[:, 0] == 0, 1] for part in parts])  # rank after rank, as the positions
     atoms = Atoms(
-        positions=_allgather(comm, np.asarray(positions, dtype=np.float64).reshape(-1, 3))[atom_order],
+        positions=_allgather(comm, np.asarray(positions, dtype=np.float64).reshape(-1, 3))[np.argsort(atom_ids)],
         cell=box,
         pbc=periodic,
     )
@@ -90,7 +94,3 @@ def _allgather(comm: Any, values: np.ndarray) -> np.ndarray:
     if comm.size == 1:
         return values
     return np.concatenate(comm.allgather(values))
-
-
-def _allgather_counts(comm: Any, count: int) -> list[int]:
-    return [count] if comm.size == 1 else list(comm.allgather(count))
