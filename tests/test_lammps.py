@@ -286,6 +286,35 @@ def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name, steps):
     assert np.abs(a).max() > 0
 
 
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+@pytest.mark.parametrize("name", ["frankenstein", "safelbfgs", "safelbfgs+bond"])
+def test_a_rank_without_atoms_gives_the_one_rank_result(tmp_path, name):
+    """A rank that holds no atom (vacuum) takes part in every reduction with empty rows instead of failing and
+    leaving the other ranks waiting."""
+    results = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"np{ranks}.json"
+        case = str(ROOT / "tests" / "lammps_mpi_case.py")
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, name, str(out), "12", "one-side"]
+        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+        results[ranks] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert two["ranks_with_atoms"] == 1
+    assert one["stop"] == two["stop"] == "force tolerance"
+    assert two["iterations"] == one["iterations"]
+    assert two["energy"] == pytest.approx(one["energy"], rel=1e-12)
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+def test_an_error_on_one_rank_ends_every_rank_with_its_message(tmp_path):
+    """The other ranks wait in a reduction the failing rank never reaches: the run must end, not hang."""
+    case = str(ROOT / "tests" / "lammps_mpi_case.py")
+    cmd = [MPIRUN, "-np", "2", sys.executable, case, "frankenstein", str(tmp_path / "out.json"), "12", "fail-on-rank-1"]
+    done = subprocess.run(cmd, timeout=120, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "ERROR on rank 1 (atomopt): RuntimeError: a failure on rank 1 only" in done.stderr + done.stdout
+
+
 def run_input(path, *args, cwd):
     """``atomopt lammps -in path`` in ``cwd`` (where LAMMPS writes log.lammps unless -log is given)."""
     cmd = [sys.executable, "-m", "atomopt.cli", "lammps", "-in", str(path), "-screen", "none", *args]

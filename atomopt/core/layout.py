@@ -10,6 +10,7 @@ No Python loop runs over atoms or structures.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ class Layout:
         """Sum a ``(n_rows, ...)`` tensor over the rows of each structure -> ``(n_structures,)``."""
         if self.n_structures == 1:
             return per_row.sum().reshape(1)
-        flat = row_sum(per_row.reshape(self.n_rows, -1))
+        flat = row_sum(per_row.reshape(self.n_rows, math.prod(per_row.shape[1:])))
         out = torch.zeros(self.n_structures, dtype=flat.dtype, device=flat.device)
         return out.index_add_(0, self.structure, flat)
 
@@ -158,7 +159,7 @@ def row_sum(values: Tensor) -> Tensor:
 
 def row_sum_in_order(values: Tensor) -> Tensor:
     """The sum of each row of a ``(n_rows, ...)`` tensor, column after column (an order no kernel changes)."""
-    flat = values.reshape(values.shape[0], -1)
+    flat = values.reshape(values.shape[0], math.prod(values.shape[1:]))  # also for no rows (a rank without atoms)
     per_row = flat[:, 0]
     for column in range(1, flat.shape[1]):
         per_row = per_row + flat[:, column]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -285,7 +286,16 @@ class _Run:
             return
         try:
             self._iterate(nlocal, x, tag)
+        except NonFiniteForcesError as error:  # every rank raises it (global force norms): raised again after the run
+            self.error = error
+            self._stop("error")
         except BaseException as error:  # raised again after the run: ctypes would swallow it here
+            if not self.single_rank:
+                # the other ranks may be waiting in a reduction this one will not reach: end them all, as an error
+                # on one LAMMPS rank does, instead of leaving them waiting
+                sys.stderr.write(f"ERROR on rank {self.comm.rank} (atomopt): {type(error).__name__}: {error}\n")
+                sys.stderr.flush()
+                self.comm.Abort(1)
             self.error = error
             self._stop("error")
 
@@ -476,7 +486,9 @@ class _Run:
 
     def _write_arrays(self, nlocal: int, rows: Any, per_row: dict[str, Tensor]) -> None:
         for name, value in per_row.items():
-            self._array(name, nlocal)[rows] = value.detach().cpu().numpy().reshape(value.shape[0], -1)
+            self._array(name, nlocal)[rows] = (
+                value.detach().cpu().numpy().reshape(value.shape[0], math.prod(value.shape[1:]))
+            )
 
     def write_back(self) -> None:
         """Put the state held on one rank into LAMMPS's per-atom arrays (``keep_state``), in LAMMPS's atom order."""
