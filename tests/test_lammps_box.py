@@ -231,6 +231,24 @@ def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path, name):
     np.testing.assert_allclose(two["box"], one["box"], rtol=0, atol=1e-8)
 
 
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+@pytest.mark.parametrize("name", ["frankenstein", "safelbfgs", "safelbfgs+bond"])
+def test_box_rows_on_a_rank_without_atoms_give_the_one_rank_result(tmp_path, name):
+    results = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"np{ranks}.json"
+        case = str(ROOT / "tests" / "lammps_mpi_box_case.py")
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, str(out), name, "slab"]
+        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+        results[ranks] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert two["atoms_per_rank"][0] == 0 < two["atoms_per_rank"][1]  # rank 0: the box rows, no atom
+    assert one["stop"] == two["stop"] == "force tolerance"
+    assert two["iterations"] == one["iterations"]
+    assert two["energy"] == pytest.approx(one["energy"], rel=1e-12)
+    np.testing.assert_allclose(two["box"], one["box"], rtol=0, atol=1e-9)
+
+
 LJ_2D = """
 dimension 2
 atom_modify map array
