@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from atomopt.bench.provenance import processor
+from atomopt.frontends.lammps.runner import optimizer_options
 from atomopt.lammps import import_lammps, minimize
 
 RESULTS = Path(__file__).parent / "results"
@@ -112,10 +113,7 @@ def native(lammps, style: str, system: str, cells: int, evaluations: int, lattic
 def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, lattice: float, box: str | None,
                 device: str, ftol: float) -> dict:  # fmt: skip
     name, *settings = method.split("@")
-    options = {}
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        options[key] = _option_value(value)
+    options = optimizer_options(dict(setting.partition("=")[::2] for setting in settings))  # as min_modify reads them
     lmp = start(lammps, system, cells, lattice)
     wall, cpu = time.perf_counter(), time.process_time()
     result = minimize(lmp, name, etol=0.0, ftol=ftol, maxiter=evaluations, maxeval=evaluations, device=device,
@@ -133,16 +131,6 @@ def atomopt_run(lammps, method: str, system: str, cells: int, evaluations: int, 
         "final_energy": result.energy_final,
         "stop": result.stop_reason,
     }
-
-
-def _option_value(text: str) -> int | float | str:
-    """``memory=10`` → 10, ``lr=0.1`` → 0.1, ``precon=bond`` → "bond"."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def versions() -> dict:

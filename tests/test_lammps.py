@@ -259,6 +259,22 @@ def test_non_finite_forces_raise_and_leave_atoms_in_place():
 MPIRUN = find_mpirun()
 
 
+#: Where :func:`on_one_and_two_ranks` puts the output file's path among a case's arguments.
+OUT = "{out}"
+
+
+def on_one_and_two_ranks(tmp_path, case: str, *args: str) -> tuple[dict, dict]:
+    """The JSON results of ``tests/<case>`` run under 1 and under 2 MPI ranks with ``args`` (``OUT``: its output)."""
+    results = []
+    for ranks in (1, 2):
+        out = tmp_path / f"np{ranks}.json"
+        arguments = [str(out) if arg == OUT else arg for arg in args]
+        cmd = [MPIRUN, "-np", str(ranks), sys.executable, str(ROOT / "tests" / case), *arguments]
+        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+        results.append(json.loads(out.read_text()))
+    return results[0], results[1]
+
+
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
 @pytest.mark.parametrize(
     "name, steps",
@@ -267,14 +283,7 @@ MPIRUN = find_mpirun()
     [("frankenstein", 80), ("adan", 80), ("safelbfgs", 12), ("safelbfgs+bond", 12)],
 )
 def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name, steps):
-    results = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"np{ranks}.json"
-        case = str(ROOT / "tests" / "lammps_mpi_case.py")
-        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, name, str(out), str(steps)]
-        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
-        results[ranks] = json.loads(out.read_text())
-    one, two = results[1], results[2]
+    one, two = on_one_and_two_ranks(tmp_path, "lammps_mpi_case.py", name, OUT, str(steps))
     assert one["stop"] == two["stop"] == "force tolerance"
     assert two["migrated"] > 0  # atoms changed rank during the minimization
     assert two["energy"] == pytest.approx(one["energy"], rel=1e-9)
@@ -291,14 +300,7 @@ def test_two_mpi_ranks_give_the_one_rank_result(tmp_path, name, steps):
 def test_a_rank_without_atoms_gives_the_one_rank_result(tmp_path, name):
     """A rank that holds no atom (vacuum) takes part in every reduction with empty rows instead of failing and
     leaving the other ranks waiting."""
-    results = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"np{ranks}.json"
-        case = str(ROOT / "tests" / "lammps_mpi_case.py")
-        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, name, str(out), "12", "one-side"]
-        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
-        results[ranks] = json.loads(out.read_text())
-    one, two = results[1], results[2]
+    one, two = on_one_and_two_ranks(tmp_path, "lammps_mpi_case.py", name, OUT, "12", "one-side")
     assert two["ranks_with_atoms"] == 1
     assert one["stop"] == two["stop"] == "force tolerance"
     assert two["iterations"] == one["iterations"]

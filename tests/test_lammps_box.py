@@ -1,9 +1,5 @@
 """Variable-cell minimization in LAMMPS (fix box/relax with the atomopt min styles) against native cg."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -18,7 +14,7 @@ except ImportError as error:  # pragma: no cover - the test extra installs lammp
     pytest.skip(f"LAMMPS not available: {error}", allow_module_level=True)
 
 from lammps_mpi_box_case import COPPER, STRAIN, TRICLINIC  # noqa: E402
-from test_lammps import MPIRUN, ROOT, positions_by_id, run_input  # noqa: E402
+from test_lammps import MPIRUN, OUT, on_one_and_two_ranks, positions_by_id, run_input  # noqa: E402
 
 
 def copper(mode: str):
@@ -218,14 +214,7 @@ def test_input_runner_relaxes_the_box_with_an_unchanged_input(tmp_path):
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
 @pytest.mark.parametrize("name", ["frankenstein", "safelbfgs", "safelbfgs+bond"])
 def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path, name):
-    results = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"np{ranks}.json"
-        case = str(ROOT / "tests" / "lammps_mpi_box_case.py")
-        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, str(out), name]
-        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
-        results[ranks] = json.loads(out.read_text())
-    one, two = results[1], results[2]
+    one, two = on_one_and_two_ranks(tmp_path, "lammps_mpi_box_case.py", OUT, name)
     assert one["stop"] == two["stop"] == "force tolerance"
     assert two["energy"] == pytest.approx(one["energy"], rel=1e-9)
     np.testing.assert_allclose(two["box"], one["box"], rtol=0, atol=1e-8)
@@ -234,14 +223,7 @@ def test_box_relaxation_on_two_ranks_gives_the_one_rank_result(tmp_path, name):
 @pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
 @pytest.mark.parametrize("name", ["frankenstein", "safelbfgs", "safelbfgs+bond"])
 def test_box_rows_on_a_rank_without_atoms_give_the_one_rank_result(tmp_path, name):
-    results = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"np{ranks}.json"
-        case = str(ROOT / "tests" / "lammps_mpi_box_case.py")
-        cmd = [MPIRUN, "-np", str(ranks), sys.executable, case, str(out), name, "slab"]
-        subprocess.run(cmd, check=True, timeout=300, capture_output=True)
-        results[ranks] = json.loads(out.read_text())
-    one, two = results[1], results[2]
+    one, two = on_one_and_two_ranks(tmp_path, "lammps_mpi_box_case.py", OUT, name, "slab")
     assert two["atoms_per_rank"][0] == 0 < two["atoms_per_rank"][1]  # rank 0: the box rows, no atom
     assert one["stop"] == two["stop"] == "force tolerance"
     assert two["iterations"] == one["iterations"]

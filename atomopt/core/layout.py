@@ -100,7 +100,7 @@ class Layout:
         out = torch.empty(n_rows, width, dtype=history.dtype, device=history.device)
         product = torch.empty(blocks[0].stop, slots * width, dtype=history.dtype, device=history.device)
         for rows in blocks:
-            term = product[: out[rows].shape[0]]
+            term = product[: rows.stop - rows.start]
             torch.mul(history[rows].reshape(-1, slots * width), flat, out=term)
             torch.sum(term.reshape(-1, slots, width), dim=1, out=out[rows])
         return out

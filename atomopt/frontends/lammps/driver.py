@@ -286,11 +286,8 @@ class _Run:
             return
         try:
             self._iterate(nlocal, x, tag)
-        except NonFiniteForcesError as error:  # every rank raises it (global force norms): raised again after the run
-            self.error = error
-            self._stop("error")
         except BaseException as error:  # raised again after the run: ctypes would swallow it here
-            if not self.single_rank:
+            if not self.single_rank and not isinstance(error, NonFiniteForcesError):  # that one every rank raises
                 # the other ranks may be waiting in a reduction this one will not reach: end them all, as an error
                 # on one LAMMPS rank does, instead of leaving them waiting
                 sys.stderr.write(f"ERROR on rank {self.comm.rank} (atomopt): {type(error).__name__}: {error}\n")

@@ -45,7 +45,7 @@ class GatheredPreconditioner:
 
     def solve(self, q: Tensor) -> Tensor:
         """z with P z = q for this rank's rows of q (``(n_rows, 3)``)."""
-        gathered = _allgather(self.comm, q.detach().cpu().numpy())[self.order]
+        gathered = np.concatenate(_every_rank(self.comm, q.detach().cpu().numpy()))[self.order]
         z = self.operator.solve(torch.as_tensor(gathered, dtype=q.dtype, device=q.device))
         return z[self.local]
 
@@ -69,7 +69,7 @@ def gathered_preconditioner(
     keys = np.zeros((len(ids) + box_rows, 2), dtype=np.int64)
     keys[: len(ids), 1] = ids
     keys[len(ids) :] = np.stack([np.ones(box_rows, dtype=np.int64), np.arange(box_rows)], axis=1)
-    parts = [keys] if comm.size == 1 else comm.allgather(keys)
+    parts = _every_rank(comm, keys)
     all_keys = np.concatenate(parts)
     order = np.lexsort((all_keys[:, 1], all_keys[:, 0]))
     place = np.empty_like(order)
@@ -78,7 +78,9 @@ def gathered_preconditioner(
     local = torch.as_tensor(place[rank_start : rank_start + len(keys)], device=device)
     atom_ids = np.concatenate([part[part[:, 0] == 0, 1] for part in parts])  # rank after rank, as the positions
     atoms = Atoms(
-        positions=_allgather(comm, np.asarray(positions, dtype=np.float64).reshape(-1, 3))[np.argsort(atom_ids)],
+        positions=np.concatenate(_every_rank(comm, np.asarray(positions, dtype=np.float64).reshape(-1, 3)))[
+            np.argsort(atom_ids)
+        ],
         cell=box,
         pbc=periodic,
     )
@@ -89,8 +91,6 @@ def gathered_preconditioner(
     return GatheredPreconditioner(operator=operator, order=order, local=local, comm=comm)
 
 
-def _allgather(comm: Any, values: np.ndarray) -> np.ndarray:
-    """Every rank's ``values`` stacked along the first axis, rank after rank (no copy through MPI on one rank)."""
-    if comm.size == 1:
-        return values
-    return np.concatenate(comm.allgather(values))
+def _every_rank(comm: Any, values: np.ndarray) -> list[np.ndarray]:
+    """Every rank's ``values``, rank after rank (no copy through MPI on one rank)."""
+    return [values] if comm.size == 1 else list(comm.allgather(values))
