@@ -12,9 +12,9 @@
    fmax 0.01, ≤ 2,000 calls.
 
 atomopt methods run at their defaults (the papers' rules also at their previous defaults, before the LJ38
-search; SafeLBFGS has none; its default preconditions structures of >= 100 atoms), and SafeLBFGS with the Exp
-preconditioner on every structure (``safelbfgs-exp``) and on none (``safelbfgs-none``), both through its ASE front
-end; ASE FIRE, ASE LBFGS and SciPy L-BFGS-B are the references. Results:
+search; SafeLBFGS has none), and SafeLBFGS with the isotropic Exp preconditioner (``safelbfgs-exp``), with none
+(``safelbfgs-none``) and with its default bond form solved by conjugate gradients alone (``safelbfgs-cg``, the
+default before the dense factors), all through its ASE front end; ASE FIRE, ASE LBFGS and SciPy L-BFGS-B are the references. Results:
 benchmarks/results/heldout.{json,md}.
 
     python benchmarks/heldout.py [--n-lj 200] [--n-cu 10] [--n-morse 10] [--methods M ...] [--reuse JSON]
@@ -43,15 +43,16 @@ from atomopt.bench import lj38
 from atomopt.bench.counting import BudgetExceeded, CallCounter
 from atomopt.bench.provenance import machine_facts
 from atomopt.controls import FireControl
+from atomopt.core.precon import BOND_SOLVED_ITERATIVELY
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
 LJ55_GLOBAL_MINIMUM = -279.248470
 #: atomopt's methods: the papers' rules and SafeLBFGS.
 ATOMOPT_METHODS = (*lj38.ATOMOPT_NAMES, "safelbfgs")
-#: SafeLBFGS with the Exp preconditioner as H⁰, through its ASE front end (it reads the Atoms' neighbour lists).
-PRECONDITIONED = "safelbfgs-exp"
-#: SafeLBFGS with no preconditioner: its default ("auto") preconditions the 255-atom cells, not LJ55.
-UNPRECONDITIONED = "safelbfgs-none"
+#: SafeLBFGS with another preconditioner through its ASE front end (it reads the Atoms' neighbour lists): the
+#: isotropic Exp form, none (the scalar H⁰), and the bond form solved by conjugate gradients alone (the default
+#: before the dense factors).
+SAFELBFGS_VARIANTS = {"safelbfgs-exp": "exp", "safelbfgs-none": "none", "safelbfgs-cg": BOND_SOLVED_ITERATIVELY}
 BASELINES = ("ase-FIRE", "ase-LBFGS", "scipy-L-BFGS-B")
 OLD_DEFAULTS = {
     "frankenstein": {"lr": 0.05, "eps": 1.0, "base_lr": 1e-3, "fire": FireControl()},
@@ -101,7 +102,7 @@ def lj55(n: int, methods: list[str]) -> dict:
             [r.converged for r in results],
             LJ55_GLOBAL_MINIMUM,
         )
-    for method in (PRECONDITIONED, UNPRECONDITIONED, *BASELINES):
+    for method in (*SAFELBFGS_VARIANTS, *BASELINES):
         if method not in methods:
             continue
         results = [lj38.run_one(method, i, s) for i, s in enumerate(starts)]
@@ -153,9 +154,10 @@ def relax_periodic(structure, calculator, n: int, methods: list[str], fmax: floa
         try:
             if method == "scipy-L-BFGS-B":
                 lj38.scipy_lbfgsb(atoms, fmax=fmax, budget=budget)
-            elif method in (PRECONDITIONED, UNPRECONDITIONED):
-                precon = method.removeprefix("safelbfgs-")
-                OPTIMIZERS["safelbfgs"](atoms, logfile=None, precon=precon).run(fmax=fmax, steps=budget)
+            elif method in SAFELBFGS_VARIANTS:
+                OPTIMIZERS["safelbfgs"](atoms, logfile=None, precon=SAFELBFGS_VARIANTS[method]).run(
+                    fmax=fmax, steps=budget
+                )
             elif method.startswith("ase-"):
                 getattr(optimize, method[4:])(atoms, logfile=None).run(fmax=fmax, steps=budget)
             else:
@@ -183,7 +185,7 @@ def main() -> int:
     parser.add_argument("--n-cu", type=int, default=10, help="Cu EMT structures (default 10)")
     parser.add_argument("--n-morse", type=int, default=10, help="Morse fcc structures (default 10)")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
-    every = [*with_previous_defaults(), PRECONDITIONED, UNPRECONDITIONED, *BASELINES]
+    every = [*with_previous_defaults(), *SAFELBFGS_VARIANTS, *BASELINES]
     parser.add_argument("--methods", nargs="+", choices=every, default=every, metavar="M",
                         help="rows to run (default: all): " + ", ".join(every))  # fmt: skip
     parser.add_argument("--reuse", type=Path, help="keep the other rows from this earlier heldout.json")

@@ -65,20 +65,55 @@ def test_exp_matrix_equals_hand_computed_values():
     np.testing.assert_allclose(short.typical_diagonal.item(), (2 * w01 + 2 * w12 + 0.3) / 3, rtol=1e-14)
 
 
-def test_solve_inverts_p_and_a_structure_solves_alone_as_in_a_batch():
+@pytest.mark.parametrize("direct_max_rows", [0, 512], ids=["conjugate-gradients", "cholesky"])
+def test_solve_inverts_p_and_a_structure_solves_alone_as_in_a_batch(direct_max_rows):
     structures = [crystal(), crystal("Au", (1, 1, 2), seed=1, a=4.08)]
-    operator, layout = operator_of(structures, cell_rows=3)
+    precon = ExpPreconditioner(direct_max_rows=direct_max_rows)
+    operator, layout = operator_of(structures, precon, cell_rows=3)
     rng = np.random.default_rng(0)
     q = torch.tensor(rng.normal(size=(layout.n_rows, 3)), dtype=F64)
     z = operator.solve(q)
-    np.testing.assert_allclose(dense(operator) @ z.numpy(), q.numpy(), rtol=0, atol=1e-9 * q.abs().max().item())
+    # conjugate gradients stop at 1e-10 of |q|; the factors solve to round-off (P's condition number is ~10²)
+    atol = (1e-9 if direct_max_rows == 0 else 1e-13) * q.abs().max().item()
+    np.testing.assert_allclose(dense(operator) @ z.numpy(), q.numpy(), rtol=0, atol=atol)
     # cell rows: the mean atom diagonal of their structure, no coupling
     p = dense(operator)
     n0 = len(structures[0])
     np.testing.assert_allclose(np.diag(p)[n0 : n0 + 3], np.diag(p)[:n0].mean(), rtol=1e-13)
     assert not p[n0 : n0 + 3, :n0].any()
-    alone, _ = operator_of(structures[:1], cell_rows=3)
+    alone, _ = operator_of(structures[:1], precon, cell_rows=3)
     assert torch.equal(alone.solve(q[: n0 + 3]), z[: n0 + 3])
+
+
+def test_dense_factors_solve_exactly_per_structure_and_large_structures_keep_conjugate_gradients():
+    """Structures up to ``direct_max_rows`` rows are solved by Cholesky factors grouped by size (here two of 6 rows
+    beside one of 10 and a one-atom periodic cell, whose pairs are its own images); a larger one keeps the
+    conjugate gradients, bit for bit as with no factors at all; each structure's z is the same alone and in the
+    batch; left-out structures get z = q."""
+    one_atom = bulk("Cu", "fcc", a=3.6)
+    structures = [crystal(repeat=(1, 1, 1)), crystal(repeat=(1, 1, 1), seed=4), crystal("Au", (1, 1, 2), seed=1,
+                  a=4.08), one_atom, crystal(repeat=(2, 2, 2), seed=2)]  # fmt: skip
+    sizes = [len(a) + 3 for a in structures]
+    bond = ExpPreconditioner(transverse=0.05, direct_max_rows=20)
+    operator, layout = operator_of(structures, bond, cell_rows=3)
+    assert [rows.shape for rows, _ in operator.direct] == [(1, 4), (2, 6), (1, 10)]
+    assert operator.iterative.tolist() == [False, False, False, False, True]
+    q = torch.tensor(np.random.default_rng(5).normal(size=(layout.n_rows, 3)), dtype=F64)
+    z = operator.solve(q)
+    residual = dense3(operator) @ z.numpy().ravel() - q.numpy().ravel()
+    ends = np.cumsum(sizes) * 3
+    assert np.abs(residual[: ends[3]]).max() < 1e-13 * q.abs().max().item()  # the factored ones: round-off
+    assert np.abs(residual[ends[3] :]).max() < 1e-9 * q.abs().max().item()  # the conjugate gradients' 1e-10 of |q|
+    iterative, _ = operator_of(structures, ExpPreconditioner(transverse=0.05, direct_max_rows=0), cell_rows=3)
+    assert torch.equal(z[ends[3] // 3 :], iterative.solve(q)[ends[3] // 3 :])
+    start = 0
+    for atoms, n in zip(structures, sizes, strict=True):
+        alone, _ = operator_of([atoms], bond, cell_rows=3)
+        assert torch.equal(alone.solve(q[start : start + n]), z[start : start + n])
+        start += n
+    left_out, _ = operator_of(structures[1:3], ExpPreconditioner(transverse=0.05, min_atoms=5), cell_rows=3)
+    assert left_out.active.tolist() == [False, True]
+    assert torch.equal(left_out.solve(q[6:22])[:6], q[6:12])
 
 
 def dense3(operator: PreconOperator) -> np.ndarray:
@@ -270,6 +305,8 @@ def test_bad_preconditioner_settings_and_structures_get_clear_errors():
         {"tolerance": 1.0},
         {"max_iterations": 0},
         {"transverse": -1},
+        {"direct_max_rows": -1},
+        {"direct_max_rows": 2.5},
     )
     for bad in bads:
         with pytest.raises(ValueError):
@@ -293,7 +330,7 @@ def test_bad_preconditioner_settings_and_structures_get_clear_errors():
         nearest_neighbour_distance(Atoms("H2", positions=[[0, 0, 0], [0, 0, np.nan]]))
     pairs = NeighbourPairs(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([1.0, 1.0], dtype=F64),
                            torch.tensor([1.0], dtype=F64))  # fmt: skip
-    stiff = ExpPreconditioner(max_iterations=1, tolerance=1e-14).operator(
+    stiff = ExpPreconditioner(max_iterations=1, tolerance=1e-14, direct_max_rows=0).operator(
         pairs, Layout.single(3), torch.ones(3, dtype=torch.bool), torch.tensor([True])
     )
     with pytest.raises(RuntimeError, match="did not converge"):

@@ -16,7 +16,7 @@ from ase import Atoms
 
 from atomopt.bench.provenance import processor
 from atomopt.core.cell import CellFilter
-from atomopt.core.precon import BOND_SOLVED_TO_1E_2
+from atomopt.core.precon import BOND_SOLVED_ITERATIVELY, BOND_SOLVED_TO_1E_2
 
 ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
 
@@ -28,6 +28,8 @@ ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "safelbfgs-none": ("safelbfgs", {"precon": "none"}),
     # cell rows at ASE's N·log F instead of SafeLBFGS's √N·log F (docs/safe_lbfgs.md, "Cell rows")
     "safelbfgs-ncell": ("safelbfgs", {"cell": CellFilter(row_scale="atoms")}),
+    # P solved by conjugate gradients to 1e-10 of |q| on every structure, no dense factors (the default before them)
+    "safelbfgs-cg": ("safelbfgs", {"precon": BOND_SOLVED_ITERATIVELY}),
     # the preconditioner's conjugate-gradient solves to a residual of 1e-2 |q| instead of 1e-10 (docs/safe_lbfgs.md)
     "safelbfgs-cg1e-2": ("safelbfgs", {"precon": BOND_SOLVED_TO_1E_2}),
 }
