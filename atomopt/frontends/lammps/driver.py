@@ -609,7 +609,8 @@ def minimize(
             (:mod:`atomopt.frontends.lammps.precon`). Default ``None``: the scalar H⁰ (``docs/lammps.md``).
         precon_tolerance: the residual, relative to |q|, that P's conjugate-gradient solves stop at (default the
             preconditioner's own, 1e-10; 1e-2 costs a quarter as much with the same steps to within the solve's
-            accuracy, ``docs/lammps.md``).
+            accuracy, ``docs/lammps.md``). Systems of at most 512 rows (atoms and box rows) are solved exactly by a
+            dense factor of P instead, whatever the tolerance.
         **options: optimizer options (``lr``, ``eps``, ``paper_exact``, ``fire``, ``auto_eps``, rule hyperparameters).
 
     Returns:

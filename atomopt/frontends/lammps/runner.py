@@ -19,7 +19,7 @@ Arguments other than ``-in``/``-i`` are LAMMPS command-line arguments
 atomopt ``min_modify`` keywords: ``lr`` (length), ``eps``, ``paper_exact yes|no``,
 ``device cpu|cuda``, ``dtype float64|float32``, ``precon bond|exp|auto|none`` (SafeLBFGS's H⁰ from the Exp
 preconditioner; none by default; auto is bond for safelbfgs and none for the other styles) and ``precon_tolerance``
-(its solves' relative residual), the update rule's
+(the relative residual of its conjugate-gradient solves, above 512 minimized rows), the update rule's
 hyperparameters by name (e.g. ``memory 20`` for SafeLBFGS, ``form appendix_b``
 for Frankenstein, ``beta1 0.02`` for Adan), and for every step control of :data:`atomopt.controls.CONTROLS`
 ``NAME yes|no`` and its fields as ``NAME_FIELD value`` (``fire no``,
