@@ -67,8 +67,9 @@ class ExpPreconditioner:
         max_iterations: conjugate-gradient iterations at most.
         direct_max_rows: structures of at most this many rows (atoms and cell rows) are solved by a dense Cholesky
             factor of P instead of conjugate gradients (0: none are). One factor per geometry serves the two or three
-            solves of a step; on one CPU thread it costs 0.2 ms at 32 atoms, 9 ms at 256 and 60 ms at 512, against 6,
-            30 and 70 ms for each conjugate-gradient solve to 1e-10 (docs/safe_lbfgs.md, "Preconditioner").
+            solves of a step: on one CPU thread P and a step's two solves cost 2.5 / 27 / 100 ms with the factor at
+            32 / 256 / 500 atoms against 13 / 71 / 137 ms by conjugate gradients to 1e-10, 358 against 263 ms at 864
+            (``benchmarks/results/precon_solve_cost.md``).
         min_atoms: structures with fewer atoms are not preconditioned (0: every structure is).
         transverse: ``None`` for Packwood et al.'s isotropic form (each pair block w_ij I); a number τ for the bond
             form, each pair block w_ij (r̂r̂ᵀ + τ I): stiff along the bond, soft (τ) across it, as a pair potential's
