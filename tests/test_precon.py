@@ -65,6 +65,21 @@ def test_exp_matrix_equals_hand_computed_values():
     np.testing.assert_allclose(short.typical_diagonal.item(), (2 * w01 + 2 * w12 + 0.3) / 3, rtol=1e-14)
 
 
+def test_nearest_neighbour_distance_of_periodic_cells_whatever_the_first_search_finds():
+    """r_nn of periodic cells: fcc (every atom's nearest neighbour at a/√2, found by the first search) and a cell of a
+    tight cluster and one atom apart, whose largest nearest distance (2.5√3 Å) lies beyond the first search's
+    radius (1.1 × a close-packed crystal's nearest distance at the cell's density: the search grows until every atom
+    has a neighbour), each against the minimum-image distances."""
+    fcc = bulk("Cu", "fcc", a=3.6, cubic=True)
+    assert nearest_neighbour_distance(fcc) == pytest.approx(3.6 / math.sqrt(2), rel=1e-14)
+    cluster = [[1, 1, 1], [2, 1, 1], [1, 2, 1], [1, 1, 2], [2, 2, 1], [2, 1, 2], [1, 2, 2]]
+    apart = Atoms("H8", positions=[*cluster, [4.5, 4.5, 4.5]], cell=[6, 6, 6], pbc=True)
+    n = len(apart)
+    expected = max(min(apart.get_distance(i, j, mic=True) for j in range(n) if j != i) for i in range(n))
+    assert expected == pytest.approx(2.5 * math.sqrt(3)) and expected > 1.1 * (math.sqrt(2) * 216 / n) ** (1 / 3)
+    assert nearest_neighbour_distance(apart) == pytest.approx(expected, rel=1e-14)
+
+
 @pytest.mark.parametrize("direct_max_rows", [0, 512], ids=["conjugate-gradients", "cholesky"])
 def test_solve_inverts_p_and_a_structure_solves_alone_as_in_a_batch(direct_max_rows):
     structures = [crystal(), crystal("Au", (1, 1, 2), seed=1, a=4.08)]

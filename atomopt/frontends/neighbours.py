@@ -3,6 +3,7 @@ list (periodic cells and free clusters alike; about 80× faster than ASE's own o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,10 @@ def nearest_neighbour_distance(atoms: Atoms) -> float:
     extent = float(np.ptp(positions, axis=0).max()) if len(atoms) else 0.0
     limit = 2.0 * (extent + float(atoms.cell.lengths().max())) + 1.0
     cutoff = 1.0
+    if atoms.pbc.all() and atoms.cell.volume > 0:
+        # 1.1 × the nearest-neighbour distance of a close-packed crystal of the same density: every atom of most cells
+        # finds a neighbour in the first search (from 1 Å, a 2.5 Å metal took three); the result does not depend on it
+        cutoff = 1.1 * (math.sqrt(2.0) * atoms.cell.volume / len(atoms)) ** (1.0 / 3.0)
     while True:
         first, distance = ase_neighbor_list("id", atoms, cutoff)
         nearest = np.full(len(atoms), np.inf)
