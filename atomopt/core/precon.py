@@ -21,7 +21,9 @@ their structure: the √N cell rows of SafeLBFGS have an atom's curvature (docs/
 Both forms are one operator of 3×3 blocks (the isotropic form's are w_ij I). P z = q is solved per structure: exactly,
 by a dense Cholesky factor of the structure's P made once per geometry, for structures of up to ``direct_max_rows``
 rows; by conjugate gradients preconditioned by P's inverted diagonal blocks for larger ones, every structure's scalars
-its own and summed in a fixed order. Either way a structure's solution does not depend on the batch it is in.
+its own and summed in a fixed order. Either way a structure's solution does not depend on the batch it is in: each
+factor and each of its solves is a call on that structure's own freshly allocated matrix and vector (a batched call
+over structures of one size gives other last bits to a matrix at another offset in memory, measured with MKL).
 
 Per structure, P can be left out (``min_atoms``; a single atom without periodic images has nothing to precondition):
 those structures keep the rule's scalar H⁰ and their exact path (their rows of P are the identity, unused).
@@ -134,8 +136,7 @@ class ExpPreconditioner:
         n_atoms = layout.sum_in_order(atoms[:, None])
         trace = torch.diagonal(diagonal, dim1=1, dim2=2).sum(-1) / 3.0
         typical = layout.sum_in_order((trace * atoms)[:, None]) / torch.clamp(n_atoms, min=1.0)
-        # cell rows: the mean atom diagonal, times I; structures left out: I (solved in one conjugate-gradient
-        # iteration; the rule ignores the result)
+        # cell rows: the mean atom diagonal, times I; structures left out: I (their z is q; the rule ignores it)
         diagonal = torch.where(atom_rows[:, None, None], diagonal, typical[layout.structure][:, None, None] * eye)
         diagonal = torch.where(active[layout.structure][:, None, None], diagonal, eye)
         typical = torch.where(active, typical, 1.0)
@@ -143,8 +144,8 @@ class ExpPreconditioner:
         small = active & (sizes <= self.direct_max_rows)
         direct = _dense_factors(first, second, blocks, diagonal, layout, sizes, small)
         iterative = active.clone()
-        for rows, _ in direct:
-            iterative[layout.structure[rows[:, 0]]] = False
+        for start, _, _ in direct:
+            iterative[layout.structure[start]] = False
         return PreconOperator(
             first, second, blocks, diagonal, torch.linalg.inv(diagonal), typical, active, layout, self.tolerance,
             self.max_iterations, direct, iterative,
@@ -166,9 +167,9 @@ class PreconOperator:
     layout: Layout
     tolerance: float
     max_iterations: int
-    # structures solved exactly, grouped by size: each group's (k, n) rows and the (k, 3n, 3n) Cholesky factors of P
-    # over them (rows × Cartesian components, row-major)
-    direct: tuple[tuple[Tensor, Tensor], ...] = ()
+    # structures solved exactly: each one's first row, its number of rows n and the (3n, 3n) Cholesky factor of its P
+    # (rows × Cartesian components, row-major)
+    direct: tuple[tuple[int, int, Tensor], ...] = ()
     iterative: Tensor | None = None  # (n_structures,) bool: active structures solved by conjugate gradients
 
     def apply(self, z: Tensor) -> Tensor:
@@ -185,9 +186,10 @@ class PreconOperator:
             RuntimeError: a structure's residual did not fall below the tolerance in ``max_iterations``.
         """
         z = q.clone()
-        for rows, factor in self.direct:
-            k, n = rows.shape
-            z[rows] = torch.cholesky_solve(q[rows].reshape(k, 3 * n, 1), factor).reshape(k, n, 3)
+        for start, n, factor in self.direct:
+            # a fresh right-hand side, as alone: the solve's last bits follow where its vector sits in memory
+            rhs = q[start : start + n].reshape(3 * n, 1).clone()
+            z[start : start + n] = torch.cholesky_solve(rhs, factor).reshape(n, 3)
         iterative = self.active if self.iterative is None else self.iterative
         if not bool(iterative.any()):
             return z
@@ -226,35 +228,34 @@ class PreconOperator:
 
 def _dense_factors(
     first: Tensor, second: Tensor, pair_blocks: Tensor, diagonal: Tensor, layout: Layout, sizes: Tensor, chosen: Tensor
-) -> tuple[tuple[Tensor, Tensor], ...]:
-    """Cholesky factors of P for the ``chosen`` structures, grouped by their number of rows: per group the ``(k, n)``
-    rows and the ``(k, 3n, 3n)`` factors. Each entry of P sums its pairs in their order in the list, the same for a
-    structure alone and in a batch, and the factors are computed matrix by matrix. A structure whose factorization
-    fails (P not positive definite: a geometry with non-finite distances) is left to the conjugate gradients."""
+) -> tuple[tuple[int, int, Tensor], ...]:
+    """Cholesky factors of P for the ``chosen`` structures, one structure at a time: its first row, its number of rows
+    n and the ``(3n, 3n)`` factor. Each entry of P sums its pairs in their order in the list (on the CPU), the same
+    for a structure alone and in a batch. A structure whose factorization fails (P not positive definite: a geometry
+    with non-finite distances) is left to the conjugate gradients."""
+    if not bool(chosen.any()):
+        return ()
     device = diagonal.device
     offsets = torch.cumsum(sizes, 0) - sizes
     pair_structure = layout.structure[first]
-    groups = []
-    for n in torch.unique(sizes[chosen]).tolist():
-        members = torch.nonzero(chosen & (sizes == n)).flatten()
-        k = len(members)
+    # each structure's pairs as one slice, in their order in the list
+    order = torch.argsort(pair_structure, stable=True)
+    pair_ends = torch.cumsum(torch.bincount(pair_structure, minlength=layout.n_structures), 0).tolist()
+    xyz = torch.arange(3, device=device)
+    factors = []
+    for index in torch.nonzero(chosen).flatten().tolist():
+        start, n = int(offsets[index]), int(sizes[index])
+        mine = order[(pair_ends[index - 1] if index else 0) : pair_ends[index]]
         local = torch.arange(n, device=device)
-        rows = offsets[members][:, None] + local
-        matrix = torch.zeros(k, n, 3, n, 3, dtype=diagonal.dtype, device=device)
-        matrix[torch.arange(k, device=device)[:, None], local, :, local, :] = diagonal[rows]
-        slot = torch.full((layout.n_structures,), -1, dtype=torch.long, device=device)
-        slot[members] = torch.arange(k, device=device)
-        mine = slot[pair_structure] >= 0
-        owner = pair_structure[mine]
-        g, i, j = slot[owner], first[mine] - offsets[owner], second[mine] - offsets[owner]
-        xyz = torch.arange(3, device=device)
-        entry = ((((g * n + i)[:, None, None] * 3 + xyz[:, None]) * n + j[:, None, None]) * 3 + xyz).reshape(-1)
+        matrix = torch.zeros(n, 3, n, 3, dtype=diagonal.dtype, device=device)
+        matrix[local, :, local, :] = diagonal[start : start + n]
+        i, j = first[mine] - start, second[mine] - start
+        entry = (((i[:, None, None] * 3 + xyz[:, None]) * n + j[:, None, None]) * 3 + xyz).reshape(-1)
         matrix.view(-1).index_add_(0, entry, -pair_blocks[mine].reshape(-1))
-        factor, info = torch.linalg.cholesky_ex(matrix.reshape(k, 3 * n, 3 * n))
-        good = info == 0
-        if bool(good.any()):
-            groups.append((rows[good], factor[good]))
-    return tuple(groups)
+        factor, info = torch.linalg.cholesky_ex(matrix.reshape(3 * n, 3 * n))
+        if int(info) == 0:
+            factors.append((start, n, factor))
+    return tuple(factors)
 
 
 def _block_times(blocks: Tensor, vectors: Tensor) -> Tensor:
