@@ -239,7 +239,8 @@ def test_a_multiple_of_the_identity_gives_the_unpreconditioned_trajectory():
     block = 3.7 * torch.eye(3, dtype=F64).expand(n, 3, 3)
     identity = PreconOperator(
         torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, 3, dtype=F64), block,
-        torch.linalg.inv(block), torch.tensor([3.7], dtype=F64), torch.tensor([True]), Layout.single(n), 1e-12, 10,
+        torch.linalg.inv(block), torch.tensor([3.7], dtype=F64), torch.tensor([True]), torch.tensor([True]),
+        Layout.single(n), 1e-12, 10,
     )  # fmt: skip
     paths = []
     for preconditioner in (None, identity):

@@ -147,8 +147,8 @@ class ExpPreconditioner:
         for start, _, _ in direct:
             iterative[layout.structure[start]] = False
         return PreconOperator(
-            first, second, blocks, diagonal, torch.linalg.inv(diagonal), typical, active, layout, self.tolerance,
-            self.max_iterations, direct, iterative,
+            first, second, blocks, diagonal, torch.linalg.inv(diagonal), typical, active, iterative, layout,
+            self.tolerance, self.max_iterations, direct,
         )  # fmt: skip
 
 
@@ -164,13 +164,13 @@ class PreconOperator:
     inverse_diagonal_blocks: Tensor  # (n_rows, 3, 3)
     typical_diagonal: Tensor  # (n_structures,): the mean atom diagonal, the scale of P for one atom
     active: Tensor  # (n_structures,) bool: the structures preconditioned; the others keep the scalar H⁰
+    iterative: Tensor  # (n_structures,) bool: the active structures solved by conjugate gradients (not in ``direct``)
     layout: Layout
     tolerance: float
     max_iterations: int
     # structures solved exactly: each one's first row, its number of rows n and the (3n, 3n) Cholesky factor of its P
     # (rows × Cartesian components, row-major)
     direct: tuple[tuple[int, int, Tensor], ...] = ()
-    iterative: Tensor | None = None  # (n_structures,) bool: active structures solved by conjugate gradients
 
     def apply(self, z: Tensor) -> Tensor:
         """P z for a ``(n_rows, 3)`` tensor."""
@@ -190,10 +190,9 @@ class PreconOperator:
             # a fresh right-hand side, as alone: the solve's last bits follow where its vector sits in memory
             rhs = q[start : start + n].reshape(3 * n, 1).clone()
             z[start : start + n] = torch.cholesky_solve(rhs, factor).reshape(n, 3)
-        iterative = self.active if self.iterative is None else self.iterative
-        if not bool(iterative.any()):
+        if not bool(self.iterative.any()):
             return z
-        return torch.where(self.layout.select(iterative), self._conjugate_gradients(q, iterative), z)
+        return torch.where(self.layout.select(self.iterative), self._conjugate_gradients(q, self.iterative), z)
 
     def _conjugate_gradients(self, q: Tensor, structures: Tensor) -> Tensor:
         layout = self.layout
