@@ -42,8 +42,8 @@ from ase.calculators.emt import EMT
 from atomopt.bench import lj38
 from atomopt.bench.counting import BudgetExceeded, CallCounter
 from atomopt.bench.provenance import machine_facts
+from atomopt.bench.variants import SAFELBFGS_PRECON_VARIANTS
 from atomopt.controls import FireControl
-from atomopt.core.precon import BOND_SOLVED_ITERATIVELY
 from atomopt.frontends.ase_optimizer import OPTIMIZERS
 
 LJ55_GLOBAL_MINIMUM = -279.248470
@@ -52,7 +52,9 @@ ATOMOPT_METHODS = (*lj38.ATOMOPT_NAMES, "safelbfgs")
 #: SafeLBFGS with another preconditioner through its ASE front end (it reads the Atoms' neighbour lists): the
 #: isotropic Exp form, none (the scalar H⁰), and the bond form solved by conjugate gradients alone (the default
 #: before the dense factors).
-SAFELBFGS_VARIANTS = {"safelbfgs-exp": "exp", "safelbfgs-none": "none", "safelbfgs-cg": BOND_SOLVED_ITERATIVELY}
+SAFELBFGS_VARIANTS = {
+    name: SAFELBFGS_PRECON_VARIANTS[name] for name in ("safelbfgs-exp", "safelbfgs-none", "safelbfgs-cg")
+}
 BASELINES = ("ase-FIRE", "ase-LBFGS", "scipy-L-BFGS-B")
 OLD_DEFAULTS = {
     "frankenstein": {"lr": 0.05, "eps": 1.0, "base_lr": 1e-3, "fire": FireControl()},

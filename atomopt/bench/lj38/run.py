@@ -31,7 +31,7 @@ from atomopt.bench.lj38.build import (
 )
 from atomopt.bench.lj38.pele import PELE_METHODS, PELE_VERSION, run_pele_method
 from atomopt.bench.lj38.report import markdown, plot
-from atomopt.core.precon import BOND_SOLVED_ITERATIVELY, BOND_SOLVED_TO_1E_2
+from atomopt.bench.variants import SAFELBFGS_PRECON_VARIANTS
 from atomopt.models.cluster_lj import ClusterLennardJones
 
 
@@ -120,12 +120,8 @@ def methods() -> dict[str, Callable[[Atoms], None]]:
         table[f"ase-{cls_name}"] = _ase(cls_name)
     table["scipy-L-BFGS-B"] = lambda atoms: scipy_lbfgsb(atoms, fmax=0.0)
     # the Exp preconditioner reads neighbour lists of Atoms: through the ASE front end in either engine
-    table["safelbfgs-exp"] = _atomopt("safelbfgs", precon="exp")
-    table["safelbfgs-none"] = _atomopt("safelbfgs", precon="none")  # the scalar H⁰ (the default is the bond form)
-    # the bond form solved by conjugate gradients to 1e-10 of |q| (no dense factor: the default before them)
-    table["safelbfgs-cg"] = _atomopt("safelbfgs", precon=BOND_SOLVED_ITERATIVELY)
-    # the bond form with its conjugate-gradient solves to 1e-2 of |q| instead of 1e-10
-    table["safelbfgs-cg1e-2"] = _atomopt("safelbfgs", precon=BOND_SOLVED_TO_1E_2)
+    for name, precon in SAFELBFGS_PRECON_VARIANTS.items():
+        table[name] = _atomopt("safelbfgs", precon=precon)
     return table
 
 

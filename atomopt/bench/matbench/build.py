@@ -15,8 +15,8 @@ from typing import Any
 from ase import Atoms
 
 from atomopt.bench.provenance import processor
+from atomopt.bench.variants import SAFELBFGS_PRECON_VARIANTS
 from atomopt.core.cell import CellFilter
-from atomopt.core.precon import BOND_SOLVED_ITERATIVELY, BOND_SOLVED_TO_1E_2
 
 ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "ase-bfgslinesearch": "BFGSLineSearch"}
 
@@ -24,14 +24,9 @@ ASE_METHODS = {"ase-fire": "FIRE", "ase-lbfgs": "LBFGS", "ase-bfgs": "BFGS", "as
 ENGINE_METHODS = ("frankenstein", "adan", "adamnx", "innaprop", "safelbfgs")
 #: Opt-in variants of atomopt's methods in the batched engine: name -> (optimizer, engine options).
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "safelbfgs-exp": ("safelbfgs", {"precon": "exp"}),
-    "safelbfgs-none": ("safelbfgs", {"precon": "none"}),
+    **{name: ("safelbfgs", {"precon": precon}) for name, precon in SAFELBFGS_PRECON_VARIANTS.items()},
     # cell rows at ASE's N·log F instead of SafeLBFGS's √N·log F (docs/safe_lbfgs.md, "Cell rows")
     "safelbfgs-ncell": ("safelbfgs", {"cell": CellFilter(row_scale="atoms")}),
-    # P solved by conjugate gradients to 1e-10 of |q| on every structure, no dense factors (the default before them)
-    "safelbfgs-cg": ("safelbfgs", {"precon": BOND_SOLVED_ITERATIVELY}),
-    # the preconditioner's conjugate-gradient solves to a residual of 1e-2 |q| instead of 1e-10 (docs/safe_lbfgs.md)
-    "safelbfgs-cg1e-2": ("safelbfgs", {"precon": BOND_SOLVED_TO_1E_2}),
 }
 
 
